@@ -1,0 +1,342 @@
+"""The net model: layers, blobs, TEST-phase filtering, shapes, and weights.
+
+`load_net` is the one entry point most code needs: it takes a deploy prototxt, a
+caffemodel, or both, and returns a `Net` whose layers know their bottoms, tops,
+parameters, inferred output shapes and (when weights were given) their blobs,
+checked against the shapes Caffe would allocate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import caffe_pb2
+from .caffemodel import CaffeModel, read_caffemodel
+from .errors import NetDefinitionError, WeightsMismatchError
+from .shapes import SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
+from .text import parse_prototxt
+
+# Layers that feed or score training and have no place in a deploy net.
+DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
+                              "DummyData", "AnnotatedData", "Python"})
+TRAINING_LAYER_TYPES = frozenset({"SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "HingeLoss",
+                                  "SigmoidCrossEntropyLoss", "InfogainLoss", "ContrastiveLoss",
+                                  "MultinomialLogisticLoss", "Silence", "HDF5Output"})
+
+# V1 layer-type enum -> the type string of the current format.
+_V1_TYPES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
+    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
+    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
+    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+# Parameter fields that V1 and current layers share by name.
+_V1_SHARED_PARAMS = ("accuracy_param", "concat_param", "convolution_param", "data_param",
+                     "dropout_param", "eltwise_param", "image_data_param",
+                     "inner_product_param", "lrn_param", "memory_data_param", "pooling_param",
+                     "relu_param", "sigmoid_param", "softmax_param", "slice_param", "tanh_param",
+                     "transform_param", "loss_param")
+
+
+@dataclass
+class Layer:
+    """One layer of a net, with everything needed to run or convert it."""
+
+    name: str
+    type: str
+    bottoms: list[str]
+    tops: list[str]
+    param: caffe_pb2.LayerParameter
+    bottom_shapes: list[Shape] = field(default_factory=list)
+    top_shapes: list[Shape] = field(default_factory=list)
+    blob_shapes: list[Shape] = field(default_factory=list)
+    blobs: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def in_place(self) -> bool:
+        return bool(self.tops) and self.tops == self.bottoms[: len(self.tops)]
+
+    @property
+    def learnable_parameters(self) -> int:
+        """Trainable values: everything but BatchNorm's running statistics."""
+        if self.type == "BatchNorm":
+            return 0
+        return sum(math.prod(shape) for shape in self.blob_shapes)
+
+    @property
+    def multiply_adds(self) -> int:
+        return multiply_adds(self.param, self.bottom_shapes, self.top_shapes)
+
+
+@dataclass
+class Net:
+    """A deploy net: inputs with shapes, layers in execution order, blob shapes."""
+
+    name: str
+    inputs: dict[str, Shape]
+    layers: list[Layer]
+    blob_shapes: dict[str, Shape]
+    notes: list[str] = field(default_factory=list)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named '{name}' in net '{self.name}'")
+
+    @property
+    def outputs(self) -> list[str]:
+        """Blobs produced but never consumed afterwards: the net's results."""
+        consumed: set[str] = set()
+        produced: list[str] = []
+        for layer in self.layers:
+            consumed.update(b for b in layer.bottoms if b not in layer.tops)
+            produced.extend(t for t in layer.tops if t not in produced)
+        return [blob for blob in produced if blob not in consumed]
+
+    @property
+    def has_weights(self) -> bool:
+        return any(layer.blobs for layer in self.layers)
+
+    @property
+    def learnable_parameters(self) -> int:
+        return sum(layer.learnable_parameters for layer in self.layers)
+
+    @property
+    def multiply_adds(self) -> int:
+        return sum(layer.multiply_adds for layer in self.layers)
+
+    def weights(self) -> dict[str, list[np.ndarray]]:
+        """Layer name -> blobs, for the layers that carry them."""
+        return {layer.name: layer.blobs for layer in self.layers if layer.blobs}
+
+    def to_proto(self) -> caffe_pb2.NetParameter:
+        """The deploy NetParameter of the kept layers, without blobs."""
+        proto = caffe_pb2.NetParameter(name=self.name)
+        for layer in self.layers:
+            message = proto.layer.add()
+            message.CopyFrom(layer.param)
+            del message.blobs[:]
+        return proto
+
+
+def upgrade_v1_layer(old: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:
+    """Convert a pre-2015 V1 layer to the current LayerParameter."""
+    type_name = caffe_pb2.V1LayerParameter.LayerType.Name(old.type)
+    new = caffe_pb2.LayerParameter(name=old.name, type=_V1_TYPES.get(type_name, type_name),
+                                   bottom=old.bottom, top=old.top, loss_weight=old.loss_weight)
+    new.include.extend(old.include)
+    new.exclude.extend(old.exclude)
+    new.blobs.extend(old.blobs)
+    for name in _V1_SHARED_PARAMS:
+        if old.HasField(name):
+            getattr(new, name).CopyFrom(getattr(old, name))
+    return new
+
+
+def _rule_matches(rule: caffe_pb2.NetStateRule, state: caffe_pb2.NetState) -> bool:
+    """Caffe's Net::StateMeetsRule."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    return all(s in stages for s in rule.stage) and not any(s in stages for s in rule.not_stage)
+
+
+def layer_included(layer: caffe_pb2.LayerParameter, state: caffe_pb2.NetState) -> bool:
+    """Caffe's FilterNet: include rules must match (any), exclude rules must not."""
+    if layer.include:
+        return any(_rule_matches(rule, state) for rule in layer.include)
+    return not any(_rule_matches(rule, state) for rule in layer.exclude)
+
+
+def _all_layers(proto: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParameter]:
+    if proto.layer and proto.layers:
+        raise NetDefinitionError("the net mixes current 'layer' and V1 'layers' definitions")
+    return list(proto.layer) if proto.layer else [upgrade_v1_layer(v1) for v1 in proto.layers]
+
+
+def _legacy_inputs(proto: caffe_pb2.NetParameter) -> dict[str, Shape]:
+    """Inputs declared with NetParameter.input + input_shape / input_dim."""
+    names = list(proto.input)
+    if proto.input_shape:
+        if len(proto.input_shape) != len(names):
+            raise NetDefinitionError(f"{len(names)} inputs but {len(proto.input_shape)} input_shape")
+        return {n: tuple(s.dim) for n, s in zip(names, proto.input_shape)}
+    if proto.input_dim:
+        if len(proto.input_dim) != 4 * len(names):
+            raise NetDefinitionError(f"{len(names)} inputs need {4 * len(names)} input_dim values")
+        dims = list(proto.input_dim)
+        return {n: tuple(dims[4 * i: 4 * i + 4]) for i, n in enumerate(names)}
+    if names:
+        raise NetDefinitionError(f"inputs {names} are declared without a shape")
+    return {}
+
+
+def _data_layer_input(layer: caffe_pb2.LayerParameter) -> tuple[str, Shape] | None:
+    """The image input a dropped data layer fed, when its parameters tell the shape."""
+    if not layer.top:
+        return None
+    if layer.HasField("memory_data_param"):
+        p = layer.memory_data_param
+        return layer.top[0], (1, p.channels, p.height, p.width)
+    if layer.transform_param.crop_size:
+        size = layer.transform_param.crop_size
+        return layer.top[0], (1, 3, size, size)
+    return None
+
+
+def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
+              input_shape: Mapping[str, Sequence[int]] | None = None) -> Net:
+    """Build a deploy `Net` from a NetParameter: filter, find inputs, infer shapes.
+
+    Data, loss and accuracy layers are dropped (their image top becomes an input
+    when its shape is known); `input_shape` overrides or supplies input shapes.
+    """
+    state = caffe_pb2.NetState(phase=phase)
+    inputs = _legacy_inputs(proto)
+    notes: list[str] = []
+    kept: list[caffe_pb2.LayerParameter] = []
+    all_layers = _all_layers(proto)
+    data_inputs: dict[str, Shape] = {}
+    # A data layer of another phase (a TRAIN-only MemoryData, say) still tells the
+    # image shape when no layer of this phase does.
+    for layer in sorted(all_layers, key=lambda l: layer_included(l, state), reverse=True):
+        found = _data_layer_input(layer) if layer.type in DATA_LAYER_TYPES else None
+        if found:
+            data_inputs.setdefault(*found)
+    for layer in all_layers:
+        if layer.type in DATA_LAYER_TYPES:
+            notes.append(f"dropped data layer '{layer.name}' ({layer.type})")
+            continue
+        if not layer_included(layer, state):
+            continue
+        if layer.type in TRAINING_LAYER_TYPES:
+            notes.append(f"dropped training layer '{layer.name}' ({layer.type})")
+            continue
+        if layer.type == "Input":
+            shapes = [tuple(s.dim) for s in layer.input_param.shape]
+            if len(shapes) not in (1, len(layer.top)):
+                raise NetDefinitionError(f"{len(layer.top)} tops but {len(shapes)} shapes",
+                                         layer=layer.name)
+            for i, top in enumerate(layer.top):
+                inputs[top] = shapes[i if len(shapes) > 1 else 0]
+        kept.append(layer)
+    if not inputs:
+        inputs = data_inputs
+    for name, shape in (input_shape or {}).items():
+        inputs[name] = tuple(int(d) for d in shape)
+    if not inputs:
+        raise NetDefinitionError("the net has no input (no Input layer or input declaration); "
+                                 "give its shape explicitly")
+    if not kept:
+        raise NetDefinitionError("the net has no layers")
+    return _infer(proto.name, inputs, kept, notes)
+
+
+def _infer(name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerParameter],
+           notes: list[str]) -> Net:
+    unsupported = sorted({p.type for p in protos if p.type not in SHAPE_RULES
+                          and p.type != "Input"})
+    if unsupported:
+        names = [p.name for p in protos if p.type in unsupported]
+        raise NetDefinitionError(f"no shape rule for layer type(s) {', '.join(unsupported)} "
+                                 f"(layers: {', '.join(names[:10])}"
+                                 f"{', ...' if len(names) > 10 else ''})")
+    shapes: dict[str, Shape] = dict(inputs)
+    layers: list[Layer] = []
+    for proto in protos:
+        missing = [b for b in proto.bottom if b not in shapes]
+        if missing:
+            raise NetDefinitionError(f"unknown bottom blob(s) {missing}", layer=proto.name)
+        bottoms = [shapes[b] for b in proto.bottom]
+        if proto.type == "Input":
+            tops = [shapes[t] for t in proto.top]
+        else:
+            tops = SHAPE_RULES[proto.type](proto, bottoms)
+            if len(tops) != len(proto.top):
+                raise NetDefinitionError(f"{proto.type} produces {len(tops)} top(s), "
+                                         f"{len(proto.top)} named", layer=proto.name)
+        for top, shape in zip(proto.top, tops):
+            shapes[top] = tuple(int(d) for d in shape)
+        layers.append(Layer(name=proto.name, type=proto.type, bottoms=list(proto.bottom),
+                            tops=list(proto.top), param=proto, bottom_shapes=bottoms,
+                            top_shapes=[shapes[t] for t in proto.top],
+                            blob_shapes=expected_blob_shapes(proto, bottoms)))
+    return Net(name=name, inputs=dict(inputs), layers=layers, blob_shapes=shapes, notes=notes)
+
+
+def _fit_blob(layer: Layer, index: int, blob: np.ndarray, expected: Shape) -> np.ndarray:
+    """Accept legacy 4-D blob shapes (leading 1s) that hold the expected shape."""
+    if tuple(blob.shape) == tuple(expected):
+        return blob
+    squeeze = lambda shape: tuple(shape)[next((i for i, d in enumerate(shape) if d != 1),  # noqa: E731
+                                              len(shape)):]
+    if blob.size == math.prod(expected) and squeeze(blob.shape) == squeeze(expected):
+        return blob.reshape(expected)
+    raise WeightsMismatchError(f"blob {index} has shape {tuple(blob.shape)}, the prototxt "
+                               f"implies {tuple(expected)}", layer=layer.name)
+
+
+def attach_weights(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *,
+                   source: str = "weights") -> Net:
+    """Give each layer its blobs by layer name, checking counts and shapes.
+
+    Layers that need weights and get none are an error; blobs for layers the net
+    does not have (training-only layers) are ignored with a note.
+    """
+    missing: list[str] = []
+    for layer in net.layers:
+        arrays = blobs.get(layer.name)
+        if not arrays:
+            if layer.blob_shapes:
+                missing.append(layer.name)
+            continue
+        if len(arrays) != len(layer.blob_shapes):
+            raise WeightsMismatchError(
+                f"{source} has {len(arrays)} blob(s), a {layer.type} layer with these "
+                f"parameters needs {len(layer.blob_shapes)}", layer=layer.name)
+        layer.blobs = [_fit_blob(layer, i, np.asarray(a), s)
+                       for i, (a, s) in enumerate(zip(arrays, layer.blob_shapes))]
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        raise WeightsMismatchError(f"{source} has no weights for {len(missing)} layer(s) that "
+                                   f"need them: {shown}")
+    extra = sorted(set(blobs) - {layer.name for layer in net.layers})
+    if extra:
+        net.notes.append(f"ignored blobs of {len(extra)} layer(s) not in the net: "
+                         f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}")
+    return net
+
+
+def load_net(prototxt: str | os.PathLike[str] | None = None,
+             caffemodel: str | os.PathLike[str] | CaffeModel | None = None, *,
+             input_shape: Mapping[str, Sequence[int]] | None = None) -> Net:
+    """Load a deploy net from a prototxt, a caffemodel, or both (merged by layer name)."""
+    if prototxt is None and caffemodel is None:
+        raise ValueError("give a prototxt, a caffemodel, or both")
+    model = caffemodel
+    if model is not None and not isinstance(model, CaffeModel):
+        model = read_caffemodel(model)
+    proto = parse_prototxt(prototxt) if prototxt is not None else model.net
+    net = build_net(proto, input_shape=input_shape)
+    if model is not None:
+        attach_weights(net, model.blobs, source=os.path.basename(model.path))
+    return net
+

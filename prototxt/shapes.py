@@ -1,0 +1,408 @@
+"""Caffe's shape rules: output shapes and expected blob shapes per layer type.
+
+Each rule mirrors the Reshape() / LayerSetUp() of the Caffe layer of that type,
+so that the shapes we infer are the shapes Caffe would allocate. One function
+per type, registered by type name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from . import caffe_pb2
+from .errors import NetDefinitionError
+
+Shape = tuple[int, ...]
+ShapeRule = Callable[[caffe_pb2.LayerParameter, list[Shape]], list[Shape]]
+BlobRule = Callable[[caffe_pb2.LayerParameter, list[Shape]], list[Shape]]
+
+SHAPE_RULES: dict[str, ShapeRule] = {}
+BLOB_RULES: dict[str, BlobRule] = {}
+
+# Layers whose output has the shape of their (first) input.
+ELEMENTWISE_TYPES = ("ReLU", "PReLU", "Sigmoid", "TanH", "Dropout", "BatchNorm", "LRN",
+                     "Softmax")
+
+
+def _register(table: dict[str, Callable], *types: str):
+    def decorate(function: Callable) -> Callable:
+        for name in types:
+            table[name] = function
+        return function
+    return decorate
+
+
+def canonical_axis(axis: int, ndim: int, layer: caffe_pb2.LayerParameter) -> int:
+    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
+    if not -ndim <= axis < ndim:
+        raise NetDefinitionError(f"axis {axis} out of range for a {ndim}-D input", layer=layer.name)
+    return axis % ndim
+
+
+def _expect_bottoms(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], *counts: int) -> None:
+    if len(bottoms) not in counts:
+        wanted = " or ".join(str(c) for c in counts)
+        raise NetDefinitionError(f"{layer.type} takes {wanted} bottom(s), got {len(bottoms)}",
+                                 layer=layer.name)
+
+
+def _spatial(values: list[int], h: int | None, w: int | None, default: int | None,
+             what: str, layer: caffe_pb2.LayerParameter, dims: int = 2) -> list[int]:
+    """Resolve Caffe's repeated-or-_h/_w convolution/pooling fields to per-axis values."""
+    if h is not None or w is not None:
+        if values:
+            raise NetDefinitionError(f"give either {what} or {what}_h/{what}_w, not both",
+                                     layer=layer.name)
+        if h is None or w is None:
+            raise NetDefinitionError(f"{what}_h and {what}_w must be given together",
+                                     layer=layer.name)
+        return [h, w]
+    if not values:
+        if default is None:
+            raise NetDefinitionError(f"{what} is required", layer=layer.name)
+        return [default] * dims
+    if len(values) == 1:
+        return [values[0]] * dims
+    if len(values) != dims:
+        raise NetDefinitionError(f"{what} needs 1 or {dims} values, got {len(values)}",
+                                 layer=layer.name)
+    return list(values)
+
+
+def conv_geometry(layer: caffe_pb2.LayerParameter) -> dict[str, list[int]]:
+    """Kernel, stride, pad and dilation of a Convolution/Deconvolution layer."""
+    p = layer.convolution_param
+    opt = lambda name: getattr(p, name) if p.HasField(name) else None  # noqa: E731
+    kernel = _spatial(list(p.kernel_size), opt("kernel_h"), opt("kernel_w"), None, "kernel", layer)
+    stride = _spatial(list(p.stride), opt("stride_h"), opt("stride_w"), 1, "stride", layer)
+    pad_h = p.pad_h if p.HasField("pad_h") else None
+    pad_w = p.pad_w if p.HasField("pad_w") else None
+    pad = _spatial(list(p.pad), pad_h, pad_w, 0, "pad", layer)
+    dilation = _spatial(list(p.dilation), None, None, 1, "dilation", layer)
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
+        raise NetDefinitionError("kernel, stride and dilation must be positive", layer=layer.name)
+    return {"kernel": kernel, "stride": stride, "pad": pad, "dilation": dilation}
+
+
+def pool_geometry(layer: caffe_pb2.LayerParameter, bottom: Shape) -> dict[str, list[int]]:
+    """Kernel, stride and pad of a Pooling layer (global pooling resolved)."""
+    p = layer.pooling_param
+    opt = lambda name: getattr(p, name) if p.HasField(name) else None  # noqa: E731
+    if p.global_pooling:
+        if p.HasField("kernel_size") or p.HasField("kernel_h"):
+            raise NetDefinitionError("global_pooling takes no kernel size", layer=layer.name)
+        kernel = [bottom[2], bottom[3]]
+    else:
+        sizes = [p.kernel_size] if p.HasField("kernel_size") else []
+        kernel = _spatial(sizes, opt("kernel_h"), opt("kernel_w"), None, "kernel", layer)
+    strides = [p.stride] if p.HasField("stride") else []
+    stride = _spatial(strides, opt("stride_h"), opt("stride_w"), 1, "stride", layer)
+    pads = [p.pad] if p.HasField("pad") else []
+    pad = _spatial(pads, opt("pad_h"), opt("pad_w"), 0, "pad", layer)
+    if p.global_pooling:
+        stride, pad = [1, 1], [0, 0]
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride):
+        raise NetDefinitionError("kernel and stride must be positive", layer=layer.name)
+    if any(pd >= k for pd, k in zip(pad, kernel)):
+        raise NetDefinitionError(f"pad {pad} must be smaller than kernel {kernel}", layer=layer.name)
+    return {"kernel": kernel, "stride": stride, "pad": pad}
+
+
+def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
+    """Caffe's pooled output size: ceil rounding, last window starting inside the input."""
+    span = size + 2 * pad - kernel
+    out = (math.ceil(span / stride) if ceil else span // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@_register(SHAPE_RULES, *ELEMENTWISE_TYPES)
+def _same_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    return [bottoms[0]]
+
+
+@_register(SHAPE_RULES, "Convolution", "Deconvolution")
+def _conv_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    p = layer.convolution_param
+    if p.axis != 1:
+        raise NetDefinitionError("only channel axis 1 is supported", layer=layer.name)
+    if not p.HasField("num_output"):
+        raise NetDefinitionError("num_output is required", layer=layer.name)
+    geometry = conv_geometry(layer)
+    tops = []
+    for bottom in bottoms:
+        if len(bottom) != 4:
+            raise NetDefinitionError(f"expects a 4-D input, got {bottom}", layer=layer.name)
+        if bottom[1] % p.group or p.num_output % p.group:
+            raise NetDefinitionError(
+                f"input channels {bottom[1]} and num_output {p.num_output} must both divide "
+                f"by group {p.group}", layer=layer.name)
+        spatial = []
+        for size, k, s, pd, d in zip(bottom[2:], geometry["kernel"], geometry["stride"],
+                                     geometry["pad"], geometry["dilation"]):
+            extent = d * (k - 1) + 1
+            if layer.type == "Convolution":
+                out = (size + 2 * pd - extent) // s + 1
+            else:
+                out = s * (size - 1) + extent - 2 * pd
+            if out <= 0:
+                raise NetDefinitionError(f"input {bottom} too small for the kernel",
+                                         layer=layer.name)
+            spatial.append(out)
+        tops.append((bottom[0], p.num_output, *spatial))
+    return tops
+
+
+@_register(BLOB_RULES, "Convolution", "Deconvolution")
+def _conv_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    p = layer.convolution_param
+    kernel = conv_geometry(layer)["kernel"]
+    if layer.type == "Convolution":
+        weight = (p.num_output, bottoms[0][1] // p.group, *kernel)
+    else:
+        weight = (bottoms[0][1], p.num_output // p.group, *kernel)
+    return [weight, (p.num_output,)] if p.bias_term else [weight]
+
+
+@_register(SHAPE_RULES, "Pooling")
+def _pool_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    bottom = bottoms[0]
+    if len(bottom) != 4:
+        raise NetDefinitionError(f"expects a 4-D input, got {bottom}", layer=layer.name)
+    geometry = pool_geometry(layer, bottom)
+    ceil = layer.pooling_param.round_mode == caffe_pb2.PoolingParameter.CEIL
+    spatial = [pooled_size(size, k, s, pd, ceil) for size, k, s, pd in
+               zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"])]
+    if any(out <= 0 for out in spatial):
+        raise NetDefinitionError(f"input {bottom} too small for the kernel", layer=layer.name)
+    return [(bottom[0], bottom[1], *spatial)]
+
+
+@_register(SHAPE_RULES, "InnerProduct")
+def _ip_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    axis = canonical_axis(layer.inner_product_param.axis, len(bottoms[0]), layer)
+    return [(*bottoms[0][:axis], layer.inner_product_param.num_output)]
+
+
+@_register(BLOB_RULES, "InnerProduct")
+def _ip_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    p = layer.inner_product_param
+    axis = canonical_axis(p.axis, len(bottoms[0]), layer)
+    fan_in = math.prod(bottoms[0][axis:])
+    weight = (fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)
+    return [weight, (p.num_output,)] if p.bias_term else [weight]
+
+
+@_register(BLOB_RULES, "BatchNorm")
+def _bn_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    channels = bottoms[0][1] if len(bottoms[0]) > 1 else 1
+    return [(channels,), (channels,), (1,)]
+
+
+def _scale_axes(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], axis: int,
+                num_axes: int) -> Shape:
+    """The shape of a Scale/Bias layer's learned blob (one bottom)."""
+    start = canonical_axis(axis, len(bottoms[0]), layer) if bottoms[0] else 0
+    if num_axes < -1:
+        raise NetDefinitionError("num_axes must be -1 or non-negative", layer=layer.name)
+    end = len(bottoms[0]) if num_axes == -1 else start + num_axes
+    if end > len(bottoms[0]):
+        raise NetDefinitionError(f"axis {axis} + num_axes {num_axes} exceed the input's "
+                                 f"{len(bottoms[0])} axes", layer=layer.name)
+    return tuple(bottoms[0][start:end])
+
+
+def _check_operand(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], axis: int) -> None:
+    """Caffe's two-bottom Scale/Bias: bottom[1] must equal a run of bottom[0]'s axes."""
+    start = canonical_axis(axis, len(bottoms[0]), layer)
+    run = bottoms[0][start:start + len(bottoms[1])]
+    if tuple(run) != tuple(bottoms[1]):
+        raise NetDefinitionError(
+            f"second bottom {bottoms[1]} does not match axes {start}.. of {bottoms[0]}",
+            layer=layer.name)
+
+
+@_register(SHAPE_RULES, "Scale", "Bias")
+def _scale_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1, 2)
+    if len(bottoms) == 2:
+        axis = layer.scale_param.axis if layer.type == "Scale" else layer.bias_param.axis
+        _check_operand(layer, bottoms, axis)
+    return [bottoms[0]]
+
+
+@_register(BLOB_RULES, "Scale")
+def _scale_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    p = layer.scale_param
+    if len(bottoms) == 2:
+        return [tuple(bottoms[1])] if p.bias_term else []
+    shape = _scale_axes(layer, bottoms, p.axis, p.num_axes)
+    return [shape, shape] if p.bias_term else [shape]
+
+
+@_register(BLOB_RULES, "Bias")
+def _bias_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    if len(bottoms) == 2:
+        return []
+    return [_scale_axes(layer, bottoms, layer.bias_param.axis, layer.bias_param.num_axes)]
+
+
+@_register(BLOB_RULES, "PReLU")
+def _prelu_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    return [(1,)] if layer.prelu_param.channel_shared else [(bottoms[0][1],)]
+
+
+@_register(SHAPE_RULES, "Axpy")
+def _axpy_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 3)
+    gate, x, y = bottoms
+    if x != y:
+        raise NetDefinitionError(f"bottoms 2 and 3 must have equal shapes, got {x} and {y}",
+                                 layer=layer.name)
+    if len(gate) < 2 or gate[:2] != x[:2] or math.prod(gate[2:]) != 1:
+        raise NetDefinitionError(f"bottom 1 must be N x C x 1 x 1 for input {x}, got {gate}",
+                                 layer=layer.name)
+    return [x]
+
+
+@_register(SHAPE_RULES, "Eltwise")
+def _eltwise_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    if len(bottoms) < 2:
+        raise NetDefinitionError("Eltwise takes at least 2 bottoms", layer=layer.name)
+    if any(shape != bottoms[0] for shape in bottoms):
+        raise NetDefinitionError(f"all bottoms must have equal shapes, got {bottoms}",
+                                 layer=layer.name)
+    coeffs = layer.eltwise_param.coeff
+    if coeffs and len(coeffs) != len(bottoms):
+        raise NetDefinitionError(f"{len(coeffs)} coefficients for {len(bottoms)} bottoms",
+                                 layer=layer.name)
+    return [bottoms[0]]
+
+
+def concat_axis(layer: caffe_pb2.LayerParameter, ndim: int) -> int:
+    p = layer.concat_param
+    axis = p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis
+    return canonical_axis(axis, ndim, layer)
+
+
+@_register(SHAPE_RULES, "Concat")
+def _concat_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    if not bottoms:
+        raise NetDefinitionError("Concat needs bottoms", layer=layer.name)
+    axis = concat_axis(layer, len(bottoms[0]))
+    for shape in bottoms:
+        if len(shape) != len(bottoms[0]) or any(
+                a != b for i, (a, b) in enumerate(zip(shape, bottoms[0])) if i != axis):
+            raise NetDefinitionError(f"bottoms differ outside axis {axis}: {bottoms}",
+                                     layer=layer.name)
+    out = list(bottoms[0])
+    out[axis] = sum(shape[axis] for shape in bottoms)
+    return [tuple(out)]
+
+
+@_register(SHAPE_RULES, "Reshape")
+def _reshape_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    p, bottom = layer.reshape_param, bottoms[0]
+    dims = list(p.shape.dim)
+    start = p.axis if p.axis >= 0 else len(bottom) + p.axis + 1
+    if not 0 <= start <= len(bottom):
+        raise NetDefinitionError(f"axis {p.axis} out of range", layer=layer.name)
+    end = len(bottom) if p.num_axes == -1 else start + p.num_axes
+    if p.num_axes < -1 or end > len(bottom):
+        raise NetDefinitionError(f"num_axes {p.num_axes} out of range", layer=layer.name)
+    if dims.count(-1) > 1:
+        raise NetDefinitionError("at most one -1 in the shape", layer=layer.name)
+    new = []
+    for i, dim in enumerate(dims):
+        if dim == 0:
+            if start + i >= len(bottom):
+                raise NetDefinitionError(f"dim {i} is 0 but the input has no axis {start + i}",
+                                         layer=layer.name)
+            new.append(bottom[start + i])
+        elif dim < -1:
+            raise NetDefinitionError(f"invalid dim {dim}", layer=layer.name)
+        else:
+            new.append(dim)
+    out = [*bottom[:start], *new, *bottom[end:]]
+    total = math.prod(bottom)
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known == 0 or total % known:
+            raise NetDefinitionError(f"cannot reshape {bottom} to {dims}", layer=layer.name)
+        out[out.index(-1)] = total // known
+    if math.prod(out) != total:
+        raise NetDefinitionError(f"cannot reshape {bottom} ({total} values) to {tuple(out)}",
+                                 layer=layer.name)
+    return [tuple(out)]
+
+
+@_register(SHAPE_RULES, "Flatten")
+def _flatten_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    bottom = bottoms[0]
+    start = canonical_axis(layer.flatten_param.axis, len(bottom), layer)
+    end = canonical_axis(layer.flatten_param.end_axis, len(bottom), layer)
+    return [(*bottom[:start], math.prod(bottom[start:end + 1]), *bottom[end + 1:])]
+
+
+@_register(SHAPE_RULES, "Split")
+def _split_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    return [bottoms[0]] * len(layer.top)
+
+
+def slice_points(layer: caffe_pb2.LayerParameter, bottom: Shape) -> tuple[int, list[int]]:
+    """Axis and the [start, end) bounds of each top of a Slice layer."""
+    p = layer.slice_param
+    axis = p.slice_dim if p.HasField("slice_dim") and not p.HasField("axis") else p.axis
+    axis = canonical_axis(axis, len(bottom), layer)
+    size, tops = bottom[axis], len(layer.top)
+    if p.slice_point:
+        points = list(p.slice_point)
+        if len(points) != tops - 1 or points != sorted(points) or points[-1] >= size or points[0] <= 0:
+            raise NetDefinitionError(f"slice points {points} do not cut axis of size {size} "
+                                     f"into {tops} parts", layer=layer.name)
+    else:
+        if size % tops:
+            raise NetDefinitionError(f"axis size {size} does not divide into {tops} tops",
+                                     layer=layer.name)
+        points = [size // tops * i for i in range(1, tops)]
+    return axis, [0, *points, size]
+
+
+@_register(SHAPE_RULES, "Slice")
+def _slice_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    axis, bounds = slice_points(layer, bottoms[0])
+    tops = []
+    for start, end in zip(bounds, bounds[1:]):
+        shape = list(bottoms[0])
+        shape[axis] = end - start
+        tops.append(tuple(shape))
+    return tops
+
+
+def expected_blob_shapes(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    """The blobs a layer of this type owns, as Caffe would allocate them."""
+    rule = BLOB_RULES.get(layer.type)
+    return rule(layer, bottoms) if rule else []
+
+
+def multiply_adds(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], tops: list[Shape]) -> int:
+    """Multiply-accumulates of the convolution and inner-product layers, 0 elsewhere."""
+    if layer.type == "Convolution":
+        kernel = math.prod(expected_blob_shapes(layer, bottoms)[0][1:])
+        return math.prod(tops[0]) * kernel
+    if layer.type == "Deconvolution":
+        weight = expected_blob_shapes(layer, bottoms)[0]
+        return math.prod(bottoms[0]) * math.prod(weight[1:])
+    if layer.type == "InnerProduct":
+        weight = expected_blob_shapes(layer, bottoms)[0]
+        return math.prod(tops[0][:-1]) * math.prod(weight)
+    return 0
