@@ -1,0 +1,99 @@
+"""Build a torch.fx GraphModule from a `prototxt.Net`.
+
+Submodules and nodes are named after the Caffe layers, and Caffe's in-place tops
+(conv -> BatchNorm -> Scale -> ReLU all writing blob "conv1") become plain data
+flow: each layer's node is the new value of the blob, so the generated code reads
+like the prototxt, one line per layer.
+"""
+
+from __future__ import annotations
+
+import keyword
+import operator
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import fx, nn
+
+from prototxt import Net, NetDefinitionError, WeightsMismatchError
+
+from . import ops  # noqa: F401  (registers the converters)
+from .registry import CONVERTERS, check_supported
+
+
+def sanitize(name: str, taken: set[str]) -> str:
+    """A unique Python identifier for a Caffe layer or blob name."""
+    ident = re.sub(r"\W", "_", name).strip("_") or "layer"
+    if ident[0].isdigit() or keyword.iskeyword(ident):
+        ident = f"l_{ident}"
+    candidate, n = ident, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{ident}_{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def convert(net: Net, outputs: Sequence[str] | None = None, *,
+            require_weights: bool = True) -> fx.GraphModule:
+    """Convert `net` to an eval-mode GraphModule computing the blobs in `outputs`.
+
+    `outputs` defaults to the net's final blobs; any blob can be asked for (its
+    value after the last layer that writes it, as Caffe leaves it). One output
+    gives a tensor, several a tuple in the order asked. The module carries
+    `caffe_inputs` and `caffe_outputs` (blob names) for exporters.
+    """
+    layers = [layer for layer in net.layers if layer.type != "Input"]
+    check_supported(layers)
+    if require_weights:
+        missing = [layer.name for layer in layers if layer.blob_shapes and not layer.blobs]
+        if missing:
+            raise WeightsMismatchError(f"no weights for {len(missing)} layer(s) that need them "
+                                       f"(first: {missing[0]}); pass a caffemodel, or "
+                                       "require_weights=False for default-initialised layers")
+    wanted = list(outputs) if outputs else net.outputs
+    unknown = [blob for blob in wanted if blob not in net.blob_shapes]
+    if unknown:
+        raise NetDefinitionError(f"no blob named {unknown} in net '{net.name}'")
+
+    root = nn.Module()
+    graph = fx.Graph()
+    taken: set[str] = set()
+    values: dict[str, fx.Node] = {}
+    for blob in net.inputs:
+        values[blob] = graph.placeholder(sanitize(blob, taken))
+    for layer in layers:
+        module = CONVERTERS[layer.type](layer)
+        args = tuple(values[b] for b in layer.bottoms)
+        if module is None:
+            for top, source in zip(layer.tops, args * len(layer.tops)):
+                values[top] = source
+            continue
+        target = sanitize(layer.name, taken)
+        root.add_module(target, module)
+        node = graph.call_module(target, args)
+        if len(layer.tops) == 1:
+            values[layer.tops[0]] = node
+        else:
+            for index, top in enumerate(layer.tops):
+                values[top] = graph.call_function(operator.getitem, (node, index))
+    results = [values[blob] for blob in wanted]
+    graph.output(results[0] if len(results) == 1 else tuple(results))
+    module = fx.GraphModule(root, graph, class_name=sanitize(net.name or "CaffeNet", set()))
+    module.graph.eliminate_dead_code()
+    module.delete_all_unused_submodules()
+    module.graph.lint()
+    module.recompile()
+    module.caffe_inputs = list(net.inputs)
+    module.caffe_outputs = wanted
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+@torch.no_grad()
+def run(module: fx.GraphModule, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Evaluate a converted net without autograd bookkeeping."""
+    return module(*inputs)

@@ -1,0 +1,84 @@
+"""BatchNorm, Scale, Bias and LRN."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prototxt import Layer
+from prototxt.shapes import canonical_axis
+
+from .. import modules
+from ..registry import register
+from ._blobs import blob, has_weights
+
+
+@register("BatchNorm")
+def batch_norm(layer: Layer) -> nn.Module:
+    """Caffe's BatchNorm has no affine part; its stats are stored times a scale factor.
+
+    Caffe divides mean and variance by blob 2 (the moving-average factor), and
+    uses 0 for both when that factor is 0 (batch_norm_layer.cpp).
+    """
+    shape = layer.bottom_shapes[0]
+    channels = shape[1] if len(shape) > 1 else 1
+    cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
+    module = cls(channels, eps=layer.param.batch_norm_param.eps, affine=False)
+    module.eval()
+    if has_weights(layer):
+        factor = float(blob(layer, 2).reshape(-1)[0])
+        inverse = 0.0 if factor == 0 else 1.0 / factor
+        module.running_mean.copy_(blob(layer, 0).reshape(-1) * inverse)
+        module.running_var.copy_(blob(layer, 1).reshape(-1) * inverse)
+    return module
+
+
+def _learned_axes(layer: Layer, axis: int, num_axes: int) -> tuple[int, int]:
+    shape = layer.bottom_shapes[0]
+    start = canonical_axis(axis, len(shape), layer.param)
+    return start, (len(shape) - start if num_axes == -1 else num_axes)
+
+
+@register("Scale")
+def scale(layer: Layer) -> nn.Module:
+    p = layer.param.scale_param
+    ndim = len(layer.bottom_shapes[0])
+    if len(layer.bottoms) == 2:
+        axis = canonical_axis(p.axis, ndim, layer.param)
+        bias = blob(layer, 0) if p.bias_term and has_weights(layer) else None
+        if p.bias_term and bias is None:
+            bias = torch.zeros(layer.bottom_shapes[1])
+        return modules.ScaleBy(ndim, axis, len(layer.bottom_shapes[1]), bias)
+    start, count = _learned_axes(layer, p.axis, p.num_axes)
+    shape = tuple(layer.bottom_shapes[0][start:start + count])
+    module = modules.Affine(shape, ndim, start, scale=True, bias=p.bias_term)
+    if has_weights(layer):
+        module.weight.data = blob(layer, 0).reshape(shape)
+        if p.bias_term:
+            module.bias.data = blob(layer, 1).reshape(shape)
+    return module
+
+
+@register("Bias")
+def bias(layer: Layer) -> nn.Module:
+    p = layer.param.bias_param
+    ndim = len(layer.bottom_shapes[0])
+    if len(layer.bottoms) == 2:
+        return modules.BiasBy(ndim, canonical_axis(p.axis, ndim, layer.param),
+                              len(layer.bottom_shapes[1]))
+    start, count = _learned_axes(layer, p.axis, p.num_axes)
+    shape = tuple(layer.bottom_shapes[0][start:start + count])
+    module = modules.Affine(shape, ndim, start, scale=False, bias=True)
+    if has_weights(layer):
+        module.bias.data = blob(layer, 0).reshape(shape)
+    return module
+
+
+@register("LRN")
+def lrn(layer: Layer) -> nn.Module:
+    p = layer.param.lrn_param
+    if p.local_size % 2 == 0:
+        raise ValueError(f"layer '{layer.name}': LRN local_size must be odd (Caffe requires it)")
+    if p.norm_region == p.WITHIN_CHANNEL:
+        return modules.LRNWithinChannel(p.local_size, p.alpha, p.beta)
+    return nn.LocalResponseNorm(p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)

@@ -1,0 +1,37 @@
+"""Pooling with Caffe's rounding and divisor.
+
+Caffe rounds the output size up and drops a last window that would start in the
+padding; AVE divides by the window clipped to the padded input. torch's
+`ceil_mode=True` pooling with `count_include_pad=True` has exactly these rules,
+but only accepts pad <= kernel / 2; beyond that `CaffePool2d` does it by hand.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from prototxt import Layer, NetDefinitionError
+from prototxt.shapes import pool_geometry
+
+from .. import modules
+from ..registry import register
+
+
+@register("Pooling")
+def pooling(layer: Layer) -> nn.Module:
+    p = layer.param.pooling_param
+    if p.pool == p.STOCHASTIC:
+        raise NetDefinitionError("STOCHASTIC pooling has no deterministic inference form",
+                                 layer=layer.name)
+    mode = "MAX" if p.pool == p.MAX else "AVE"
+    bottom, top = layer.bottom_shapes[0], layer.top_shapes[0]
+    if p.global_pooling:
+        return nn.AdaptiveMaxPool2d(1) if mode == "MAX" else nn.AdaptiveAvgPool2d(1)
+    g = pool_geometry(layer.param, bottom)
+    kernel, stride, pad = tuple(g["kernel"]), tuple(g["stride"]), tuple(g["pad"])
+    ceil = p.round_mode == p.CEIL
+    if all(2 * pd <= k for pd, k in zip(pad, kernel)):
+        if mode == "MAX":
+            return nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
+        return nn.AvgPool2d(kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
+    return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(top[2:]))
