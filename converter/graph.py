@@ -42,7 +42,8 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     `outputs` defaults to the net's final blobs; any blob can be asked for (its
     value after the last layer that writes it, as Caffe leaves it). One output
     gives a tensor, several a tuple in the order asked. The module carries
-    `caffe_inputs` and `caffe_outputs` (blob names) for exporters.
+    `caffe_inputs` and `caffe_outputs` (blob names) for exporters and
+    `caffe_layer_modules` (Caffe layer name -> submodule name).
     """
     layers = [layer for layer in net.layers if layer.type != "Input"]
     check_supported(layers)
@@ -61,6 +62,7 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     graph = fx.Graph()
     taken: set[str] = set()
     values: dict[str, fx.Node] = {}
+    layer_modules: dict[str, str] = {}
     for blob in net.inputs:
         values[blob] = graph.placeholder(sanitize(blob, taken))
     for layer in layers:
@@ -72,6 +74,7 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
             continue
         target = sanitize(layer.name, taken)
         root.add_module(target, module)
+        layer_modules[layer.name] = target
         node = graph.call_module(target, args)
         if len(layer.tops) == 1:
             values[layer.tops[0]] = node
@@ -87,6 +90,8 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     module.recompile()
     module.caffe_inputs = list(net.inputs)
     module.caffe_outputs = wanted
+    module.caffe_layer_modules = {name: target for name, target in layer_modules.items()
+                                  if hasattr(module, target)}
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

@@ -8,11 +8,13 @@ from .caffemodel import CaffeModel, parse_caffemodel_buffer, read_caffemodel, wr
 from .errors import (CaffeError, CaffemodelFormatError, NetDefinitionError, PrototxtSyntaxError,
                      WeightsMismatchError)
 from .net import Layer, Net, attach_weights, build_net, load_net
+from .portable import portable_net
 from .text import format_prototxt, parse_prototxt, parse_prototxt_text, write_prototxt
 
 __all__ = [
     "CaffeError", "CaffeModel", "CaffemodelFormatError", "Layer", "Net", "NetDefinitionError",
     "PrototxtSyntaxError", "WeightsMismatchError", "attach_weights", "build_net",
     "format_prototxt", "load_net", "parse_caffemodel_buffer", "parse_prototxt",
-    "parse_prototxt_text", "read_caffemodel", "write_caffemodel", "write_prototxt",
+    "parse_prototxt_text", "portable_net", "read_caffemodel", "write_caffemodel",
+    "write_prototxt",
 ]

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from . import caffe_pb2
 from ._atomic import atomic_writer
@@ -191,6 +192,20 @@ def _key(number: int, wire: int) -> bytes:
     return _encode_varint((number << 3) | wire)
 
 
+def _check_text_fields(message: Message, path: str, layer: str | None = None) -> None:
+    """Reject string fields that are not UTF-8 (protobuf hands those out as bytes)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.type == FieldDescriptor.TYPE_STRING:
+            values = [value] if isinstance(value, (str, bytes)) else list(value)
+            if any(isinstance(item, bytes) for item in values):
+                raise CaffemodelFormatError(f"field '{descriptor.name}' is not UTF-8 text; "
+                                            "corrupt file?", path=path, layer=layer)
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                name = getattr(item, "name", None) if layer is None else layer
+                _check_text_fields(item, path, name if isinstance(name, str) else None)
+
+
 def parse_caffemodel_buffer(buffer: memoryview | bytes, *, path: str = "<memory>") -> CaffeModel:
     """Parse caffemodel bytes; arrays view `buffer`, which must outlive them."""
     view = memoryview(buffer)
@@ -213,6 +228,7 @@ def parse_caffemodel_buffer(buffer: memoryview | bytes, *, path: str = "<memory>
         net.ParseFromString(b"".join(net_meta))
     except DecodeError as exc:
         raise CaffemodelFormatError(f"not a caffemodel ({exc})", path=path) from None
+    _check_text_fields(net, path)
     if not net.layer and not net.layers:
         raise CaffemodelFormatError("no layers found; is this a .caffemodel?", path=path)
     return CaffeModel(net=net, blobs=blobs, path=path)

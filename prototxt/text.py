@@ -17,25 +17,47 @@ from . import caffe_pb2
 from ._atomic import atomic_writer
 from .errors import PrototxtSyntaxError
 
-_LAYER_OPEN = re.compile(r"^\s*layers?\s*\{")
-_NAME_FIELD = re.compile(r'^\s*name\s*:\s*"([^"]*)"')
+# Tokens of protobuf text format, enough to follow braces: strings, comments,
+# braces, identifiers, and any other single character.
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}]'
+                    r'|[A-Za-z_][A-Za-z0-9_]*|\S')
 
 
-def _enclosing_layer(text: str, line: int | None) -> str | None:
-    """Best-effort name of the layer block that contains 1-based `line`."""
+def _enclosing_layer(text: str, line: int | None, column: int | None) -> str | None:
+    """Best-effort name of the top-level layer block around 1-based `line`:`column`.
+
+    Follows brace depth token by token, so one-line layers, nested messages that
+    have a `name` of their own (ParamSpec) and braces in strings or comments are
+    handled; the layer's name may come after the error position.
+    """
     if line is None:
         return None
-    name, inside = None, False
-    for index, content in enumerate(text.splitlines()[:line], start=1):
-        if _LAYER_OPEN.match(content):
-            name, inside = None, True
+    # protobuf counts lines by "\n" only, columns from 1.
+    offset = sum(len(content) + 1 for content in text.split("\n")[: line - 1])
+    offset += max((column or 1) - 1, 0)
+    depth, inside, name = 0, False, None
+    before = ["", ""]  # the two previous significant tokens
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token.startswith("#"):
             continue
-        if inside and name is None:
-            match = _NAME_FIELD.match(content)
-            if match:
-                name = match.group(1)
-        if index == line:
-            break
+        if not inside and match.start() > offset:
+            return None
+        if token == "{":
+            opener = before[1] if before[1] != ":" else before[0]
+            if depth == 0 and opener in ("layer", "layers"):
+                inside, name = True, None
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if inside and depth == 0:
+                if match.end() > offset:
+                    return name
+                inside = False
+        elif (inside and depth == 1 and name is None and token[0] in "\"'"
+              and before == ["name", ":"]):
+            name = token[1:-1]
+        before = [before[1], token]
     return name if inside else None
 
 
@@ -50,7 +72,7 @@ def parse_prototxt_text(text: str, *, source: str = "<string>") -> caffe_pb2.Net
         # protobuf prefixes "line:column : "; we print our own location.
         message = re.sub(r"^\d+:\d+\s*:\s*", "", message)
         raise PrototxtSyntaxError(message, path=source, line=line, column=column,
-                                  layer=_enclosing_layer(text, line)) from None
+                                  layer=_enclosing_layer(text, line, column)) from None
     return net
 
 

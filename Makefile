@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the
+# environment on first use (torch comes from the local wheel cache where present).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench proto clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Runs the main job on embedded defaults; on your own release files:
+#   make demo CAFFEMODEL=SE-ResNeXt-50.caffemodel PROTOTXT=SE-ResNeXt-50.prototxt MODEL=se_resnext50
+demo: $(STAMP)
+	$(PY) -m senet_repro.demo $(if $(CAFFEMODEL),--caffemodel $(CAFFEMODEL)) \
+		$(if $(PROTOTXT),--prototxt $(PROTOTXT)) $(if $(MODEL),--model $(MODEL)) \
+		--out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+# Regenerates prototxt/caffe_pb2.py from prototxt/caffe.proto.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprototxt --python_out=prototxt prototxt/caffe.proto
+
+clean:
+	rm -rf $(VENV) demo-out build *.egg-info
