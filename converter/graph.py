@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import fx, nn
+from tqdm import tqdm
 
 from prototxt import Net, NetDefinitionError, WeightsMismatchError
 
@@ -36,7 +37,7 @@ def sanitize(name: str, taken: set[str]) -> str:
 
 
 def convert(net: Net, outputs: Sequence[str] | None = None, *,
-            require_weights: bool = True) -> fx.GraphModule:
+            require_weights: bool = True, progress: bool = False) -> fx.GraphModule:
     """Convert `net` to an eval-mode GraphModule computing the blobs in `outputs`.
 
     `outputs` defaults to the net's final blobs; any blob can be asked for (its
@@ -65,7 +66,8 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     layer_modules: dict[str, str] = {}
     for blob in net.inputs:
         values[blob] = graph.placeholder(sanitize(blob, taken))
-    for layer in layers:
+    for layer in tqdm(layers, desc="converting", unit="layer", disable=not progress,
+                      leave=False):
         module = CONVERTERS[layer.type](layer)
         args = tuple(values[b] for b in layer.bottoms)
         if module is None:

@@ -12,6 +12,7 @@ streamed straight from the arrays' memory.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_DOUBLE_DATA, _BLOB_SHAPE = 5, 8, 7
 
 _MAX_FILE_BYTES = 2**31  # protobuf messages cannot exceed 2 GiB
+_MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
 
 @dataclass
@@ -108,12 +110,16 @@ class _Reader:
 
 
 def _blob(reader: _Reader, start: int, end: int, layer: str) -> np.ndarray:
-    """Decode one BlobProto into a numpy array viewing the file's memory."""
+    """Decode one BlobProto into a numpy array viewing the file's memory.
+
+    Like Caffe's Blob::FromProto, a legacy num/channels/height/width shape wins
+    over `shape` when both are present.
+    """
     shape: list[int] | None = None
     legacy = [0, 0, 0, 0]
     legacy_seen = False
     chunks: list[np.ndarray] = []
-    unpacked: list[bytes] = []
+    unpacked = bytearray()  # unpacked values since the last packed chunk, in order
     dtype = None
     for number, wire, vstart, vend, fstart in reader.fields(start, end, layer):
         if number == _BLOB_SHAPE and wire == _LENGTH:
@@ -132,30 +138,42 @@ def _blob(reader: _Reader, start: int, end: int, layer: str) -> np.ndarray:
                 if (vend - vstart) % this.itemsize:
                     raise reader.fail("blob data length is not a whole number of values",
                                       fstart, layer)
+                if unpacked:
+                    chunks.append(np.frombuffer(bytes(unpacked), dtype=this))
+                    unpacked.clear()
                 chunks.append(np.frombuffer(reader.buffer, dtype=this,
                                             count=(vend - vstart) // this.itemsize, offset=vstart))
             elif wire in (_FIXED32, _FIXED64) and this.itemsize == vend - vstart:
-                unpacked.append(bytes(reader.buffer[vstart:vend]))
+                unpacked += reader.buffer[vstart:vend]
             else:
                 raise reader.fail("blob data has the wrong encoding", fstart, layer)
         elif number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _VARINT:
             value, _ = reader.varint(vstart, vend)
-            legacy[number - 1] = value
+            value &= 0xFFFFFFFF  # int32 fields: protobuf keeps the low 32 bits
+            legacy[number - 1] = value - 2**32 if value >= 2**31 else value
             legacy_seen = True
     if unpacked:
-        chunks.append(np.frombuffer(b"".join(unpacked), dtype=dtype))
+        chunks.append(np.frombuffer(bytes(unpacked), dtype=dtype))
     if dtype is None:
         data = np.zeros(0, dtype="<f4")
     elif len(chunks) == 1:
         data = chunks[0]
     else:
         data = np.concatenate(chunks)
-    if shape is None:
-        shape = legacy if legacy_seen else [data.size]
-    if any(dim < 0 for dim in shape) or int(np.prod(shape, dtype=np.int64)) != data.size:
+    if legacy_seen:
+        shape = legacy
+    elif shape is None:
+        shape = [data.size]
+    if len(shape) > _MAX_BLOB_AXES:
+        raise reader.fail(f"blob has {len(shape)} axes, Caffe allows {_MAX_BLOB_AXES}",
+                          start, layer)
+    if any(dim < 0 for dim in shape) or math.prod(shape) != data.size:
         raise reader.fail(f"blob shape {tuple(shape)} does not match its {data.size} values",
                           start, layer)
-    return data.reshape(shape)
+    try:
+        return data.reshape(shape)
+    except ValueError:  # an empty blob with dimensions numpy cannot represent
+        raise reader.fail(f"blob shape {tuple(shape)} is too large", start, layer) from None
 
 
 def _layer(reader: _Reader, start: int, end: int, v1: bool) -> tuple[bytes, str, list[np.ndarray]]:

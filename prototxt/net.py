@@ -124,8 +124,17 @@ class Net:
         return {layer.name: layer.blobs for layer in self.layers if layer.blobs}
 
     def to_proto(self) -> caffe_pb2.NetParameter:
-        """The deploy NetParameter of the kept layers, without blobs."""
+        """The deploy NetParameter of the kept layers, without blobs.
+
+        Inputs that no Input layer declares (legacy fields, or the image top of a
+        dropped data layer) get one, so the result is a self-contained deploy net.
+        """
         proto = caffe_pb2.NetParameter(name=self.name)
+        declared = {top for layer in self.layers if layer.type == "Input" for top in layer.tops}
+        for blob, shape in self.inputs.items():
+            if blob not in declared:
+                layer = proto.layer.add(name=blob, type="Input", top=[blob])
+                layer.input_param.shape.add(dim=shape)
         for layer in self.layers:
             message = proto.layer.add()
             message.CopyFrom(layer.param)
@@ -202,6 +211,27 @@ def _data_layer_input(layer: caffe_pb2.LayerParameter) -> tuple[str, Shape] | No
     return None
 
 
+def _deploy_form(layer: caffe_pb2.LayerParameter, notes: list[str]) -> caffe_pb2.LayerParameter:
+    """The layer as a deploy net has it: no phase, BatchNorm on its stored statistics.
+
+    A caffemodel embeds the training net, whose BatchNorm layers may say
+    `use_global_stats: false`; inference always uses the stored statistics.
+    """
+    if not layer.HasField("phase") and not (
+            layer.type == "BatchNorm" and layer.batch_norm_param.HasField("use_global_stats")
+            and not layer.batch_norm_param.use_global_stats):
+        return layer
+    deploy = caffe_pb2.LayerParameter()
+    deploy.CopyFrom(layer)
+    deploy.ClearField("phase")
+    if deploy.type == "BatchNorm" and deploy.batch_norm_param.HasField("use_global_stats"):
+        if not deploy.batch_norm_param.use_global_stats:
+            deploy.batch_norm_param.use_global_stats = True
+            if not any(n.startswith("BatchNorm layers") for n in notes):
+                notes.append("BatchNorm layers switched to their stored statistics (inference)")
+    return deploy
+
+
 def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
               input_shape: Mapping[str, Sequence[int]] | None = None) -> Net:
     """Build a deploy `Net` from a NetParameter: filter, find inputs, infer shapes.
@@ -237,7 +267,7 @@ def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
                                          layer=layer.name)
             for i, top in enumerate(layer.top):
                 inputs[top] = shapes[i if len(shapes) > 1 else 0]
-        kept.append(layer)
+        kept.append(_deploy_form(layer, notes))
     if not inputs:
         inputs = data_inputs
     for name, shape in (input_shape or {}).items():
@@ -245,6 +275,9 @@ def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
     if not inputs:
         raise NetDefinitionError("the net has no input (no Input layer or input declaration); "
                                  "give its shape explicitly")
+    for blob, shape in inputs.items():
+        if any(dim < 0 for dim in shape):
+            raise NetDefinitionError(f"input '{blob}' has a negative dimension: {shape}")
     if not kept:
         raise NetDefinitionError("the net has no layers")
     return _infer(proto.name, inputs, kept, notes)

@@ -90,7 +90,7 @@ def pool_geometry(layer: caffe_pb2.LayerParameter, bottom: Shape) -> dict[str, l
     p = layer.pooling_param
     opt = lambda name: getattr(p, name) if p.HasField(name) else None  # noqa: E731
     if p.global_pooling:
-        if p.HasField("kernel_size") or p.HasField("kernel_h"):
+        if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
             raise NetDefinitionError("global_pooling takes no kernel size", layer=layer.name)
         kernel = [bottom[2], bottom[3]]
     else:
@@ -100,8 +100,9 @@ def pool_geometry(layer: caffe_pb2.LayerParameter, bottom: Shape) -> dict[str, l
     stride = _spatial(strides, opt("stride_h"), opt("stride_w"), 1, "stride", layer)
     pads = [p.pad] if p.HasField("pad") else []
     pad = _spatial(pads, opt("pad_h"), opt("pad_w"), 0, "pad", layer)
-    if p.global_pooling:
-        stride, pad = [1, 1], [0, 0]
+    if p.global_pooling and (stride != [1, 1] or pad != [0, 0]):
+        raise NetDefinitionError("global_pooling allows only pad 0 and stride 1",
+                                 layer=layer.name)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride):
         raise NetDefinitionError("kernel and stride must be positive", layer=layer.name)
     if any(pd >= k for pd, k in zip(pad, kernel)):
@@ -109,11 +110,16 @@ def pool_geometry(layer: caffe_pb2.LayerParameter, bottom: Shape) -> dict[str, l
     return {"kernel": kernel, "stride": stride, "pad": pad}
 
 
-def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
-    """Caffe's pooled output size: ceil rounding, last window starting inside the input."""
+def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool, *,
+                padded: bool | None = None) -> int:
+    """Caffe's pooled output size: ceil rounding, last window starting inside the input.
+
+    Caffe clips the last window on every axis as soon as any axis is padded;
+    `padded` says whether one is (default: this axis's `pad`).
+    """
     span = size + 2 * pad - kernel
-    out = (math.ceil(span / stride) if ceil else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if (pad if padded is None else padded) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -129,8 +135,12 @@ def _conv_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
     p = layer.convolution_param
     if p.axis != 1:
         raise NetDefinitionError("only channel axis 1 is supported", layer=layer.name)
-    if not p.HasField("num_output"):
-        raise NetDefinitionError("num_output is required", layer=layer.name)
+    if not bottoms:
+        raise NetDefinitionError(f"{layer.type} needs at least one bottom", layer=layer.name)
+    if not p.num_output > 0:
+        raise NetDefinitionError("num_output must be given and positive", layer=layer.name)
+    if not p.group > 0:
+        raise NetDefinitionError("group must be positive", layer=layer.name)
     geometry = conv_geometry(layer)
     tops = []
     for bottom in bottoms:
@@ -175,7 +185,8 @@ def _pool_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
         raise NetDefinitionError(f"expects a 4-D input, got {bottom}", layer=layer.name)
     geometry = pool_geometry(layer, bottom)
     ceil = layer.pooling_param.round_mode == caffe_pb2.PoolingParameter.CEIL
-    spatial = [pooled_size(size, k, s, pd, ceil) for size, k, s, pd in
+    padded = any(geometry["pad"])
+    spatial = [pooled_size(size, k, s, pd, ceil, padded=padded) for size, k, s, pd in
                zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"])]
     if any(out <= 0 for out in spatial):
         raise NetDefinitionError(f"input {bottom} too small for the kernel", layer=layer.name)
@@ -254,6 +265,9 @@ def _bias_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
 
 @_register(BLOB_RULES, "PReLU")
 def _prelu_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    if len(bottoms[0]) < 2 and not layer.prelu_param.channel_shared:
+        raise NetDefinitionError(f"needs a channel axis, got input {bottoms[0]}",
+                                 layer=layer.name)
     return [(1,)] if layer.prelu_param.channel_shared else [(bottoms[0][1],)]
 
 
@@ -348,6 +362,8 @@ def _flatten_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> lis
     bottom = bottoms[0]
     start = canonical_axis(layer.flatten_param.axis, len(bottom), layer)
     end = canonical_axis(layer.flatten_param.end_axis, len(bottom), layer)
+    if end < start:
+        raise NetDefinitionError(f"end_axis {end} comes before axis {start}", layer=layer.name)
     return [(*bottom[:start], math.prod(bottom[start:end + 1]), *bottom[end + 1:])]
 
 
@@ -363,9 +379,13 @@ def slice_points(layer: caffe_pb2.LayerParameter, bottom: Shape) -> tuple[int, l
     axis = p.slice_dim if p.HasField("slice_dim") and not p.HasField("axis") else p.axis
     axis = canonical_axis(axis, len(bottom), layer)
     size, tops = bottom[axis], len(layer.top)
+    if not tops:
+        raise NetDefinitionError("Slice needs at least one top", layer=layer.name)
     if p.slice_point:
         points = list(p.slice_point)
-        if len(points) != tops - 1 or points != sorted(points) or points[-1] >= size or points[0] <= 0:
+        steps = zip([0, *points], points)
+        if (len(points) != tops - 1 or tops > size or points[-1] > size
+                or any(point <= previous for previous, point in steps)):
             raise NetDefinitionError(f"slice points {points} do not cut axis of size {size} "
                                      f"into {tops} parts", layer=layer.name)
     else:

@@ -1,0 +1,102 @@
+"""PyTorch -> ONNX for converted nets: dynamic batch, Caffe blob names, checked.
+
+The TorchScript-based exporter is the default: on a SE-ResNet-50 it takes ~5 s
+where the dynamo exporter takes ~60 s on two CPU cores, and both produce the same
+numbers for these graphs. `exporter="dynamo"` selects the newer one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+MIN_OPSET = 17
+
+
+def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os.PathLike[str], example: torch.Tensor, *,
+                input_name: str = "data", output_names: Sequence[str] | None = None,
+                opset: int = MIN_OPSET, fp16: bool = False,
+                exporter: Literal["torchscript", "dynamo"] = "torchscript") -> Path:
+    """Export `module` (in eval mode) to `path` atomically, with a dynamic batch axis.
+
+    `output_names` defaults to the module's `caffe_outputs` (Caffe blob names).
+    With `fp16`, weights and activations are float16 (input and outputs too).
+    An ExportedProgram (a loaded `.pt2`) always goes through the dynamo exporter.
+    """
+    if isinstance(module, torch.export.ExportedProgram):
+        if fp16:
+            raise ValueError("--fp16 needs a .safetensors conversion, not a .pt2 program")
+        exporter = "dynamo"
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+    names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
+    if fp16:
+        module, example = module.half(), example.half()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            if exporter == "dynamo":
+                dynamic = None if isinstance(module, torch.export.ExportedProgram) else \
+                    {input_name: {0: torch.export.Dim("batch")}}
+                torch.onnx.export(module, (example,), tmp, input_names=[input_name],
+                                  output_names=names, opset_version=opset, dynamo=True,
+                                  dynamic_shapes=dynamic, external_data=False, verbose=False)
+            else:
+                axes = {name: {0: "batch"} for name in [input_name, *names]}
+                torch.onnx.export(module, (example,), tmp, input_names=[input_name],
+                                  output_names=names, opset_version=opset, dynamo=False,
+                                  dynamic_axes=axes)
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        if fp16:
+            module.float()
+    return target
+
+
+def onnx_session(path: str | os.PathLike[str], device: str | None = None):
+    """An ONNX Runtime session on CUDA when available (or asked), else on the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device == "cuda":
+        raise RuntimeError("CUDA requested but onnxruntime has no CUDA execution provider "
+                           "(install senet-repro[gpu])")
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+@torch.no_grad()
+def compare_onnx(path: str | os.PathLike[str], module: nn.Module | torch.export.ExportedProgram,
+                 inputs: torch.Tensor, device: str | None = None) -> float:
+    """Max abs difference between ONNX Runtime and `module` on `inputs`, over all outputs."""
+    if isinstance(module, torch.export.ExportedProgram):
+        module = module.module()
+    session = onnx_session(path, device)
+    feed = {session.get_inputs()[0].name: inputs.numpy().astype(
+        np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32)}
+    got = session.run(None, feed)
+    expected = module(inputs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    return max(float(np.abs(g.astype(np.float64) - e.double().numpy()).max())
+               for g, e in zip(got, expected))

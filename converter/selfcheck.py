@@ -1,0 +1,73 @@
+"""Check a converted net against an independent Caffe implementation (OpenCV).
+
+OpenCV's Caffe importer (opencv-python-headless < 5) is the only independent
+Caffe runtime installable from a package registry. Its own Axpy mapping swaps
+the operands, so the check hands it the portable prototxt (Axpy rewritten into
+Reshape + Scale + Eltwise), never the original.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from prototxt import Net, portable_net, write_prototxt
+
+
+@dataclass
+class SelfCheck:
+    blob: str
+    scale: float  # max |value| of the blob in float64
+    float32_vs_float64: float  # relative max abs difference of our own float32 run
+    opencv_vs_ours: float | None  # None when OpenCV is not installed
+
+    def summary(self) -> str:
+        text = (f"self-check on '{self.blob}' (relative to max |value| {self.scale:.4g}): "
+                f"float32 vs float64 {self.float32_vs_float64:.2e}")
+        if self.opencv_vs_ours is None:
+            return text + "; OpenCV not installed, no independent reference"
+        return text + f"; OpenCV (portable prototxt) vs ours {self.opencv_vs_ours:.2e}"
+
+
+def opencv_forward(net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndarray,
+                   blobs: Sequence[str]) -> list[np.ndarray] | None:
+    """Run OpenCV's Caffe importer on the portable form of `net`; None without cv2."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        portable = Path(scratch) / "portable.prototxt"
+        write_prototxt(portable_net(net.to_proto()), portable)
+        net = cv2.dnn.readNetFromCaffe(str(portable), str(caffemodel))
+        net.setInput(np.ascontiguousarray(inputs, dtype=np.float32))
+        return [np.asarray(out) for out in net.forward(list(blobs))]
+
+
+@torch.no_grad()
+def self_check(module: fx.GraphModule, net: Net, caffemodel: str | os.PathLike[str] | None,
+               seed: int = 0) -> SelfCheck:
+    """Run `module` on a seeded image-like input in float32 and float64, and OpenCV."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(tuple(next(iter(net.inputs.values()))), generator=generator) * 255.0 - 117.0
+    blob = module.caffe_outputs[0]
+    out32 = module(x)
+    out32 = out32[0] if isinstance(out32, tuple) else out32
+    out64 = module.double()(x.double())
+    module.float()
+    out64 = out64[0] if isinstance(out64, tuple) else out64
+    scale = float(out64.abs().max()) or 1.0
+    ours = float((out32.double() - out64).abs().max()) / scale
+    reference = None
+    if caffemodel is not None:
+        result = opencv_forward(net, caffemodel, x.numpy(), [blob])
+        if result is not None:
+            reference = float(np.abs(result[0].reshape(out32.shape) - out32.numpy()).max()) / scale
+    return SelfCheck(blob=blob, scale=scale, float32_vs_float64=ours, opencv_vs_ours=reference)
