@@ -1,0 +1,90 @@
+"""Model names -> constructors, plus loading converted weights from disk.
+
+The seven networks of the Caffe release, under torchvision/timm-like names.
+Weights are whatever `senet-convert` wrote: a `.pth` state_dict (read with
+`torch.load(weights_only=True)`, so no pickled code runs) or a `.safetensors`
+file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .inception import se_bn_inception
+from .senet import (se_resnet50, se_resnet101, se_resnet152, se_resnext50_32x4d,
+                    se_resnext101_32x4d, senet154)
+
+# Canonical names in the order of the SENet README table.
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "se_bn_inception": se_bn_inception,
+    "se_resnet50": se_resnet50,
+    "se_resnet101": se_resnet101,
+    "se_resnet152": se_resnet152,
+    "se_resnext50_32x4d": se_resnext50_32x4d,
+    "se_resnext101_32x4d": se_resnext101_32x4d,
+    "senet154": senet154,
+}
+
+ALIASES: dict[str, str] = {
+    "se_resnext50": "se_resnext50_32x4d",
+    "se_resnext101": "se_resnext101_32x4d",
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither a canonical name nor an alias."""
+
+
+def list_models() -> list[str]:
+    """Canonical names of the seven networks (aliases are not listed)."""
+    return list(_MODELS)
+
+
+def resolve_name(name: str) -> str:
+    """Canonical name for `name` (a canonical name or an alias, any case)."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in _MODELS:
+        aliases = ", ".join(f"{alias} -> {target}" for alias, target in ALIASES.items())
+        raise UnknownModelError(
+            f"unknown model {name!r}; valid names: {', '.join(_MODELS)} (aliases: {aliases})")
+    return key
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state_dict from `.safetensors` or `.pth` (tensors only, no pickled code)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path), device="cpu")
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    return dict(state_dict)
+
+
+def get_model(name: str, weights: str | os.PathLike[str] | None = None, **kwargs) -> nn.Module:
+    """Build network `name` (see `list_models()`); load `weights` strictly if given.
+
+    `kwargs` go to the constructor (e.g. `num_classes`). The model is returned
+    in eval mode when weights are loaded, since the Caffe deploy nets are
+    inference nets (BatchNorm with global statistics, no dropout).
+    """
+    canonical = resolve_name(name)
+    model = _MODELS[canonical](**kwargs)
+    if weights is not None:
+        state_dict = load_weights(weights)
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{weights}: the weights do not fit {canonical}: {exc}") from None
+        model.eval()
+    return model
