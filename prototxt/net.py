@@ -291,7 +291,9 @@ def _infer(name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerPara
         names = [p.name for p in protos if p.type in unsupported]
         raise NetDefinitionError(f"no shape rule for layer type(s) {', '.join(unsupported)} "
                                  f"(layers: {', '.join(names[:10])}"
-                                 f"{', ...' if len(names) > 10 else ''})")
+                                 f"{', ...' if len(names) > 10 else ''}). To support one, add "
+                                 "its shape rule to prototxt/shapes.py and its converter to "
+                                 "converter/ops/ (docs/ARCHITECTURE.md, 'Adding a layer type')")
     shapes: dict[str, Shape] = dict(inputs)
     layers: list[Layer] = []
     for proto in protos:

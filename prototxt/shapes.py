@@ -78,6 +78,8 @@ def conv_geometry(layer: caffe_pb2.LayerParameter) -> dict[str, list[int]]:
     stride = _spatial(list(p.stride), opt("stride_h"), opt("stride_w"), 1, "stride", layer)
     pad_h = p.pad_h if p.HasField("pad_h") else None
     pad_w = p.pad_w if p.HasField("pad_w") else None
+    if (pad_h is None) != (pad_w is None):  # Caffe's convolution takes the other as 0
+        pad_h, pad_w = pad_h or 0, pad_w or 0
     pad = _spatial(list(p.pad), pad_h, pad_w, 0, "pad", layer)
     dilation = _spatial(list(p.dilation), None, None, 1, "dilation", layer)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
