@@ -9,9 +9,11 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import torch
+import torch.distributed as dist
 
 from senet_repro import imagenet
 from senet_repro.transforms import CaffePreprocess
@@ -20,9 +22,10 @@ from senet_repro.validate import (BACKENDS, LAYOUTS, Backend, EvalOptions, EvalR
 
 from ._common import user_errors
 
+if TYPE_CHECKING:
+    from senet_repro.models import CaffeWeights
+
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-_CLASS_ORDER_NAMES = {"ilsvrc2012_devkit": imagenet.DEVKIT, imagenet.DEVKIT: imagenet.DEVKIT,
-                      imagenet.TORCHVISION: imagenet.TORCHVISION}
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Published:
     top5_error: float
 
 
-def _weights_description(model: str | None):
+def _weights_description(model: str | None) -> CaffeWeights | None:
     """The model zoo's description of `model` (None without --model)."""
     if model is None:
         return None
@@ -93,7 +96,8 @@ def _environment(device: torch.device, world_size: int) -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "senet_repro": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "device": _device_name(device), "world_size": world_size,
     }
 
@@ -104,7 +108,8 @@ def _verdict(result: EvalResult, published: Published | None, tolerance: float) 
         return "no published figures to compare with", None
     passed = (abs(result.top1_error - published.top1_error) <= tolerance
               and abs(result.top5_error - published.top5_error) <= tolerance)
-    verdict = f"{'PASS' if passed else 'FAIL'}: {'within' if passed else 'further than'} {tolerance:g} pp of published"
+    verdict = (f"{'PASS' if passed else 'FAIL'}: {'within' if passed else 'further than'} "
+               f"{tolerance:g} pp of published")
     if result.images != imagenet.NUM_VAL_IMAGES:
         verdict += f" (partial run: {result.images} of {imagenet.NUM_VAL_IMAGES} images, indicative only)"
     return verdict, passed
@@ -159,6 +164,32 @@ def _report(path: Path, *, args: dict, backend: Backend, valset: ValSet, preproc
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _protocol(args: dict) -> tuple[CaffePreprocess, Published | None, str]:
+    """Preprocessing, published figures (None when not comparable) and class order of the run."""
+    description = _weights_description(args["model"])
+    base = description.transforms() if description is not None else CaffePreprocess()
+    preprocess = CaffePreprocess(resize=args["resize"] or base.resize, crop=args["crop"] or base.crop,
+                                 mean_bgr=base.mean_bgr, interpolation=base.interpolation)
+    published = None
+    if description is not None and (preprocess.resize, preprocess.crop) == (base.resize, base.crop):
+        published = Published(description.top1_err, description.top5_err)
+    if args["check"] and published is None:
+        raise ValidateError("--check needs published figures: give --model, at its own --resize/--crop")
+    order = args["class_order"] or (description.class_order if description is not None else imagenet.DEVKIT)
+    return preprocess, published, imagenet.class_order(order)
+
+
+def _backend(args: dict, device: torch.device) -> Backend:
+    try:
+        return load_backend(args["backend"], weights=args["weights"], device=device, model=args["model"],
+                            prototxt=args["prototxt"], output=args["output_blob"], amp=args["amp"])
+    except ValueError:  # ValidateError and the model zoo's errors already say what is wrong
+        raise
+    except Exception as exc:  # loaders of three libraries, each with its own error types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValidateError(f"cannot load {args['weights']}: {type(exc).__name__}: {detail}") from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", help="Network name (e.g. se_resnext50): its published errors, preprocessing and "
                               "class order. Required for --backend torch.")
@@ -170,8 +201,8 @@ def _report(path: Path, *, args: dict, backend: Backend, valset: ValSet, preproc
 @click.option("--prototxt", type=_FILE, help="Deploy prototxt for --backend graph.")
 @click.option("--output-blob", help="Output to score (graph: blob name, default the input of a final "
                                     "Softmax; onnxruntime: output name, default the first).")
-@click.option("--labels", type=_FILE, help="Labels file for a flat folder (ILSVRC2017_val.txt or the "
-                                           "devkit ground truth); found automatically when next to the images.")
+@click.option("--labels", type=_FILE, help="Labels file for a flat folder (ILSVRC2017_val.txt or the devkit "
+                                           "ground truth); found automatically next to the images.")
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), help="Default: cuda when available.")
 @click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True)
@@ -188,7 +219,8 @@ def _report(path: Path, *, args: dict, backend: Backend, valset: ValSet, preproc
 @click.option("--gpu-decode", is_flag=True, help="Decode JPEGs with nvJPEG on the GPU (may differ from "
                                                  "libjpeg-turbo by a grey level).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 2).")
-@click.option("--check", is_flag=True, help="Exit 1 when an error is further than --tolerance from published.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 when an error is further than --tolerance from published.")
 @click.option("--tolerance", type=click.FloatRange(0), default=0.1, show_default=True,
               help="Percentage points.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write everything as JSON.")
@@ -202,35 +234,18 @@ def main(**args) -> None:
     """
     device = _resolve_device(args["device"], int(os.environ.get("LOCAL_RANK", "0")))
     distributed = init_distributed(device.type)
-    description = _weights_description(args["model"])
-    base = description.transforms() if description is not None else CaffePreprocess()
-    preprocess = CaffePreprocess(resize=args["resize"] or base.resize, crop=args["crop"] or base.crop,
-                                 mean_bgr=base.mean_bgr, interpolation=base.interpolation)
-    published = None
-    if description is not None and (preprocess.resize, preprocess.crop) == (base.resize, base.crop):
-        published = Published(description.top1_err, description.top5_err)
-    if args["check"] and published is None:
-        raise ValidateError("--check needs published figures: give --model, at its own --resize/--crop")
-    order_name = args["class_order"] or (description.class_order if description is not None else imagenet.DEVKIT)
-    if order_name not in _CLASS_ORDER_NAMES:
-        raise ValidateError(f"unknown class order {order_name!r} in the weights description")
-    class_order = _CLASS_ORDER_NAMES[order_name]
-    label_map = None if class_order == imagenet.DEVKIT else imagenet.imagenet_classes(imagenet.DEVKIT).permutation_to(
-        imagenet.imagenet_classes(class_order))
-
+    preprocess, published, class_order = _protocol(args)
+    label_map = None
+    if class_order != imagenet.DEVKIT:
+        devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
+        label_map = devkit.permutation_to(imagenet.imagenet_classes(class_order))
+    classes = _class_subset(args["classes"])
     valset = open_valset(args["data"], layout=args["layout"], labels_file=args["labels"])
-    valset = valset.subset(_class_subset(args["classes"]), args["limit"])
+    valset = valset.subset(classes, args["limit"])
     if len(valset) == 0:
         raise ValidateError("no images left after --classes/--limit")
     configure_precision(device, tf32=args["tf32"])
-    try:
-        backend = load_backend(args["backend"], weights=args["weights"], device=device, model=args["model"],
-                               prototxt=args["prototxt"], output=args["output_blob"], amp=args["amp"])
-    except ValueError:  # ValidateError and the model zoo's errors already say what is wrong
-        raise
-    except Exception as exc:  # loaders of three libraries, each with its own error types
-        raise ValidateError(f"cannot load {args['weights']}: {type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    backend = _backend(args, device)
     options = EvalOptions(batch_size=args["batch_size"], gpu_decode=args["gpu_decode"], strict=args["strict"])
     if args["workers"] is not None:
         options.workers = args["workers"]
@@ -239,7 +254,10 @@ def main(**args) -> None:
                    f"x{distributed.world_size}, {backend.description}; {len(valset)} images "
                    f"({valset.layout} layout, labels from {valset.label_source}), class order {class_order}",
                    err=True)
-    result = evaluate(backend, valset, preprocess, label_map=label_map, options=options, distributed=distributed)
+    result = evaluate(backend, valset, preprocess, label_map=label_map, options=options,
+                      distributed=distributed)
+    if distributed.world_size > 1:
+        dist.destroy_process_group()
     verdict, passed = _verdict(result, published, args["tolerance"])
     if distributed.is_main:
         for name, message in result.unreadable:
@@ -251,3 +269,7 @@ def main(**args) -> None:
                     device=device, weights=args["weights"])
     if args["check"] and not passed:
         sys.exit(1)
+
+
+if __name__ == "__main__":  # `python -m senet_repro.cli.validate`, e.g. under torchrun
+    main()

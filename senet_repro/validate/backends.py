@@ -1,0 +1,140 @@
+"""The three ways the harness runs a network on a batch of preprocessed images.
+
+- `torch`: the clean model of `senet_repro.models` with converted weights.
+- `graph`: the generic torch.fx graph that `converter` builds from the prototxt and
+  caffemodel themselves -- no model code of ours in between.
+- `onnxruntime`: an exported `.onnx` (input named `data`), on the CUDA execution provider
+  when onnxruntime-gpu is installed and a GPU was asked for, else on the CPU one.
+
+Each backend takes float32 NCHW BGR batches on `backend.device` and returns float32
+logits (N, classes) on any device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ValidateError
+
+BACKENDS = ("torch", "graph", "onnxruntime")
+_ONNX_FLOATS = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
+class Backend(Protocol):
+    name: str
+    device: torch.device
+    description: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """An nn.Module in eval mode; channels-last on CUDA, optional autocast."""
+
+    def __init__(self, module: nn.Module, device: torch.device, *, amp: bool = False,
+                 channels_last: bool | None = None, name: str = "torch") -> None:
+        self.name = name
+        self.device = device
+        self.amp = amp
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        self.module = module.eval().to(device)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.description = f"{name} (PyTorch {torch.__version__})"
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            out = self.module(batch)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.float()
+
+
+class OnnxRuntimeBackend:
+    """An ONNX file in an onnxruntime session; I/O binding keeps CUDA batches on the GPU."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], device: torch.device, *,
+                 output: str | None = None) -> None:
+        import onnxruntime as ort
+        providers: list = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ValidateError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+        inputs = {i.name: i.type for i in self.session.get_inputs()}
+        if "data" not in inputs:
+            raise ValidateError(f"{path}: expected an input named 'data' (as senet-convert exports), "
+                                f"found {list(inputs)}")
+        if inputs["data"] not in _ONNX_FLOATS:
+            raise ValidateError(f"{path}: input 'data' is {inputs['data']}, expected float or float16")
+        self.input_dtype = _ONNX_FLOATS[inputs["data"]]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if output is not None and output not in outputs:
+            raise ValidateError(f"{path}: no output {output!r}; outputs are {outputs}")
+        self.output = output or outputs[0]
+        provider = self.session.get_providers()[0]  # CUDA may have failed to start: then CPU
+        self.device = device if provider == "CUDAExecutionProvider" else torch.device("cpu")
+        self.description = f"onnxruntime {ort.__version__} ({provider}, output {self.output!r})"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.input_dtype).contiguous()  # an --fp16 export takes float16 input
+        if batch.device.type != "cuda":
+            return torch.from_numpy(self.session.run([self.output], {"data": batch.numpy()})[0]).float()
+        device_id = batch.device.index or 0
+        torch.cuda.current_stream(batch.device).synchronize()  # onnxruntime uses its own stream
+        binding = self.session.io_binding()
+        element_type = np.float16 if self.input_dtype == torch.float16 else np.float32
+        binding.bind_input("data", "cuda", device_id, element_type, tuple(batch.shape), batch.data_ptr())
+        binding.bind_output(self.output, "cuda", device_id)
+        self.session.run_with_iobinding(binding)
+        return torch.from_numpy(binding.get_outputs()[0].numpy()).float()
+
+
+def _logits_blob(prototxt: Path) -> str | None:
+    """The blob before a final Softmax: ranking on logits avoids ties of underflowed probabilities."""
+    from prototxt import load_net
+    last = load_net(prototxt).layers[-1]
+    return last.bottoms[0] if last.type == "Softmax" else None
+
+
+def load_backend(kind: str, *, weights: str | os.PathLike[str], device: torch.device,
+                 model: str | None = None, prototxt: str | os.PathLike[str] | None = None,
+                 output: str | None = None, amp: bool = False) -> Backend:
+    """Build backend `kind` from a weights file (.pth/.safetensors, .caffemodel or .onnx)."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ValidateError(f"weights file {weights} does not exist")
+    if kind == "torch":
+        if model is None:
+            raise ValidateError("the torch backend needs --model (which network the weights belong to)")
+        from senet_repro.models import get_model
+        return TorchBackend(get_model(model, weights=weights), device, amp=amp)
+    if kind == "graph":
+        if prototxt is None:
+            raise ValidateError("the graph backend needs --prototxt (and the caffemodel as --weights)")
+        try:
+            from converter import convert_caffe
+        except ImportError as exc:
+            raise ValidateError(f"the graph backend needs the converter package: {exc}") from None
+        blob = output or _logits_blob(Path(prototxt))
+        graph = convert_caffe(prototxt, weights, outputs=[blob] if blob else None)
+        return TorchBackend(graph, device, amp=amp, name="graph")
+    if kind == "onnxruntime":
+        if amp:
+            raise ValidateError("--amp applies to the torch and graph backends; export with --fp16 instead")
+        return OnnxRuntimeBackend(weights, device, output=output)
+    raise ValidateError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
