@@ -23,7 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from . import caffe_pb2
-from ._atomic import atomic_writer
+from .atomic import atomic_writer
 from .errors import CaffemodelFormatError
 
 # Wire types of the protobuf encoding.

@@ -14,7 +14,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from . import caffe_pb2
-from ._atomic import atomic_writer
+from .atomic import atomic_writer
 from .errors import PrototxtSyntaxError
 
 # Tokens of protobuf text format, enough to follow braces: strings, comments,

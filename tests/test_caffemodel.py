@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import prototxt._atomic
+import prototxt.atomic
 from prototxt import (CaffemodelFormatError, PrototxtSyntaxError, caffe_pb2, load_net,
                       parse_caffemodel_buffer, parse_prototxt, read_caffemodel, write_caffemodel)
 from senet_repro.assets import CaffePair
@@ -294,7 +294,7 @@ def test_writer_failure_during_write_leaves_nothing(tmp_path: Path,
         assert os.fstat(fd).st_size > 1000  # the payload was really being written
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(prototxt._atomic.os, "fsync", failing_fsync)
+    monkeypatch.setattr(prototxt.atomic.os, "fsync", failing_fsync)
     path = tmp_path / "model.caffemodel"
     blobs = {"a": [np.ones((16, 16), np.float32)]}
     with pytest.raises(OSError, match="No space left"):
