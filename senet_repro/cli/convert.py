@@ -221,13 +221,15 @@ def caffe2onnx(prototxt: Path | None, caffemodel: Path, output: Path, opset: int
     _export_and_compare(module, next(iter(net.inputs.values())), output, opset, fp16)
 
 
-def _export_and_compare(module, shape, output: Path, opset: int, fp16: bool) -> None:
+def _export_and_compare(module, shape: tuple[int, ...], output: Path, opset: int, fp16: bool,
+                        output_names: list[str] | None = None) -> None:
+    """Export to ONNX, then run ONNX Runtime and PyTorch on a seeded batch of 3 and compare."""
     import torch
 
     from converter.onnx_export import compare_onnx, export_onnx
 
     example = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(0)) * 255 - 117
-    export_onnx(module, output, example, opset=opset, fp16=fp16)
+    export_onnx(module, output, example, opset=opset, fp16=fp16, output_names=output_names)
     batch = torch.cat([example] * 3) if not fp16 else example
     difference = compare_onnx(output, module, batch)
     click.echo(f"wrote {output} (opset {opset}{', float16' if fp16 else ''}); ONNX Runtime vs "
@@ -237,18 +239,31 @@ def _export_and_compare(module, shape, output: Path, opset: int, fp16: bool) -> 
 @main.command("torch2onnx")
 @click.argument("converted", type=_FILE)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--model", default=None, metavar="NAME",
+              help="CONVERTED is a state_dict (.pth/.safetensors) of this SENet model, "
+                   "e.g. se_resnext50; without it, a generic net from caffe2torch.")
 @click.option("--input-shape", default="1,3,224,224", show_default=True,
               help="Example input shape for export (the batch axis stays dynamic).")
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @user_errors
-def torch2onnx(converted: Path, output: Path, input_shape: str, opset: int, fp16: bool) -> None:
-    """Export a converted net (.pt2 or .safetensors from caffe2torch) to ONNX."""
-    from converter.serialize import load_converted
+def torch2onnx(converted: Path, output: Path, model: str | None, input_shape: str, opset: int,
+               fp16: bool) -> None:
+    """Export a converted net to ONNX: a SENet checkpoint (--model) or a generic .pt2/.safetensors.
 
-    module = load_converted(converted)
+    The ONNX input is named 'data' (BGR, 0..255 minus the Caffe means) with a dynamic
+    batch axis; a SENet's output is 'classifier' (logits), as the Caffe blob.
+    """
     shape = tuple(int(d) for d in input_shape.split(","))
-    _export_and_compare(module, shape, output, opset, fp16)
+    if model is not None:
+        from senet_repro.models import get_model
+
+        module = get_model(model, weights=converted).eval()
+        _export_and_compare(module, shape, output, opset, fp16, output_names=["classifier"])
+    else:
+        from converter.serialize import load_converted
+
+        _export_and_compare(load_converted(converted), shape, output, opset, fp16)
 
 
 @main.command("portable-prototxt")
