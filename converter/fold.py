@@ -17,6 +17,9 @@ from torch import fx, nn
 
 from .modules import Affine
 
+# What `fold_batchnorm` has done to a net (its `caffe_fold`), from least to most.
+FOLD_LEVELS = ("none", "bn", "conv")
+
 
 def _only_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
@@ -96,6 +99,7 @@ def fold_batchnorm(gm: fx.GraphModule, into: Literal["bn", "conv"] = "bn") -> fx
 
     into="bn": each pair becomes one `nn.BatchNorm2d(affine=True)`.
     into="conv": and each of those after a convolution is folded into it.
+    Sets `gm.caffe_fold`, so that a saved state_dict can be loaded into the same structure.
     """
     if into not in ("bn", "conv"):
         raise ValueError(f"into must be 'bn' or 'conv', not {into!r}")
@@ -104,4 +108,6 @@ def fold_batchnorm(gm: fx.GraphModule, into: Literal["bn", "conv"] = "bn") -> fx
         _merge_into_conv(gm)
     gm.graph.lint()
     gm.recompile()
+    # Folding into the convolution subsumes folding into BatchNorm, whatever the order.
+    gm.caffe_fold = max(into, getattr(gm, "caffe_fold", "none"), key=FOLD_LEVELS.index)
     return gm

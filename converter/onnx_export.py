@@ -22,6 +22,18 @@ from torch import nn
 MIN_OPSET = 17
 
 
+@torch.no_grad()
+def _check_example(module: nn.Module | torch.export.ExportedProgram, example: torch.Tensor) -> None:
+    """One-line ValueError when `example` does not fit the net, before any export work."""
+    runnable = module.module() if isinstance(module, torch.export.ExportedProgram) else module
+    try:
+        runnable(example)
+    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:  # IndexError: .pt2 guards
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"an example input of shape {tuple(example.shape)} does not fit the net "
+                         f"({reason})") from exc
+
+
 def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os.PathLike[str], example: torch.Tensor, *,
                 input_name: str = "data", output_names: Sequence[str] | None = None,
                 opset: int = MIN_OPSET, fp16: bool = False,
@@ -39,6 +51,7 @@ def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
+    _check_example(module, example)
     if fp16:
         module, example = module.half(), example.half()
     target = Path(path)

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
 from prototxt import Net, load_net, write_prototxt
 
+from .fold import fold_batchnorm
 from .graph import convert
 
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The temporary name keeps the suffix: torch.export.save warns about any other.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -51,28 +55,51 @@ def save_converted(module: fx.GraphModule, net: Net, path: str | os.PathLike[str
     if target.suffix == ".safetensors":
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
         _atomic(target, lambda tmp: save_file(state, tmp, metadata={
-            "format": "senet-repro-generic", "outputs": ",".join(module.caffe_outputs)}))
+            "format": "senet-repro-generic", "outputs": ",".join(module.caffe_outputs),
+            "fold": getattr(module, "caffe_fold", "none")}))
         write_prototxt(net.to_proto(), prototxt_beside(target))
         return [target, prototxt_beside(target)]
     raise ValueError(f"{target}: the output must end in .pt2 or .safetensors")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def load_converted(path: str | os.PathLike[str]) -> nn.Module | torch.export.ExportedProgram:
     """Load what `save_converted` wrote; never unpickles arbitrary objects.
 
     A `.pt2` gives the ExportedProgram (call `.module()` to run it), a
-    `.safetensors` the re-converted GraphModule.
+    `.safetensors` the re-converted GraphModule. A file that is not what its
+    suffix says, or tensors that do not fit the prototxt beside them, raise a
+    one-line ValueError.
     """
     source = Path(path)
     if source.suffix == ".pt2":
-        return torch.export.load(source)
+        if not zipfile.is_zipfile(source):
+            raise ValueError(f"{source}: not a .pt2 program (not a zip archive)")
+        try:
+            return torch.export.load(source)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{source}: not a .pt2 program torch.export can load "
+                             f"({_first_line(exc)})") from exc
     if source.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(source), "pt") as handle:
-            outputs = (handle.metadata() or {}).get("outputs", "")
+        try:
+            with safe_open(str(source), "pt") as handle:
+                metadata = handle.metadata() or {}
+            state = load_file(str(source))
+        except SafetensorError as exc:
+            raise ValueError(f"{source}: not a safetensors file ({_first_line(exc)})") from exc
+        outputs, fold = metadata.get("outputs", ""), metadata.get("fold", "none")
         net = load_net(prototxt_beside(source))
         module = convert(net, outputs.split(",") if outputs else None, require_weights=False)
-        module.load_state_dict(load_file(str(source)), strict=True)
+        if fold != "none":  # the same structure the state_dict was saved from
+            fold_batchnorm(module, fold)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            details = " ".join(str(exc).split())  # torch lists the keys on several lines
+            raise ValueError(f"{source}: its tensors do not fit {prototxt_beside(source).name} "
+                             f"({details[:300]})") from exc
         return module
     raise ValueError(f"{source}: expected a .pt2 or .safetensors file")
-
