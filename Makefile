@@ -23,11 +23,13 @@ demo: $(STAMP)
 		$(if $(PROTOTXT),--prototxt $(PROTOTXT)) $(if $(MODEL),--model $(MODEL)) \
 		--out demo-out
 
+# PASSIVE: idle OpenMP threads sleep instead of spinning, which otherwise slows torch
+# 3-4x on a 2-core machine whenever a second process (loader, OpenCV, torchrun) runs.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/run_all.py
 
 # Regenerates prototxt/caffe_pb2.py from prototxt/caffe.proto.
 proto: $(STAMP)

@@ -8,7 +8,6 @@ numbers for these graphs. `exporter="dynamo"` selects the newer one.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,8 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+from prototxt.atomic import atomic_path
 
 MIN_OPSET = 17
 
@@ -34,7 +35,8 @@ def _check_example(module: nn.Module | torch.export.ExportedProgram, example: to
                          f"({reason})") from exc
 
 
-def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os.PathLike[str], example: torch.Tensor, *,
+def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os.PathLike[str],
+                example: torch.Tensor, *,
                 input_name: str = "data", output_names: Sequence[str] | None = None,
                 opset: int = MIN_OPSET, fp16: bool = False,
                 exporter: Literal["torchscript", "dynamo"] = "torchscript") -> Path:
@@ -55,11 +57,8 @@ def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os
     if fp16:
         module, example = module.half(), example.half()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with atomic_path(target) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             if exporter == "dynamo":
@@ -73,12 +72,7 @@ def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os
                 torch.onnx.export(module, (example,), tmp, input_names=[input_name],
                                   output_names=names, opset_version=opset, dynamo=False,
                                   dynamic_axes=axes)
-        onnx.checker.check_model(onnx.load(tmp), full_check=True)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            onnx.checker.check_model(onnx.load(tmp), full_check=True)
     finally:
         if fp16:
             module.float()

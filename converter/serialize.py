@@ -8,7 +8,6 @@ from; loading the latter re-converts the prototxt and fills in the tensors.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,24 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
 from prototxt import Net, load_net, write_prototxt
+from prototxt.atomic import atomic_path
 
 from .fold import fold_batchnorm
 from .graph import convert
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: torch.export.save warns about any other.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def prototxt_beside(path: Path) -> Path:
@@ -51,13 +36,15 @@ def save_converted(module: fx.GraphModule, net: Net, path: str | os.PathLike[str
         example = example[:1].expand(2, *example.shape[1:]).contiguous()
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-        _atomic(target, lambda tmp: torch.export.save(program, tmp))
+        with atomic_path(target) as tmp:
+            torch.export.save(program, tmp)
         return [target]
     if target.suffix == ".safetensors":
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
-        _atomic(target, lambda tmp: save_file(state, tmp, metadata={
-            "format": "senet-repro-generic", "outputs": ",".join(module.caffe_outputs),
-            "fold": getattr(module, "caffe_fold", "none")}))
+        metadata = {"format": "senet-repro-generic", "outputs": ",".join(module.caffe_outputs),
+                    "fold": getattr(module, "caffe_fold", "none")}
+        with atomic_path(target) as tmp:
+            save_file(state, tmp, metadata=metadata)
         write_prototxt(net.to_proto(), prototxt_beside(target))
         return [target, prototxt_beside(target)]
     raise ValueError(f"{target}: the output must end in .pt2 or .safetensors")
