@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
+from cli_assertions import assert_one_line_error
 from caffe_factory import image_like, make_random_caffemodel
 from converter import convert
 from converter.serialize import load_converted
@@ -55,21 +56,6 @@ OTHER_NET = SE_TINY.replace("num_output: 5", "num_output: 6")  # the classifier 
 
 def run(*args: str | Path) -> Result:
     return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def assert_user_error(result: Result, fragment: str) -> None:
-    """Exit 2, nothing on stdout, one stderr line `error: ...`, no traceback.
-
-    The progress bar (leave=False) may precede the line on stderr with carriage
-    returns only: a terminal shows the error line alone.
-    """
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output and result.stdout == ""
-    lines = result.stderr.rstrip("\n").split("\n")
-    shown = lines[-1].split("\r")[-1]
-    assert len(lines) == 1 and shown.startswith("error: "), result.stderr
-    assert fragment in shown, shown
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +225,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, se_tiny: CaffePair) -> d
     pytest.param(build, fragment, id=label) for label, build, fragment in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_nothing_written(bad_files, se_tiny, out: Path, args,
                                                      fragment: str) -> None:
-    assert_user_error(run(*args(bad_files, se_tiny, out)), fragment)
+    assert_one_line_error(run(*args(bad_files, se_tiny, out)), fragment)
     assert list(out.iterdir()) == []
 
 
@@ -250,8 +236,8 @@ def test_input_shape_that_does_not_fit(se_tiny: CaffePair, out: Path, tmp_path: 
         assert run("caffe2torch", *caffe_args(se_tiny), "-o", saved).exit_code == 0
         for shape in ("1,4,16,16", "1,3,16"):
             result = run("torch2onnx", saved, "-o", out / "x.onnx", "--input-shape", shape)
-            assert_user_error(result, "does not fit the net")
-    assert_user_error(run("torch2onnx", tmp_path / "t.pt2", "-o", out / "x.onnx", "--fp16",
+            assert_one_line_error(result, "does not fit the net")
+    assert_one_line_error(run("torch2onnx", tmp_path / "t.pt2", "-o", out / "x.onnx", "--fp16",
                           "--input-shape", SHAPE), "--fp16 needs a .safetensors conversion")
     assert list(out.iterdir()) == []
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from cli_assertions import assert_one_line_error
 from prototxt import load_net, write_caffemodel
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main
@@ -20,18 +21,6 @@ JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" +
 
 def _inspect(*args: str | Path) -> Result:
     return CliRunner().invoke(main, ["inspect", *map(str, args)])
-
-
-def _assert_user_error(result: Result, *fragments: str) -> str:
-    """Exit code 2, nothing on stdout, one line `error: ...` on stderr, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
 
 
 def test_table(senet_prototxts: dict[str, Path]) -> None:
@@ -102,8 +91,8 @@ def _only(directory: Path, *names: str) -> None:
 def test_truncated_caffemodel(nsfw_model: CaffePair, workdir: Path) -> None:
     cut = workdir / "cut.caffemodel"
     cut.write_bytes(nsfw_model.caffemodel.read_bytes()[:5_000_000])
-    _assert_user_error(_inspect(cut), str(cut), "truncated")
-    _assert_user_error(_inspect(nsfw_model.prototxt, "--weights", cut), "truncated")
+    assert_one_line_error(_inspect(cut), str(cut), "truncated")
+    assert_one_line_error(_inspect(nsfw_model.prototxt, "--weights", cut), "truncated")
     _only(workdir, "cut.caffemodel")
 
 
@@ -111,30 +100,30 @@ def test_truncated_caffemodel(nsfw_model: CaffePair, workdir: Path) -> None:
 def test_not_a_caffemodel(tiny_model: CaffePair, workdir: Path, content: bytes) -> None:
     bad = workdir / "photo.caffemodel"
     bad.write_bytes(content)
-    _assert_user_error(_inspect(bad), str(bad))
-    _assert_user_error(_inspect(tiny_model.prototxt, "--weights", bad), str(bad))
+    assert_one_line_error(_inspect(bad), str(bad))
+    assert_one_line_error(_inspect(tiny_model.prototxt, "--weights", bad), str(bad))
     _only(workdir, "photo.caffemodel")
 
 
 def test_caffemodel_given_as_prototxt(tiny_model: CaffePair, workdir: Path) -> None:
     renamed = workdir / "weights.prototxt"
     renamed.write_bytes(tiny_model.caffemodel.read_bytes())
-    _assert_user_error(_inspect(renamed), "not a text prototxt")
+    assert_one_line_error(_inspect(renamed), "not a text prototxt")
 
 
 def test_prototxt_syntax_error(workdir: Path) -> None:
     bad = workdir / "deploy.prototxt"
     bad.write_text('name: "x"\nlayer {\n  name: "conv1"\n  type: "Convolution"\n'
                    '  convolution_param { num_output: 8 kernel_size: 3x }\n}\n')
-    line = _assert_user_error(_inspect(bad), f"{bad}:5:", "(in layer 'conv1')")
+    line = assert_one_line_error(_inspect(bad), f"{bad}:5:", "(in layer 'conv1')")
     assert "Couldn't parse integer" in line
 
 
 def test_prototxt_and_caffemodel_of_different_nets(tiny_model: CaffePair,
                                                    nsfw_model: CaffePair) -> None:
-    _assert_user_error(_inspect(tiny_model.prototxt, "--weights", nsfw_model.caffemodel),
+    assert_one_line_error(_inspect(tiny_model.prototxt, "--weights", nsfw_model.caffemodel),
                        "no weights for", "conv1")
-    _assert_user_error(_inspect(nsfw_model.prototxt, "--weights", tiny_model.caffemodel),
+    assert_one_line_error(_inspect(nsfw_model.prototxt, "--weights", tiny_model.caffemodel),
                        "tiny.caffemodel has no weights")
 
 
@@ -146,7 +135,7 @@ def test_shape_mismatch_names_layer_and_shapes(senet_prototxts: dict[str, Path],
                for layer in resnet.layers if layer.blob_shapes}
     path = tmp_path / "resnet50.caffemodel"
     write_caffemodel(path, resnet.to_proto(), weights)
-    _assert_user_error(_inspect(senet_prototxts["SE-ResNeXt-50"], "--weights", path),
+    assert_one_line_error(_inspect(senet_prototxts["SE-ResNeXt-50"], "--weights", path),
                        "layer 'conv2_1_1x1_reduce': blob 0 has shape (64, 64, 1, 1), "
                        "the prototxt implies (128, 64, 1, 1)")
 

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner, Result
 from google.protobuf import text_format
 
+from cli_assertions import assert_one_line_error
 from prototxt import (caffe_pb2, load_net, parse_prototxt, portable_net, read_caffemodel,
                       write_caffemodel)
 from senet_repro import export_caffe as export_module
@@ -233,16 +234,6 @@ def test_cli_writes_given_weights(tmp_path: Path, inception_state_dict: dict[str
     assert (out / "SE-BN-Inception.prototxt").read_text().startswith("# mean_value: 104, 117, 123\n")
 
 
-def _assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def _bad_weights(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / {"garbage-pth": "w.pth", "garbage-safetensors": "w.safetensors",
                        "empty": "w.pth", "missing": "absent.pth", "directory": "weights",
@@ -272,13 +263,13 @@ def test_cli_bad_weights(tmp_path: Path, kind: str, out_exists: bool) -> None:
     if out_exists:
         out.mkdir()
     result = _invoke("--model", "se_resnet50", "--weights", weights, "-o", out)
-    _assert_one_line_error(result, str(weights))
+    assert_one_line_error(result, str(weights))
     assert (sorted(out.iterdir()) == []) if out_exists else not out.exists()
 
 
 def test_cli_bad_model(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _assert_one_line_error(_invoke("--model", "se_resnet51", "-o", out),
+    assert_one_line_error(_invoke("--model", "se_resnet51", "-o", out),
                            "unknown model 'se_resnet51'", "se_resnext50_32x4d")
     assert not out.exists()
 
@@ -286,10 +277,10 @@ def test_cli_bad_model(tmp_path: Path) -> None:
 def test_cli_bad_output_and_seed(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
-    _assert_one_line_error(_invoke("--model", "se_resnet50", "-o", a_file), "not a directory")
+    assert_one_line_error(_invoke("--model", "se_resnet50", "-o", a_file), "not a directory")
     assert a_file.read_text() == "keep me"
     out = tmp_path / "out"
-    _assert_one_line_error(_invoke("--model", "se_resnet50", "-o", out, "--seed", "-1"),
+    assert_one_line_error(_invoke("--model", "se_resnet50", "-o", out, "--seed", "-1"),
                            "non-negative")
     assert not out.exists()
 

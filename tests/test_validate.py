@@ -16,12 +16,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from converter.onnx_export import export_onnx
 from senet_repro import imagenet
 from senet_repro.cli.validate import main as validate_cli
 from senet_repro.transforms import CaffePreprocess
 from senet_repro.validate import (EvalOptions, EvalResult, TorchBackend, ValidateError, correct_at_k,
                                   evaluate, load_backend, open_valset)
-from senet_repro.validate.fake_imagenet import (FakeImageNet, expected_errors, export_onnx, known_answer_net,
+from senet_repro.validate.fake_imagenet import (FakeImageNet, expected_errors, known_answer_net,
                                                 make_fake_imagenet)
 from senet_repro.validate.runner import _decode_on_device
 
@@ -43,7 +44,8 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeImageNet:
 @pytest.fixture(scope="module")
 def known_onnx(fake: FakeImageNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The known-answer network exported to ONNX (input 'data', dynamic batch)."""
-    return export_onnx(known_answer_net(fake, RANKS), tmp_path_factory.mktemp("onnx") / "known.onnx")
+    return export_onnx(known_answer_net(fake, RANKS), tmp_path_factory.mktemp("onnx") / "known.onnx",
+                       torch.zeros(2, 3, 224, 224), output_names=["classifier"])
 
 
 def run(net: torch.nn.Module, data: Path, *, workers: int = 0, strict: bool = False,
@@ -290,7 +292,6 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
     """One random-weight SE-ResNet-50 caffemodel, run as clean model, converted graph and ONNX."""
     try:
         import prototxt
-        from converter.onnx_export import export_onnx as converter_export_onnx
         from prototxt.random_weights import random_blobs
         from senet_repro.models import caffe_to_state_dict
     except ImportError as exc:
@@ -304,7 +305,7 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
     state_dict = tmp_path / "se_resnet50.pth"
     torch.save(caffe_to_state_dict("se_resnet50", blobs), state_dict)
     graph = load_backend("graph", weights=caffemodel, prototxt=deploy, device=CPU)
-    onnx_path = converter_export_onnx(graph.module, tmp_path / "se_resnet50.onnx",
+    onnx_path = export_onnx(graph.module, tmp_path / "se_resnet50.onnx",
                                       torch.zeros(1, 3, 224, 224))
     backends = {"torch": load_backend("torch", model="se_resnet50", weights=state_dict, device=CPU),
                 "graph": graph,

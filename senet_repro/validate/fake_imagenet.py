@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from converter.onnx_export import export_onnx
 from senet_repro import imagenet
 
 MAX_CODES = 64
@@ -201,18 +202,6 @@ def demo_ranks(count: int) -> list[int]:
     return [(0, 0, 1, 0, 4, 0, 0, 7, 0, 0)[k % 10] for k in range(count)]
 
 
-def export_onnx(net: nn.Module, path: str | Path) -> Path:
-    """The net as ONNX with input 'data' and a dynamic batch, as `--backend onnxruntime` expects."""
-    import warnings
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(net, (torch.zeros(2, 3, 224, 224),), str(path), input_names=["data"],
-                          output_names=["classifier"], dynamic_axes={"data": {0: "batch"}}, dynamo=False)
-    return path
-
-
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--classes", "num_classes", default=5, show_default=True, help="Number of classes.")
@@ -227,7 +216,8 @@ def main(out: Path, num_classes: int, per_class: int, seed: int, known_answer_on
         click.echo(f"{name:12s} {folder}")
     if known_answer_onnx is not None:
         ranks = demo_ranks(len(fake.images))
-        export_onnx(known_answer_net(fake, ranks), known_answer_onnx)
+        export_onnx(known_answer_net(fake, ranks), known_answer_onnx, torch.zeros(2, 3, 224, 224),
+                    output_names=["classifier"])
         top1, top5 = expected_errors(ranks)
         click.echo(f"{known_answer_onnx}: expected top-1 error {100 * top1 / len(ranks):.2f} %, "
                    f"top-5 error {100 * top5 / len(ranks):.2f} %")
