@@ -164,6 +164,8 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
     target = checkpoints.senet_target(net, model, output,
                                       wants_generic=bool(generic_options) or output.suffix == ".pt2")
     if target is None:
+        if output.suffix not in (".pt2", ".safetensors"):
+            raise ValueError(f"{output}: a generic net is saved as .pt2 or .safetensors")
         if senet_options:
             raise ValueError(f"{', '.join(senet_options)} apply to the seven SENet networks only; "
                              f"'{net.name}' is converted as a generic graph")
