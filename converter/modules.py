@@ -6,8 +6,6 @@ net reads as `self.conv2_1_1x1_down_scale(...)` calling one of these.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -183,36 +181,36 @@ class Flatten(nn.Module):
 
 
 class CaffePool2d(nn.Module):
-    """Caffe MAX/AVE pooling where torch's pooling can't express it (pad > kernel/2).
+    """Caffe MAX/AVE pooling where torch's pooling can't express it.
 
-    The input is padded explicitly so every output window lies inside it; AVE
-    divides by Caffe's divisor: the window clipped to the padded extent
-    [-pad, size + pad), padding counted.
+    (pad > kernel / 2, or a last window starting past an unpadded input.) The
+    input is padded explicitly so every output window lies inside it; AVE
+    divides by Caffe's divisor, the window clipped to the padded extent
+    [-pad, size + pad) with padding counted, precomputed for the layer's input size.
     """
 
     def __init__(self, mode: str, kernel: list[int], stride: list[int], pad: list[int],
-                 out_size: list[int]) -> None:
+                 in_size: list[int], out_size: list[int]) -> None:
         super().__init__()
-        self.mode, self.kernel, self.stride, self.pad, self.out_size = mode, kernel, stride, pad, out_size
-
-    def _divisor(self, size: list[int], device: torch.device) -> torch.Tensor:
-        counts = []
-        for n, k, s, p, out in zip(size, self.kernel, self.stride, self.pad, self.out_size):
-            starts = torch.arange(out, device=device) * s - p
-            counts.append(torch.minimum(starts + k, torch.tensor(n + p, device=device)) - starts)
-        return (counts[0][:, None] * counts[1][None, :]).to(torch.float32)
+        self.mode, self.kernel, self.stride, self.pad = mode, kernel, stride, pad
+        self.in_size, self.out_size = in_size, out_size
+        counts = [torch.clamp(torch.arange(o) * s - p + k, max=n + p) - (torch.arange(o) * s - p)
+                  for n, k, s, p, o in zip(in_size, kernel, stride, pad, out_size)]
+        self.register_buffer("divisor", (counts[0][:, None] * counts[1][None, :]).float(),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = list(x.shape[-2:])
         extra = [(o - 1) * s + k - n - p for n, k, s, p, o in
-                 zip(size, self.kernel, self.stride, self.pad, self.out_size)]
-        fill = -math.inf if self.mode == "MAX" else 0.0
+                 zip(self.in_size, self.kernel, self.stride, self.pad, self.out_size)]
+        # Caffe's MAX starts from -FLT_MAX, which an empty window (past the input) keeps.
+        fill = torch.finfo(x.dtype).min if self.mode == "MAX" else 0.0
         padded = F.pad(x, (self.pad[1], max(extra[1], 0), self.pad[0], max(extra[0], 0)), value=fill)
-        padded = padded[..., : self.pad[0] + size[0] + extra[0], : self.pad[1] + size[1] + extra[1]]
+        padded = padded[..., : self.pad[0] + self.in_size[0] + extra[0],
+                        : self.pad[1] + self.in_size[1] + extra[1]]
         if self.mode == "MAX":
             return F.max_pool2d(padded, self.kernel, self.stride)
         summed = F.avg_pool2d(padded, self.kernel, self.stride, divisor_override=1)
-        return summed / self._divisor(size, x.device).to(x.dtype)
+        return summed / self.divisor.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.mode}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}"

@@ -331,6 +331,25 @@ def test_pooling_pad_beyond_half_kernel_uses_caffe_pool(tiny) -> None:
 
 
 @pytest.mark.parametrize("mode", ["MAX", "AVE"])
+def test_unpadded_window_starting_past_the_input_is_kept(tiny, mode) -> None:
+    """Caffe drops a last window that starts past the input only when padded; torch always does.
+
+    Size 6, kernel 2, stride 3: Caffe's output is 3 wide (windows at 0, 3, 6), the
+    third window empty. The module must produce Caffe's shape; the full windows
+    match numpy and OpenCV.
+    """
+    x = rand(1, 2, 6, 6)
+    net = tiny({"data": x}, f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
+                            f'pooling_param {{ pool: {mode} kernel_size: 2 stride: 3 }} }}')
+    assert load_net(net.prototxt).blob_shapes["p"] == (1, 2, 3, 3)
+    got = net.ours("p")[0]
+    assert got.shape == (1, 2, 3, 3)
+    expected = np_pool(x, mode, (2, 2), (3, 3), (0, 0), (2, 2))
+    assert_close(got[..., :2, :2], expected)
+    assert_close(net.opencv("p")[0].reshape(got.shape)[..., :2, :2], expected)
+
+
+@pytest.mark.parametrize("mode", ["MAX", "AVE"])
 def test_global_pooling(tiny, mode) -> None:
     x = rand(2, 3, 5, 6)
     net = tiny({"data": x}, f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '

@@ -2,8 +2,9 @@
 
 Caffe rounds the output size up and drops a last window that would start in the
 padding; AVE divides by the window clipped to the padded input. torch's
-`ceil_mode=True` pooling with `count_include_pad=True` has exactly these rules,
-but only accepts pad <= kernel / 2; beyond that `CaffePool2d` does it by hand.
+`ceil_mode=True` pooling with `count_include_pad=True` has these rules, but only
+accepts pad <= kernel / 2 and also drops a last window of an unpadded input;
+in those cases `CaffePool2d` does it by hand.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from prototxt import Layer, NetDefinitionError
-from prototxt.shapes import pool_geometry
+from prototxt.shapes import pool_geometry, pooled_size
 
 from .. import modules
 from ..registry import register
@@ -30,8 +31,12 @@ def pooling(layer: Layer) -> nn.Module:
     g = pool_geometry(layer.param, bottom)
     kernel, stride, pad = tuple(g["kernel"]), tuple(g["stride"]), tuple(g["pad"])
     ceil = p.round_mode == p.CEIL
-    if all(2 * pd <= k for pd, k in zip(pad, kernel)):
+    # torch always drops a last window starting past the input; Caffe only when padded.
+    torch_size = [pooled_size(n, k, s, pd, ceil, padded=True)
+                  for n, k, s, pd in zip(bottom[2:], kernel, stride, pad)]
+    if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == list(top[2:]):
         if mode == "MAX":
             return nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
         return nn.AvgPool2d(kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
-    return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(top[2:]))
+    return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(bottom[2:]),
+                               list(top[2:]))
