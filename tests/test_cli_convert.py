@@ -165,6 +165,7 @@ def _files(tmp_path: Path, pair: CaffePair) -> dict[str, Path]:
         "other_net": tmp_path / "other.prototxt",
         "garbage.safetensors": tmp_path / "garbage.safetensors",
         "garbage.pt2": tmp_path / "garbage.pt2",
+        "garbage.pth": tmp_path / "garbage.pth",
         "mismatch.safetensors": tmp_path / "mismatch.safetensors",
     }
     files["truncated"].write_bytes(pair.caffemodel.read_bytes()[:300])
@@ -176,6 +177,7 @@ def _files(tmp_path: Path, pair: CaffePair) -> dict[str, Path]:
     files["other_net"].write_text(OTHER_NET)
     files["garbage.safetensors"].write_bytes(b"not a safetensors file" * 4)
     files["garbage.pt2"].write_bytes(b"not a zip archive" * 4)
+    files["garbage.pth"].write_bytes(b"\x80\x02not a pickle either" * 4)
     # tensors of SE_TINY beside the prototxt of another net
     assert run("caffe2torch", *caffe_args(pair), "-o", files["mismatch.safetensors"]).exit_code == 0
     (tmp_path / "mismatch.prototxt").write_text(OTHER_NET)
@@ -210,6 +212,12 @@ BAD_INPUTS: list[tuple[str, Callable[[dict[str, Path], CaffePair, Path], list], 
     ("garbage .pt2", lambda f, p, o: [
         "torch2onnx", f["garbage.pt2"], "-o", o / "x.onnx", "--input-shape", SHAPE],
      "not a .pt2 program"),
+    ("garbage SENet checkpoint", lambda f, p, o: [
+        "torch2onnx", "--model", "se_resnet50", f["garbage.pth"], "-o", o / "x.onnx"],
+     "cannot read a state_dict"),
+    ("input shape not integers", lambda f, p, o: [
+        "torch2onnx", f["garbage.safetensors"], "-o", o / "x.onnx", "--input-shape", "1,3,a"],
+     "--input-shape"),
     ("tensors of another net", lambda f, p, o: [
         "torch2onnx", f["mismatch.safetensors"], "-o", o / "x.onnx", "--input-shape", SHAPE],
      "do not fit mismatch.prototxt"),

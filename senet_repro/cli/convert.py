@@ -165,7 +165,7 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
                                       wants_generic=bool(generic_options) or output.suffix == ".pt2")
     if target is None:
         if output.suffix not in (".pt2", ".safetensors"):
-            raise ValueError(f"{output}: a generic net is saved as .pt2 or .safetensors")
+            raise ValueError(f"{output}: a generic net's output must end in .pt2 or .safetensors")
         if senet_options:
             raise ValueError(f"{', '.join(senet_options)} apply to the seven SENet networks only; "
                              f"'{net.name}' is converted as a generic graph")
@@ -256,7 +256,11 @@ def torch2onnx(converted: Path, output: Path, model: str | None, input_shape: st
     The ONNX input is named 'data' (BGR, 0..255 minus the Caffe means) with a dynamic
     batch axis; a SENet's output is 'classifier' (logits), as the Caffe blob.
     """
-    shape = tuple(int(d) for d in input_shape.split(","))
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape {input_shape!r}: expected comma-separated integers "
+                         "such as 1,3,224,224") from None
     if model is not None:
         from senet_repro.models import get_model
 
@@ -310,13 +314,14 @@ def torch2caffe(model_name: str, weights: Path | None, out_dir: Path, portable: 
     weights are random, seeded and well-conditioned (calibrated BatchNorm), for
     demos and tests. Nothing is written when anything fails.
     """
-    from senet_repro.export_caffe import export_caffe, load_state_dict_file
+    from senet_repro.export_caffe import export_caffe
+    from senet_repro.models import load_weights
     from senet_repro.models import CaffeMappingError, resolve_name
 
     from ._common import UserError
 
     model = resolve_name(model_name)
-    state_dict = load_state_dict_file(weights) if weights is not None else None
+    state_dict = load_weights(weights) if weights is not None else None
     try:
         prototxt, caffemodel = export_caffe(model, state_dict, out_dir, portable, seed=seed)
     except CaffeMappingError as exc:  # its message lists the problems on several lines

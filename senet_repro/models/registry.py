@@ -9,6 +9,7 @@ file.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -56,15 +57,32 @@ def resolve_name(name: str) -> str:
     return key
 
 
-def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state_dict from `.safetensors` or `.pth` (tensors only, no pickled code)."""
-    path = Path(path)
+def _read_state_dict(path: Path) -> object:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state_dict = load_file(str(path), device="cpu")
-    else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state_dict from `.safetensors` or `.pth` (tensors only, no pickled code).
+
+    Any unreadable file is a one-line ValueError: unpickling arbitrary bytes can
+    fail with almost any exception type (IndexError, struct.error, ...), and all
+    of them mean "not weights".
+    """
+    path = Path(path)
+    try:
+        state_dict = _read_state_dict(path)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = reason.removeprefix(f"{path}: ")
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        elif isinstance(exc, pickle.UnpicklingError):  # torch's text is advice about trust
+            reason = "not a weights-only PyTorch file"
+        raise ValueError(f"{path}: cannot read a state_dict from it ({reason})") from None
     if not isinstance(state_dict, Mapping) or not all(
             isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors)")
