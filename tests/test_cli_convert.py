@@ -18,7 +18,7 @@ from cli_assertions import assert_one_line_error
 from caffe_factory import image_like, make_random_caffemodel
 from converter import convert
 from converter.serialize import load_converted
-from prototxt import load_net, parse_prototxt
+from prototxt import load_net, parse_prototxt, write_caffemodel
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main
 
@@ -262,4 +262,18 @@ def test_usage_errors_exit_2_without_traceback(se_tiny: CaffePair, out: Path, ar
 def test_missing_file_is_a_usage_error(out: Path) -> None:
     result = run("torch2onnx", out / "absent.safetensors", "-o", out / "x.onnx")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_two_input_net_is_refused_from_the_cli(tmp_path: Path, out: Path) -> None:
+    """The CLI's export and self-check take one image batch: a clear error, not a crash."""
+    text = ('name: "two" layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 1 '
+            'dim: 2 } } } layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 1 '
+            'dim: 2 } } } layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }')
+    (tmp_path / "two.prototxt").write_text(text)
+    write_caffemodel(tmp_path / "two.caffemodel", parse_prototxt(tmp_path / "two.prototxt"), {})
+    for command, target in (("caffe2torch", "x.safetensors"), ("caffe2onnx", "x.onnx")):
+        result = run(command, "--prototxt", tmp_path / "two.prototxt", "--caffemodel",
+                     tmp_path / "two.caffemodel", "-o", out / target)
+        assert_one_line_error(result, "has 2 inputs (a, b)")
     assert list(out.iterdir()) == []

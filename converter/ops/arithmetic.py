@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from prototxt import Layer
+from prototxt import Layer, NetDefinitionError
 
 from .. import modules
 from ..registry import register
@@ -19,7 +19,7 @@ def eltwise(layer: Layer) -> nn.Module:
             coefficients = None
         return modules.EltwiseSum(coefficients)
     if p.coeff:
-        raise ValueError(f"layer '{layer.name}': Eltwise coefficients only apply to SUM")
+        raise NetDefinitionError("Eltwise coefficients only apply to SUM", layer=layer.name)
     return modules.EltwiseProd() if p.operation == p.PROD else modules.EltwiseMax()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prototxt import Layer
+from prototxt import Layer, NetDefinitionError
 from prototxt.shapes import canonical_axis
 
 from .. import modules
@@ -21,7 +21,10 @@ def batch_norm(layer: Layer) -> nn.Module:
     uses 0 for both when that factor is 0 (batch_norm_layer.cpp).
     """
     shape = layer.bottom_shapes[0]
-    channels = shape[1] if len(shape) > 1 else 1
+    if not 2 <= len(shape) <= 4:
+        raise NetDefinitionError(f"BatchNorm of a {len(shape)}-D input is not supported "
+                                 "(2-D to 4-D only)", layer=layer.name)
+    channels = shape[1]
     cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
     module = cls(channels, eps=layer.param.batch_norm_param.eps, affine=False)
     module.eval()
@@ -78,7 +81,7 @@ def bias(layer: Layer) -> nn.Module:
 def lrn(layer: Layer) -> nn.Module:
     p = layer.param.lrn_param
     if p.local_size % 2 == 0:
-        raise ValueError(f"layer '{layer.name}': LRN local_size must be odd (Caffe requires it)")
+        raise NetDefinitionError("LRN local_size must be odd (Caffe requires it)", layer=layer.name)
     if p.norm_region == p.WITHIN_CHANNEL:
         return modules.LRNWithinChannel(p.local_size, p.alpha, p.beta)
     return nn.LocalResponseNorm(p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)

@@ -90,8 +90,13 @@ def _outputs_option(function):
                              "'pool5/7x7_s1,classifier' for features and logits.")(function)
 
 
-def _load_for_conversion(prototxt: Path | None, caffemodel: Path) -> Net:
-    return load_net(prototxt, caffemodel) if prototxt else load_net(caffemodel=caffemodel)
+def _input_shape(net: Net) -> tuple[int, ...]:
+    """The shape of the net's one input; the export and self-check paths take one image batch."""
+    if len(net.inputs) != 1:
+        raise ValueError(f"'{net.name}' has {len(net.inputs)} inputs ({', '.join(net.inputs)}); "
+                         "conversion from the command line supports single-input nets "
+                         "(use converter.convert from Python)")
+    return next(iter(net.inputs.values()))
 
 
 @main.command("caffe2torch")
@@ -169,10 +174,10 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
         if senet_options:
             raise ValueError(f"{', '.join(senet_options)} apply to the seven SENet networks only; "
                              f"'{net.name}' is converted as a generic graph")
+        shape = _input_shape(net)
         module = convert(net, outputs.split(",") if outputs else None, progress=True)
         if fold != "none":
             fold_batchnorm(module, fold)
-        shape = next(iter(net.inputs.values()))
         check = self_check(module, net, caffemodel)
         written = save_converted(module, net, output, torch.zeros(tuple(shape)))
         parameters = sum(p.numel() for p in module.parameters())
@@ -218,9 +223,10 @@ def caffe2onnx(prototxt: Path | None, caffemodel: Path, output: Path, opset: int
     """Convert a Caffe net straight to ONNX (input 'data', outputs named after Caffe blobs)."""
     from converter import convert
 
-    net = _load_for_conversion(prototxt, caffemodel)
+    net = load_net(prototxt, caffemodel)
+    shape = _input_shape(net)
     module = convert(net, outputs.split(",") if outputs else None, progress=True)
-    _export_and_compare(module, next(iter(net.inputs.values())), output, opset, fp16)
+    _export_and_compare(module, shape, output, opset, fp16)
 
 
 def _export_and_compare(module, shape: tuple[int, ...], output: Path, opset: int, fp16: bool,
