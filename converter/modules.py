@@ -26,12 +26,11 @@ class Affine(nn.Module):
         self.bias = nn.Parameter(torch.zeros(shape)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None and self.bias is not None:
-            # One fused kernel instead of two passes over the activation.
-            return torch.addcmul(self.bias.view(self.view), x, self.weight.view(self.view))
         if self.weight is not None:
-            return x * self.weight.view(self.view)
-        return x + self.bias.view(self.view)
+            x = x * self.weight.view(self.view)
+        if self.bias is not None:
+            x = x + self.bias.view(self.view)
+        return x
 
     def extra_repr(self) -> str:
         return f"view={self.view}"
@@ -71,7 +70,8 @@ class Axpy(nn.Module):
     """SENet's Axpy (axpy_layer.cpp): top = a * x + y, a the N x C x 1 x 1 SE gate."""
 
     def forward(self, a: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(y, a, x)
+        # Not torch.addcmul: its ONNX export adds a float32 Cast (breaking --fp16) and a Mul.
+        return a * x + y
 
 
 class EltwiseSum(nn.Module):
