@@ -13,7 +13,6 @@ import operator
 import re
 from collections.abc import Sequence
 
-import torch
 from torch import fx, nn
 from tqdm import tqdm
 
@@ -99,8 +98,3 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
         parameter.requires_grad_(False)
     return module
 
-
-@torch.no_grad()
-def run(module: fx.GraphModule, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """Evaluate a converted net without autograd bookkeeping."""
-    return module(*inputs)

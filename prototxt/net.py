@@ -66,10 +66,6 @@ class Layer:
     blobs: list[np.ndarray] = field(default_factory=list)
 
     @property
-    def in_place(self) -> bool:
-        return bool(self.tops) and self.tops == self.bottoms[: len(self.tops)]
-
-    @property
     def learnable_parameters(self) -> int:
         """Trainable values: everything but BatchNorm's running statistics."""
         if self.type == "BatchNorm":

@@ -23,11 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
 DEVKIT = "devkit"
 TORCHVISION = "torchvision"
-ClassOrder = Literal["devkit", "torchvision"]
 CLASS_ORDERS: tuple[str, ...] = (DEVKIT, TORCHVISION)
 
 NUM_CLASSES = 1000
@@ -193,9 +192,6 @@ class DevkitMeta:
 
     wnids: tuple[str, ...]
     words: tuple[str, ...]
-
-    def classes(self) -> ImageNetClasses:
-        return ImageNetClasses(DEVKIT, self.wnids, self.words)
 
     def check_standard(self) -> None:
         """Raise unless this is the standard ILSVRC2012 class list in the standard order."""
