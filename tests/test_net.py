@@ -223,18 +223,20 @@ def test_axpy() -> None:
              (2, 16, 1, 1), (2, 16, 7, 7))
 
 
-@pytest.mark.parametrize("params, top, weight", [
-    ("", (2, 10), (10, 60)),
-    ("axis: 2", (2, 3, 10), (10, 20)),
-    ("axis: -1", (2, 3, 4, 10), (10, 5)),
-    ("axis: 1 transpose: true", (2, 10), (60, 10)),
+@pytest.mark.parametrize("params, top, weight, macs", [
+    # input 2x3x4x5, 10 outputs: MACs = rows x fan-in x 10
+    ("", (2, 10), (10, 60), 2 * 60 * 10),
+    ("axis: 2", (2, 3, 10), (10, 20), 6 * 20 * 10),
+    ("axis: -1", (2, 3, 4, 10), (10, 5), 24 * 5 * 10),
+    ("axis: 1 transpose: true", (2, 10), (60, 10), 2 * 60 * 10),
 ])
-def test_inner_product_axis(params: str, top: tuple[int, ...], weight: tuple[int, ...]) -> None:
+def test_inner_product_axis(params: str, top: tuple[int, ...], weight: tuple[int, ...],
+                            macs: int) -> None:
     layer = _net(f'layer {{ name: "fc" type: "InnerProduct" bottom: "x0" top: "fc"'
                  f' inner_product_param {{ num_output: 10 {params} }} }}', (2, 3, 4, 5)).layers[0]
     assert layer.top_shapes == [top]
     assert layer.blob_shapes == [weight, (10,)]
-    assert layer.multiply_adds == int(np.prod(weight)) * int(np.prod(top[:-1]))
+    assert layer.multiply_adds == macs
 
 
 def test_flatten_and_slice() -> None:
