@@ -1,4 +1,4 @@
-"""Set BatchNorm statistics from data, so random-weight nets stay well-conditioned.
+"""Random-weight nets that behave like trained ones: image-like inputs, calibrated BatchNorm.
 
 Random convolution weights with arbitrary BatchNorm statistics drive deep nets
 into saturation or overflow, which makes numerical comparisons meaningless.
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prototxt import Net, attach_weights
+from prototxt.random_weights import random_blobs
 
 from .graph import convert
 
@@ -50,3 +51,20 @@ def calibrate_batchnorm(net: Net, blobs: Mapping[str, Sequence[np.ndarray]],
         ]
     return calibrated
 
+
+# Seeded stand-ins for images go through Caffe's preprocessing range: 0..255 minus a
+# mean near the SENet release's (104, 117, 123).
+CAFFE_PIXEL_OFFSET = 117.0
+
+
+def image_like(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """Seeded float32 uniform(0, 255) - 117: the value range of a Caffe-preprocessed image."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(tuple(shape), generator=generator) * 255.0 - CAFFE_PIXEL_OFFSET
+
+
+def random_calibrated_blobs(net: Net, seed: int = 0, batch: int = 4) -> dict[str, list[np.ndarray]]:
+    """`random_blobs(net, seed)` with BatchNorm statistics measured on `batch` image-like inputs."""
+    shape = next(iter(net.inputs.values()))
+    images = image_like((batch, *shape[1:]), seed)
+    return calibrate_batchnorm(net, random_blobs(net, seed), [images])

@@ -20,6 +20,8 @@ from torch import fx
 
 from prototxt import Net, portable_net, write_prototxt
 
+from .calibrate import image_like
+
 
 @dataclass
 class SelfCheck:
@@ -55,8 +57,7 @@ def opencv_forward(net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndar
 def self_check(module: fx.GraphModule, net: Net, caffemodel: str | os.PathLike[str] | None,
                seed: int = 0) -> SelfCheck:
     """Run `module` on a seeded image-like input in float32 and float64, and OpenCV."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(tuple(next(iter(net.inputs.values()))), generator=generator) * 255.0 - 117.0
+    x = image_like(next(iter(net.inputs.values())), seed)
     blob = module.caffe_outputs[0]
     out32 = module(x)
     out32 = out32[0] if isinstance(out32, tuple) else out32

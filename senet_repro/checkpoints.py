@@ -238,10 +238,10 @@ def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor],
     measure the net's own float32 round-off, which then widens the bound.
     """
     from converter import convert
+    from converter.calibrate import image_like
 
     shape = tuple(next(iter(net.inputs.values())))
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=generator) * 255.0 - 117.0
+    x = image_like(shape, seed)
     clean = _meta_model(model)
     ours = torch.func.functional_call(clean, dict(state_dict), (x,))
     generic = convert(net, [LOGITS_BLOB])(x)

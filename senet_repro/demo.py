@@ -58,6 +58,7 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
     import torch
 
     from converter import convert
+    from converter.calibrate import image_like
     from converter.onnx_export import compare_onnx, export_onnx
     from converter.selfcheck import opencv_forward
     from prototxt import load_net
@@ -78,8 +79,7 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
 
     def to_onnx() -> str:
         shape = next(iter(state["net"].inputs.values()))
-        generator = torch.Generator().manual_seed(0)
-        state["x"] = torch.rand((3, *shape[1:]), generator=generator) * 255 - 117
+        state["x"] = image_like((3, *shape[1:]))
         path = out / f"{label}.onnx"
         export_onnx(state["module"], path, state["x"][:1])
         difference = compare_onnx(path, state["module"], state["x"])
@@ -123,6 +123,7 @@ def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel
     import torch
 
     from converter import convert
+    from converter.calibrate import image_like
     from converter.onnx_export import onnx_session
     from converter.selfcheck import opencv_forward
     from prototxt import load_net
@@ -158,7 +159,7 @@ def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel
         return f"wrote {paths['onnx']}"
 
     def agreement() -> str:
-        x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 255 - 117
+        x = image_like((2, 3, 224, 224), seed=1)
         with torch.no_grad():
             ours = get_model(model, weights=paths["pth"]).eval()(x).numpy()
             graph = convert(paths["net"], ["classifier"])(x).numpy()

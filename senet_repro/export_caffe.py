@@ -50,7 +50,6 @@ import torch
 from torch import nn
 
 from prototxt import build_net, caffe_pb2, portable_net, write_caffemodel, write_prototxt
-from prototxt.random_weights import random_blobs
 
 from .models import (caffe_layer_map, caffe_to_state_dict, get_model, resolve_name,
                      state_dict_to_caffe, weights_for)
@@ -287,17 +286,13 @@ def caffe_net(model_name: str, *, portable: bool = False) -> caffe_pb2.NetParame
 @torch.no_grad()
 def random_state_dict(model_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded random weights with calibrated BatchNorm statistics (see the module docstring)."""
-    from converter.calibrate import calibrate_batchnorm
+    from converter.calibrate import random_calibrated_blobs
 
     if seed < 0:
         raise ValueError(f"the seed must be a non-negative integer, not {seed}")
     model = resolve_name(model_name)
     net = build_net(caffe_net(model))
-    blobs = random_blobs(net, seed)
-    generator = torch.Generator().manual_seed(seed)
-    shape = (CALIBRATION_BATCH, *INPUT_SHAPE[1:])
-    images = torch.rand(shape, generator=generator) * 255.0 - 117.0  # Caffe-preprocessed range
-    return caffe_to_state_dict(model, calibrate_batchnorm(net, blobs, [images]))
+    return caffe_to_state_dict(model, random_calibrated_blobs(net, seed, CALIBRATION_BATCH))
 
 
 def _header(model: str) -> str:
@@ -315,8 +310,9 @@ def export_caffe(model_name: str, state_dict: Mapping[str, torch.Tensor] | None,
     Axpy) even when `portable` asks for the portable prototxt: Caffe and OpenCV
     match blobs by layer name, so one caffemodel serves both prototxts. Files
     are named as in the release (`SE-ResNet-50.prototxt`, `SENet.caffemodel`,
-    `.portable.prototxt` for the portable form). Both are staged and moved into
-    place together; a failure leaves nothing behind.
+    `.portable.prototxt` for the portable form). Both are written to a staging
+    folder and only then moved into place, so a failure while writing leaves nothing
+    behind.
     """
     model = resolve_name(model_name)
     directory = Path(out_dir)
@@ -332,18 +328,16 @@ def export_caffe(model_name: str, state_dict: Mapping[str, torch.Tensor] | None,
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".torch2caffe.", dir=directory))
-    moved: list[Path] = []
     try:
         write_prototxt(portable_net(release) if portable else release, staging / prototxt_name,
                        header=_header(model))
         write_caffemodel(staging / info.caffemodel, release, blobs)
+        # Two renames cannot be one atomic step; a file already moved stays (deleting it
+        # would also lose the earlier file it replaced).
         for name in (info.caffemodel, prototxt_name):
             os.replace(staging / name, directory / name)
-            moved.append(directory / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for path in moved:
-            path.unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):
                 directory.rmdir()

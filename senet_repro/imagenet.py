@@ -66,6 +66,7 @@ def devkit_wnids() -> tuple[str, ...]:
     return tuple(_DEVKIT_WNIDS.split())
 
 
+@cache
 def torchvision_wnids() -> tuple[str, ...]:
     """The 1000 WordNet ids sorted, the order of torchvision's ImageNet and of timm."""
     return tuple(sorted(devkit_wnids()))
@@ -167,7 +168,11 @@ def class_order(name: str) -> str:
 
 def imagenet_classes(order: str = DEVKIT) -> ImageNetClasses:
     """The 1000 ImageNet-1k classes in the devkit or torchvision order."""
-    order = class_order(order)
+    return _imagenet_classes(class_order(order))
+
+
+@cache
+def _imagenet_classes(order: str) -> ImageNetClasses:
     wnids = devkit_wnids() if order == DEVKIT else torchvision_wnids()
     words = class_words()
     return ImageNetClasses(order, wnids, tuple(words[w] for w in wnids))

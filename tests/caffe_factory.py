@@ -22,7 +22,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from converter import calibrate
 from prototxt import build_net, caffe_pb2, parse_prototxt, random_weights, write_caffemodel, \
@@ -30,19 +29,11 @@ from prototxt import build_net, caffe_pb2, parse_prototxt, random_weights, write
 from senet_repro.assets import cache_dir
 
 CALIBRATION_BATCH = 4
-# Caffe-preprocessed pixels: 0..255 minus a mean near 120 (the SENet means are 104, 117, 123).
-PIXEL_OFFSET = 120.0
 
 
 def default_dir() -> Path:
     """Where generated test models live unless told otherwise."""
     return cache_dir() / "test-models"
-
-
-def image_like(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Seeded float32 input like a Caffe-preprocessed image: uniform(0, 255) - 120."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(shape, generator=generator) * 255.0 - PIXEL_OFFSET
 
 
 def with_input_size(proto: caffe_pb2.NetParameter,
@@ -94,10 +85,7 @@ def make_random_caffemodel(prototxt_path: str | os.PathLike[str],
     if prototxt.is_file() and caffemodel.is_file():
         return prototxt, caffemodel
     directory.mkdir(parents=True, exist_ok=True)
-    net = build_net(proto)
-    shape = next(iter(net.inputs.values()))
-    inputs = image_like((CALIBRATION_BATCH, *shape[1:]), seed)
-    blobs = calibrate.calibrate_batchnorm(net, random_weights.random_blobs(net, seed), [inputs])
+    blobs = calibrate.random_calibrated_blobs(build_net(proto), seed, CALIBRATION_BATCH)
     write_caffemodel(caffemodel, proto, {name: [np.asarray(a) for a in arrays]
                                          for name, arrays in blobs.items()})
     write_prototxt(proto, prototxt)

@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner, Result
 
 from cli_assertions import assert_one_line_error
-from caffe_factory import image_like, make_random_caffemodel
+from caffe_factory import make_random_caffemodel
+from converter.calibrate import image_like
 from converter import convert
 from converter.serialize import load_converted
 from prototxt import load_net, parse_prototxt, write_caffemodel

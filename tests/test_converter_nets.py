@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_factory import image_like, make_random_caffemodel
+from caffe_factory import make_random_caffemodel
+from converter.calibrate import image_like
 from converter import convert
 from converter.selfcheck import opencv_forward
 from prototxt import Net, load_net, portable_net, write_prototxt

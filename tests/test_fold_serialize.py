@@ -21,7 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from caffe_factory import image_like, make_random_caffemodel
+from caffe_factory import make_random_caffemodel
+from converter.calibrate import image_like
 from converter import convert
 from converter.fold import fold_batchnorm
 from converter.modules import Affine
@@ -49,6 +50,11 @@ def load_model(request: pytest.FixtureRequest, name: str) -> tuple[Net, list[str
 @torch.no_grad()
 def test_folding_changes_only_round_off(request: pytest.FixtureRequest, name: str) -> None:
     net, outputs = load_model(request, name)
+    if name == "nsfw":
+        # Its 2 logits make the max-abs error a max over 4 numbers, too noisy to stand for
+        # the net's float32 error level (folded/unfolded ratio measured 0.6-3.7 over six
+        # seeds); the 1024 pooled features before them give a stable 1.2-1.9.
+        outputs = ["pool"]
     x = image_like((2, 3, 224, 224), seed=5)
     unfolded = convert(net, outputs)
     ours32 = unfolded(x).double()

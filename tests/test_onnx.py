@@ -11,7 +11,8 @@ import onnx
 import pytest
 import torch
 
-from caffe_factory import image_like, make_random_caffemodel
+from caffe_factory import make_random_caffemodel
+from converter.calibrate import image_like
 from converter import convert
 from converter.onnx_export import MIN_OPSET, export_onnx, onnx_session
 from prototxt import load_net

@@ -18,7 +18,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from caffe_factory import image_like, make_random_caffemodel
+from caffe_factory import make_random_caffemodel
+from converter.calibrate import image_like
 from converter import convert
 from prototxt import load_net
 from senet_repro import checkpoints, imagenet

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from google.protobuf import text_format
 
 from cli_assertions import assert_one_line_error
+from converter.calibrate import image_like
 from prototxt import (caffe_pb2, load_net, parse_prototxt, portable_net, read_caffemodel,
                       write_caffemodel)
 from senet_repro import export_caffe as export_module
@@ -176,7 +177,7 @@ def test_portable_prototxt_runs_in_opencv(tmp_path: Path, model: str) -> None:
     network = get_model(model)
     network.load_state_dict(caffe_to_state_dict(model, read_caffemodel(caffemodel).blobs))
     network.eval()
-    x = torch.rand((1, 3, 224, 224), generator=torch.Generator().manual_seed(1)) * 255 - 117
+    x = image_like((1, 3, 224, 224), seed=1)
     ours = network(x).numpy()
     assert np.isfinite(ours).all() and ours.std() > 0.1  # well-conditioned, not saturated
 

@@ -234,9 +234,10 @@ def _export_and_compare(module, shape: tuple[int, ...], output: Path, opset: int
     """Export to ONNX, then run ONNX Runtime and PyTorch on a seeded batch of 3 and compare."""
     import torch
 
+    from converter.calibrate import image_like
     from converter.onnx_export import compare_onnx, export_onnx
 
-    example = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(0)) * 255 - 117
+    example = image_like(shape)
     export_onnx(module, output, example, opset=opset, fp16=fp16, output_names=output_names)
     batch = torch.cat([example] * 3) if not fp16 else example
     difference = compare_onnx(output, module, batch)

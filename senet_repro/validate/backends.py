@@ -74,7 +74,8 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ValidateError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValidateError(f"{path}: onnxruntime cannot load it: {reason}") from None
         inputs = {i.name: i.type for i in self.session.get_inputs()}
         if "data" not in inputs:
             raise ValidateError(f"{path}: expected an input named 'data' (as senet-convert exports), "
