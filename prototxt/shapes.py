@@ -321,17 +321,24 @@ def _concat_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list
     return [tuple(out)]
 
 
+def reshape_axes(layer: caffe_pb2.LayerParameter, ndim: int) -> tuple[int, int]:
+    """The [start, end) run of input axes a Reshape layer replaces (Caffe's axis/num_axes)."""
+    p = layer.reshape_param
+    start = p.axis if p.axis >= 0 else ndim + p.axis + 1
+    if not 0 <= start <= ndim:
+        raise NetDefinitionError(f"axis {p.axis} out of range", layer=layer.name)
+    end = ndim if p.num_axes == -1 else start + p.num_axes
+    if p.num_axes < -1 or end > ndim:
+        raise NetDefinitionError(f"num_axes {p.num_axes} out of range", layer=layer.name)
+    return start, end
+
+
 @_register(SHAPE_RULES, "Reshape")
 def _reshape_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     _expect_bottoms(layer, bottoms, 1)
     p, bottom = layer.reshape_param, bottoms[0]
     dims = list(p.shape.dim)
-    start = p.axis if p.axis >= 0 else len(bottom) + p.axis + 1
-    if not 0 <= start <= len(bottom):
-        raise NetDefinitionError(f"axis {p.axis} out of range", layer=layer.name)
-    end = len(bottom) if p.num_axes == -1 else start + p.num_axes
-    if p.num_axes < -1 or end > len(bottom):
-        raise NetDefinitionError(f"num_axes {p.num_axes} out of range", layer=layer.name)
+    start, end = reshape_axes(layer, len(bottom))
     if dims.count(-1) > 1:
         raise NetDefinitionError("at most one -1 in the shape", layer=layer.name)
     new = []

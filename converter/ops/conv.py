@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from prototxt import Layer
@@ -33,9 +35,7 @@ def inner_product(layer: Layer) -> nn.Module:
     p = layer.param.inner_product_param
     bottom = layer.bottom_shapes[0]
     axis = canonical_axis(p.axis, len(bottom), layer.param)
-    fan_in = 1
-    for dim in bottom[axis:]:
-        fan_in *= dim
+    fan_in = math.prod(bottom[axis:])
     module = modules.InnerProduct(fan_in, p.num_output, bias=p.bias_term, axis=axis)
     if has_weights(layer):
         weight = blob(layer, 0)

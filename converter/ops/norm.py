@@ -36,12 +36,6 @@ def batch_norm(layer: Layer) -> nn.Module:
     return module
 
 
-def _learned_axes(layer: Layer, axis: int, num_axes: int) -> tuple[int, int]:
-    shape = layer.bottom_shapes[0]
-    start = canonical_axis(axis, len(shape), layer.param)
-    return start, (len(shape) - start if num_axes == -1 else num_axes)
-
-
 @register("Scale")
 def scale(layer: Layer) -> nn.Module:
     p = layer.param.scale_param
@@ -52,8 +46,8 @@ def scale(layer: Layer) -> nn.Module:
         if p.bias_term and bias is None:
             bias = torch.zeros(layer.bottom_shapes[1])
         return modules.ScaleBy(ndim, axis, len(layer.bottom_shapes[1]), bias)
-    start, count = _learned_axes(layer, p.axis, p.num_axes)
-    shape = tuple(layer.bottom_shapes[0][start:start + count])
+    shape = layer.blob_shapes[0]  # the learned axes, as prototxt's shape rules found them
+    start = canonical_axis(p.axis, ndim, layer.param)
     module = modules.Affine(shape, ndim, start, scale=True, bias=p.bias_term)
     if has_weights(layer):
         module.weight.data = blob(layer, 0).reshape(shape)
@@ -69,8 +63,8 @@ def bias(layer: Layer) -> nn.Module:
     if len(layer.bottoms) == 2:
         return modules.BiasBy(ndim, canonical_axis(p.axis, ndim, layer.param),
                               len(layer.bottom_shapes[1]))
-    start, count = _learned_axes(layer, p.axis, p.num_axes)
-    shape = tuple(layer.bottom_shapes[0][start:start + count])
+    shape = layer.blob_shapes[0]
+    start = canonical_axis(p.axis, ndim, layer.param)
     module = modules.Affine(shape, ndim, start, scale=False, bias=True)
     if has_weights(layer):
         module.bias.data = blob(layer, 0).reshape(shape)

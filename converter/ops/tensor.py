@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from prototxt import Layer
-from prototxt.shapes import canonical_axis, concat_axis, slice_points
+from prototxt.shapes import canonical_axis, concat_axis, reshape_axes, slice_points
 
 from .. import modules
 from ..registry import register
@@ -19,10 +19,9 @@ def concat(layer: Layer) -> nn.Module:
 @register("Reshape")
 def reshape(layer: Layer) -> nn.Module:
     p = layer.param.reshape_param
-    ndim = len(layer.bottom_shapes[0])
-    start = p.axis if p.axis >= 0 else ndim + p.axis + 1
-    end = None if p.num_axes == -1 else start + p.num_axes
-    return modules.Reshape(list(p.shape.dim), start, end)
+    start, end = reshape_axes(layer.param, len(layer.bottom_shapes[0]))
+    # num_axes -1 means "to the last axis": left open so the module follows its input.
+    return modules.Reshape(list(p.shape.dim), start, None if p.num_axes == -1 else end)
 
 
 @register("Flatten")
