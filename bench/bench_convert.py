@@ -40,15 +40,16 @@ from pathlib import Path
 # Before torch loads OpenMP, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import onnxruntime as ort
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from caffe_factory import image_like, make_random_caffemodel  # noqa: E402
+
 from converter import convert  # noqa: E402
 from converter.fold import fold_batchnorm  # noqa: E402
 from converter.onnx_export import export_onnx  # noqa: E402
@@ -83,6 +84,7 @@ def torch_runner(module: torch.nn.Module, device: str, channels_last: bool = Fal
         with torch.inference_mode():
             out = module(torch.from_numpy(x).to(device).contiguous(memory_format=layout))
             return out.cpu().numpy()
+
     return run
 
 
@@ -104,6 +106,7 @@ def opencv_runner(net: Net, caffemodel: Path, scratch: Path) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         reader.setInput(x)
         return np.array(reader.forward("prob"))
+
     return run
 
 
@@ -114,19 +117,22 @@ def runners(name: str, threads: int, scratch: Path) -> dict[tuple[str, str], Run
     onnx_path = scratch / f"{name}.onnx"
     export_onnx(convert(net, ["prob"]), onnx_path, image_like((1, 3, 224, 224), seed=0))
     folded = lambda: fold_batchnorm(convert(net, ["prob"]), "conv")  # noqa: E731
-    found = {("cpu", "pytorch"): torch_runner(convert(net, ["prob"]), "cpu"),
-             ("cpu", "pytorch-folded"): torch_runner(folded(), "cpu"),
-             ("cpu", "pytorch-folded-cl"): torch_runner(folded(), "cpu", channels_last=True),
-             ("cpu", "onnxruntime"): onnx_runner(onnx_path, threads),
-             ("cpu", REFERENCE): opencv_runner(net, caffemodel, scratch)}
+    found = {
+        ("cpu", "pytorch"): torch_runner(convert(net, ["prob"]), "cpu"),
+        ("cpu", "pytorch-folded"): torch_runner(folded(), "cpu"),
+        ("cpu", "pytorch-folded-cl"): torch_runner(folded(), "cpu", channels_last=True),
+        ("cpu", "onnxruntime"): onnx_runner(onnx_path, threads),
+        ("cpu", REFERENCE): opencv_runner(net, caffemodel, scratch),
+    }
     if torch.cuda.is_available():
         found[("cuda", "pytorch")] = torch_runner(convert(net, ["prob"]), "cuda")
         found[("cuda", "pytorch-folded-cl")] = torch_runner(folded(), "cuda", channels_last=True)
     return found
 
 
-def time_round_robin(found: dict[tuple[str, str], Runner], x: np.ndarray, warmup: int,
-                     repeats: int) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
+def time_round_robin(
+    found: dict[tuple[str, str], Runner], x: np.ndarray, warmup: int, repeats: int
+) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
     """Median seconds per call of each runner and its output, timed in turns."""
     outputs = {key: run(x) for key, run in found.items()}
     for _ in range(warmup - 1):
@@ -146,8 +152,14 @@ def time_round_robin(found: dict[tuple[str, str], Runner], x: np.ndarray, warmup
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}"
 
@@ -172,12 +184,20 @@ def write_table(rows: list[Row], threads: int, load: tuple[float, float], second
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        reference = next((r for r in rows if (r.net, r.batch, r.runner, r.device)
-                          == (row.net, row.batch, REFERENCE, "cpu")), None)
+        reference = next(
+            (
+                r
+                for r in rows
+                if (r.net, r.batch, r.runner, r.device) == (row.net, row.batch, REFERENCE, "cpu")
+            ),
+            None,
+        )
         ratio = f"{reference.median_s / row.median_s:.2f}x" if reference else "-"
-        lines.append(f"| {row.net} | {row.device} | {row.batch} | {row.runner} | "
-                     f"{row.median_s * 1e3:.1f} | {row.images_per_s:.1f} | {ratio} | "
-                     f"{row.difference:.1e} |")
+        lines.append(
+            f"| {row.net} | {row.device} | {row.batch} | {row.runner} | "
+            f"{row.median_s * 1e3:.1f} | {row.images_per_s:.1f} | {ratio} | "
+            f"{row.difference:.1e} |"
+        )
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
@@ -207,10 +227,12 @@ def main() -> None:
                 for (device, runner), (median, output) in measured.items():
                     difference = float(np.abs(output.reshape(expected.shape) - expected).max())
                     rows.append(Row(name, device, batch, runner, median, difference))
-                    print(f"{name} {device} batch {batch} {runner}: {median * 1e3:.1f} ms, "
-                          f"diff {difference:.1e}", flush=True)
-    print(write_table(rows, args.threads, (load_before, os.getloadavg()[0]),
-                      time.perf_counter() - started))
+                    print(
+                        f"{name} {device} batch {batch} {runner}: {median * 1e3:.1f} ms, "
+                        f"diff {difference:.1e}",
+                        flush=True,
+                    )
+    print(write_table(rows, args.threads, (load_before, os.getloadavg()[0]), time.perf_counter() - started))
 
 
 if __name__ == "__main__":

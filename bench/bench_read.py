@@ -80,21 +80,19 @@ def prepare(size_mib: float, workdir: str) -> None:
     import cv2
     import numpy as np
 
-    from prototxt import (load_net, parse_prototxt, portable_net, write_caffemodel,
-                          write_prototxt)
+    from prototxt import load_net, parse_prototxt, portable_net, write_caffemodel, write_prototxt
     from senet_repro.assets import cache_dir
 
     directory = Path(workdir) if workdir else cache_dir() / "bench"
     net = load_net(SENET154)
     kept, total = 0, 0
-    for kept, layer in enumerate(net.layers, start=1):
+    for kept, layer in enumerate(net.layers, start=1):  # noqa: B007 (kept is used after the loop)
         total += sum(4 * math.prod(shape) for shape in layer.blob_shapes)
         if total >= size_mib * MIB:
             break
     layers = net.layers[:kept]
     whole = kept == len(net.layers)
-    scope = ("all of SENet-154" if whole
-             else f"the first {kept} of SENet-154's {len(net.layers)} layers")
+    scope = "all of SENet-154" if whole else f"the first {kept} of SENet-154's {len(net.layers)} layers"
     stem = "senet154-random" if whole else f"senet154-first{kept}-random"
     caffemodel = directory / f"{stem}.caffemodel"
     prototxt = SENET154 if whole else directory / f"{stem}.prototxt"
@@ -104,20 +102,34 @@ def prepare(size_mib: float, workdir: str) -> None:
     if not whole and not prototxt.exists():
         write_prototxt(proto, prototxt, header="bench_read.py: a prefix of SENet-154")
     if not caffemodel.exists():
-        print(f"generating {caffemodel} ({total / MIB:.0f} MiB of random float32 weights) ...",
-              file=sys.stderr)
+        print(
+            f"generating {caffemodel} ({total / MIB:.0f} MiB of random float32 weights) ...", file=sys.stderr
+        )
         rng = np.random.default_rng(154)
-        blobs = {layer.name: [rng.standard_normal(shape, dtype=np.float32)
-                              for shape in layer.blob_shapes]
-                 for layer in layers if layer.blob_shapes}
+        blobs = {
+            layer.name: [rng.standard_normal(shape, dtype=np.float32) for shape in layer.blob_shapes]
+            for layer in layers
+            if layer.blob_shapes
+        }
         write_caffemodel(caffemodel, proto, blobs)
     portable = directory / f"{stem}-portable.prototxt"
     write_prototxt(portable_net(proto), portable)
-    versions = (f"Python {platform.python_version()}, numpy {np.__version__}, "
-                f"OpenCV {cv2.__version__}, {platform.system()} {platform.release()}, "
-                f"{os.cpu_count()} CPUs")
-    print(json.dumps({"prototxt": str(prototxt), "caffemodel": str(caffemodel),
-                      "portable": str(portable), "scope": scope, "versions": versions}))
+    versions = (
+        f"Python {platform.python_version()}, numpy {np.__version__}, "
+        f"OpenCV {cv2.__version__}, {platform.system()} {platform.release()}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(
+        json.dumps(
+            {
+                "prototxt": str(prototxt),
+                "caffemodel": str(caffemodel),
+                "portable": str(portable),
+                "scope": scope,
+                "versions": versions,
+            }
+        )
+    )
 
 
 def _opencv_prototxt(files: dict) -> tuple[Path, str]:
@@ -125,14 +137,15 @@ def _opencv_prototxt(files: dict) -> tuple[Path, str]:
     probe = _run("opencv", Path(files["prototxt"]), Path(files["caffemodel"]))
     if "error" not in probe:
         return Path(files["prototxt"]), "the original prototxt (OpenCV 4.x maps Axpy itself)"
-    return (Path(files["portable"]),
-            f"a rewritten prototxt without Axpy (OpenCV failed on the original: {probe['error']})")
+    return (
+        Path(files["portable"]),
+        f"a rewritten prototxt without Axpy (OpenCV failed on the original: {probe['error']})",
+    )
 
 
 def _subprocess(*args: str) -> dict:
     """Run this script with `args`; its last stdout line is JSON, or an error."""
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                          cwd=REPO)
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         lines = (done.stderr.strip() or "no output").splitlines()
         return {"error": lines[-1]}
@@ -151,16 +164,14 @@ def _warm(path: Path) -> None:
             pass
 
 
-def report(runs: dict[str, list[dict]], file_bytes: int, files: dict, opencv_note: str,
-           repeats: int) -> str:
+def report(runs: dict[str, list[dict]], file_bytes: int, files: dict, opencv_note: str, repeats: int) -> str:
     """The markdown page: a table of the methods and the goals."""
     median = {m: statistics.median(r["seconds"] for r in runs[m]) for m in METHODS}
     rss = {m: max(r["rss_kib"] for r in runs[m]) * 1024 for m in METHODS}
     lines = [
         "# Reading a SENet-154-size caffemodel",
         "",
-        f"Generated by `bench/bench_read.py` on {time.strftime('%Y-%m-%d')} "
-        f"({files['versions']}).",
+        f"Generated by `bench/bench_read.py` on {time.strftime('%Y-%m-%d')} ({files['versions']}).",
         f"File: random float32 weights for {files['scope']}, {file_bytes / MIB:.1f} MiB "
         f"({file_bytes:,} bytes). Median of {repeats} runs, each in a fresh subprocess; "
         "times exclude interpreter start-up and imports. The page cache could not be dropped "
@@ -170,29 +181,38 @@ def report(runs: dict[str, list[dict]], file_bytes: int, files: dict, opencv_not
         f"{_peak_kib() / 1024:.0f} MiB.",
         f"OpenCV read {opencv_note}.",
         "",
-        "| method | median s | min s | max s | time / raw | peak RSS above baseline | "
-        "RSS / file size |",
+        "| method | median s | min s | max s | time / raw | peak RSS above baseline | RSS / file size |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = {"raw": "`open(f, 'rb').read()`",
-             "ours": "`prototxt.read_caffemodel` + sum of every blob",
-             "opencv": "`cv2.dnn.readNetFromCaffe`"}
+    names = {
+        "raw": "`open(f, 'rb').read()`",
+        "ours": "`prototxt.read_caffemodel` + sum of every blob",
+        "opencv": "`cv2.dnn.readNetFromCaffe`",
+    }
     for m in METHODS:
         seconds = [r["seconds"] for r in runs[m]]
-        lines.append(f"| {names[m]} | {median[m]:.3f} | {min(seconds):.3f} | {max(seconds):.3f} | "
-                     f"{median[m] / median['raw']:.2f} | {rss[m] / MIB:.0f} MiB | "
-                     f"{rss[m] / file_bytes:.2f} |")
-    measured = {"ours/raw time": median["ours"] / median["raw"],
-                "ours/opencv time": median["ours"] / median["opencv"],
-                "ours RSS / file size": rss["ours"] / file_bytes}
-    wording = {"ours/raw time": "within 2x of the raw read",
-               "ours/opencv time": "faster than OpenCV",
-               "ours RSS / file size": "peak RSS under 1.3x the file size above baseline"}
+        lines.append(
+            f"| {names[m]} | {median[m]:.3f} | {min(seconds):.3f} | {max(seconds):.3f} | "
+            f"{median[m] / median['raw']:.2f} | {rss[m] / MIB:.0f} MiB | "
+            f"{rss[m] / file_bytes:.2f} |"
+        )
+    measured = {
+        "ours/raw time": median["ours"] / median["raw"],
+        "ours/opencv time": median["ours"] / median["opencv"],
+        "ours RSS / file size": rss["ours"] / file_bytes,
+    }
+    wording = {
+        "ours/raw time": "within 2x of the raw read",
+        "ours/opencv time": "faster than OpenCV",
+        "ours RSS / file size": "peak RSS under 1.3x the file size above baseline",
+    }
     lines += ["", "| goal | measured | met |", "| --- | ---: | :---: |"]
     for goal, limit in GOALS.items():
         met = measured[goal] < limit if goal != "ours/raw time" else measured[goal] <= limit
-        lines.append(f"| {wording[goal]} (ratio {'<' if goal != 'ours/raw time' else '<='} "
-                     f"{limit}) | {measured[goal]:.2f} | {'yes' if met else '**no**'} |")
+        lines.append(
+            f"| {wording[goal]} (ratio {'<' if goal != 'ours/raw time' else '<='} "
+            f"{limit}) | {measured[goal]:.2f} | {'yes' if met else '**no**'} |"
+        )
     checks = "; ".join(f"{m}: {runs[m][0]['detail']}" for m in METHODS)
     lines += ["", f"What each read saw (first run): {checks}.", ""]
     return "\n".join(lines)
@@ -200,15 +220,18 @@ def report(runs: dict[str, list[dict]], file_bytes: int, files: dict, opencv_not
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=float, default=440.0,
-                        help="MiB of weights (default 440: all of SENet-154)")
+    parser.add_argument(
+        "--size-mb", type=float, default=440.0, help="MiB of weights (default 440: all of SENet-154)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workdir", default=None,
-                        help="where the generated files go (default: the senet-repro cache)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the generated files go (default: the senet-repro cache)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--child", nargs=3, metavar=("METHOD", "PROTOTXT", "CAFFEMODEL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("METHOD", "PROTOTXT", "CAFFEMODEL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -217,10 +240,16 @@ def main() -> None:
         prepare(args.size_mb, args.workdir or "")
         return
     if not SENET154.exists():
-        sys.exit(f"bench_read: {SENET154} is missing (the SENet prototxts belong in "
-                 "../shared/senet-caffe/ next to the repository)")
-    files = _subprocess("--prepare", "--size-mb", str(args.size_mb),
-                        *(["--workdir", str(args.workdir)] if args.workdir else []))
+        sys.exit(
+            f"bench_read: {SENET154} is missing (the SENet prototxts belong in "
+            "../shared/senet-caffe/ next to the repository)"
+        )
+    files = _subprocess(
+        "--prepare",
+        "--size-mb",
+        str(args.size_mb),
+        *(["--workdir", str(args.workdir)] if args.workdir else []),
+    )
     if "error" in files:
         sys.exit(f"bench_read: generating the files failed: {files['error']}")
     prototxt, caffemodel = Path(files["prototxt"]), Path(files["caffemodel"])

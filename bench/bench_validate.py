@@ -41,8 +41,13 @@ def imagenet_like_jpeg(seed: int) -> bytes:
     height, width = (375, 500) if seed % 4 else (500, 375)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     phase = rng.uniform(0, 6.3, size=3)
-    pixels = np.stack([128 + 90 * np.sin(x / rng.uniform(5, 40) + phase[c]) * np.cos(y / rng.uniform(5, 40))
-                       for c in range(3)], axis=-1)
+    pixels = np.stack(
+        [
+            128 + 90 * np.sin(x / rng.uniform(5, 40) + phase[c]) * np.cos(y / rng.uniform(5, 40))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
     pixels = np.clip(pixels + rng.normal(0, 18, pixels.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=90)
@@ -64,7 +69,8 @@ def synthetic_valset(folder: Path, count: int) -> Path:
 def forward_throughput(backend: TorchBackend, batch_size: int, crop: int, seconds: float) -> float:
     """Images/s of the backend alone on one pre-loaded normalised batch (after warm-up)."""
     batch = CaffePreprocess(resize=crop, crop=crop).normalize(
-        torch.randint(0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, device=backend.device))
+        torch.randint(0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, device=backend.device)
+    )
     for _ in range(3):
         backend(batch)
     synchronize(backend.device)
@@ -110,29 +116,36 @@ def measure(args: argparse.Namespace, data: Path, device: torch.device) -> list[
     for name, amp, gpu_decode in settings:
         backend = TorchBackend(get_model(args.model), device, amp=amp)
         forward = forward_throughput(backend, args.batch_size, args.crop, args.forward_seconds)
-        options = EvalOptions(batch_size=args.batch_size, workers=args.workers, gpu_decode=gpu_decode,
-                              progress=False)
+        options = EvalOptions(
+            batch_size=args.batch_size, workers=args.workers, gpu_decode=gpu_decode, progress=False
+        )
         evaluate(backend, valset.subset(limit=args.batch_size), preprocess, options=options)  # warm-up
         result = evaluate(backend, valset, preprocess, options=options)
         data_only = evaluate(TorchBackend(NullNet(), device), valset, preprocess, options=options)
         rows.append(Row(name, forward, result.images_per_second, data_only.images_per_second))
-        print(f"{name:22s} forward {forward:8.1f} img/s   end-to-end {result.images_per_second:8.1f} img/s   "
-              f"ratio {rows[-1].ratio:.2f}   data path alone {data_only.images_per_second:8.1f} img/s "
-              f"({result.images} images)")
+        print(
+            f"{name:22s} forward {forward:8.1f} img/s   end-to-end {result.images_per_second:8.1f} img/s   "
+            f"ratio {rows[-1].ratio:.2f}   data path alone {data_only.images_per_second:8.1f} img/s "
+            f"({result.images} images)"
+        )
     return rows
 
 
 def device_title(device: torch.device, workers: int) -> str:
     if device.type == "cuda":
-        return (f"cuda: {torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, "
-                f"{workers} loader workers")
+        return (
+            f"cuda: {torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, "
+            f"{workers} loader workers"
+        )
     return f"cpu: {os.cpu_count()} cores, {workers} loader workers"
 
 
 def write_section(title: str, body: str) -> None:
     """Replace this device's section of the results file, keeping the others."""
-    header = ("# senet-validate: end-to-end vs forward-only throughput\n\n"
-              "Written by `bench/bench_validate.py`. Goal on a GPU: end-to-end >= 80 % of forward-only.\n")
+    header = (
+        "# senet-validate: end-to-end vs forward-only throughput\n\n"
+        "Written by `bench/bench_validate.py`. Goal on a GPU: end-to-end >= 80 % of forward-only.\n"
+    )
     sections: dict[str, str] = {}
     if RESULTS.is_file():
         for chunk in RESULTS.read_text().split("\n## ")[1:]:
@@ -146,15 +159,17 @@ def write_section(title: str, body: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="se_resnext50_32x4d")
-    parser.add_argument("--device", choices=["cuda", "cpu"],
-                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 4 on CPU")
     parser.add_argument("--images", type=int, help="default: 8192 on CUDA, 16 on CPU")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--resize", type=int, default=256)
     parser.add_argument("--crop", type=int, default=224)
-    parser.add_argument("--forward-seconds", type=float, default=5.0,
-                        help="how long to time the forward pass")
+    parser.add_argument(
+        "--forward-seconds", type=float, default=5.0, help="how long to time the forward pass"
+    )
     parser.add_argument("--data", type=Path, help="a real validation set instead of synthetic JPEGs")
     parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     args = parser.parse_args()
@@ -168,18 +183,27 @@ def main() -> None:
         rows = measure(args, data, device)
     title = device_title(device, args.workers)
     source = f"`{args.data}`" if args.data else "synthetic 500x375 JPEGs (quality 90)"
-    lines = [f"{args.model}, batch {args.batch_size}, {args.images} images from {source}, "
-             f"preprocessing {args.resize}/{args.crop}, torch {torch.__version__}; "
-             f"1-minute load average {os.getloadavg()[0]:.1f} at the end of the run.", "",
-             "| setting | forward only (img/s) | end to end (img/s) | end to end / forward "
-             "| data path alone (img/s) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {row.setting} | {row.forward:.1f} | {row.end_to_end:.1f} | {row.ratio:.2f} "
-              f"| {row.data_only:.1f} |" for row in rows]
+    lines = [
+        f"{args.model}, batch {args.batch_size}, {args.images} images from {source}, "
+        f"preprocessing {args.resize}/{args.crop}, torch {torch.__version__}; "
+        f"1-minute load average {os.getloadavg()[0]:.1f} at the end of the run.",
+        "",
+        "| setting | forward only (img/s) | end to end (img/s) | end to end / forward "
+        "| data path alone (img/s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {row.setting} | {row.forward:.1f} | {row.end_to_end:.1f} | {row.ratio:.2f} "
+        f"| {row.data_only:.1f} |"
+        for row in rows
+    ]
     if not cuda:
-        lines += ["", "On a CPU the loader workers and the model share the same cores, so the ratio "
-                      "measures what the data path costs there; the 80 % goal is for GPUs. "
-                      "'data path alone' runs the harness with a zero-cost network."]
+        lines += [
+            "",
+            "On a CPU the loader workers and the model share the same cores, so the ratio "
+            "measures what the data path costs there; the 80 % goal is for GPUs. "
+            "'data path alone' runs the harness with a zero-cost network.",
+        ]
     if not args.no_write:
         write_section(title, "\n".join(lines))
         print(f"wrote {RESULTS}")

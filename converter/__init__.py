@@ -19,9 +19,11 @@ from .graph import convert
 from .registry import CONVERTERS, UnsupportedLayerError, register
 
 
-def convert_caffe(prototxt: str | os.PathLike[str] | None,
-                  caffemodel: str | os.PathLike[str] | None = None,
-                  outputs: Sequence[str] | None = None) -> fx.GraphModule:
+def convert_caffe(
+    prototxt: str | os.PathLike[str] | None,
+    caffemodel: str | os.PathLike[str] | None = None,
+    outputs: Sequence[str] | None = None,
+) -> fx.GraphModule:
     """Load a prototxt/caffemodel pair (or a lone caffemodel) and convert it."""
     net = load_net(prototxt, caffemodel)
     return convert(net, outputs, require_weights=caffemodel is not None)

@@ -22,8 +22,9 @@ from .graph import convert
 
 
 @torch.no_grad()
-def calibrate_batchnorm(net: Net, blobs: Mapping[str, Sequence[np.ndarray]],
-                        inputs: Sequence[torch.Tensor]) -> dict[str, list[np.ndarray]]:
+def calibrate_batchnorm(
+    net: Net, blobs: Mapping[str, Sequence[np.ndarray]], inputs: Sequence[torch.Tensor]
+) -> dict[str, list[np.ndarray]]:
     """Return `blobs` with each BatchNorm's mean/variance measured on `inputs`.
 
     The scale-factor blob of each BatchNorm is kept, and the statistics stored
@@ -31,8 +32,7 @@ def calibrate_batchnorm(net: Net, blobs: Mapping[str, Sequence[np.ndarray]],
     """
     attach_weights(net, blobs)
     module = convert(net, require_weights=True)
-    norms = {name: m for name, m in module.named_modules()
-             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))}
+    norms = {name: m for name, m in module.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))}
     for norm in norms.values():
         norm.train()
         norm.momentum = None

@@ -42,8 +42,7 @@ def _drop(gm: fx.GraphModule, node: fx.Node) -> None:
 
 
 def _is_channel_affine(module: nn.Module | None, channels: int) -> bool:
-    return (isinstance(module, Affine) and module.weight is not None
-            and module.view == (1, channels, 1, 1))
+    return isinstance(module, Affine) and module.weight is not None and module.view == (1, channels, 1, 1)
 
 
 @torch.no_grad()
@@ -83,8 +82,16 @@ def _merge_into_conv(gm: fx.GraphModule) -> int:
         inv_std = (norm.running_var.double() + norm.eps).rsqrt()
         factor = norm.weight.double() * inv_std
         bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(factor)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                          conv.padding, conv.dilation, conv.groups, bias=True)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+        )
         fused.weight.copy_((conv.weight.double() * factor.view(-1, 1, 1, 1)).float())
         fused.bias.copy_(((bias - norm.running_mean.double()) * factor + norm.bias.double()).float())
         fused.requires_grad_(False)

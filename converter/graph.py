@@ -35,8 +35,9 @@ def sanitize(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def convert(net: Net, outputs: Sequence[str] | None = None, *,
-            require_weights: bool = True, progress: bool = False) -> fx.GraphModule:
+def convert(
+    net: Net, outputs: Sequence[str] | None = None, *, require_weights: bool = True, progress: bool = False
+) -> fx.GraphModule:
     """Convert `net` to an eval-mode GraphModule computing the blobs in `outputs`.
 
     `outputs` defaults to the net's final blobs; any blob can be asked for (its
@@ -50,9 +51,11 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     if require_weights:
         missing = [layer.name for layer in layers if layer.blob_shapes and not layer.blobs]
         if missing:
-            raise WeightsMismatchError(f"no weights for {len(missing)} layer(s) that need them "
-                                       f"(first: {missing[0]}); pass a caffemodel, or "
-                                       "require_weights=False for default-initialised layers")
+            raise WeightsMismatchError(
+                f"no weights for {len(missing)} layer(s) that need them "
+                f"(first: {missing[0]}); pass a caffemodel, or "
+                "require_weights=False for default-initialised layers"
+            )
     wanted = list(outputs) if outputs else net.outputs
     unknown = [blob for blob in wanted if blob not in net.blob_shapes]
     if unknown:
@@ -65,8 +68,7 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     layer_modules: dict[str, str] = {}
     for blob in net.inputs:
         values[blob] = graph.placeholder(sanitize(blob, taken))
-    for layer in tqdm(layers, desc="converting", unit="layer", disable=not progress,
-                      leave=False):
+    for layer in tqdm(layers, desc="converting", unit="layer", disable=not progress, leave=False):
         module = CONVERTERS[layer.type](layer)
         args = tuple(values[b] for b in layer.bottoms)
         if module is None:
@@ -91,10 +93,10 @@ def convert(net: Net, outputs: Sequence[str] | None = None, *,
     module.recompile()
     module.caffe_inputs = list(net.inputs)
     module.caffe_outputs = wanted
-    module.caffe_layer_modules = {name: target for name, target in layer_modules.items()
-                                  if hasattr(module, target)}
+    module.caffe_layer_modules = {
+        name: target for name, target in layer_modules.items() if hasattr(module, target)
+    }
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module
-

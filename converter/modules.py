@@ -189,24 +189,35 @@ class CaffePool2d(nn.Module):
     [-pad, size + pad) with padding counted, precomputed for the layer's input size.
     """
 
-    def __init__(self, mode: str, kernel: list[int], stride: list[int], pad: list[int],
-                 in_size: list[int], out_size: list[int]) -> None:
+    def __init__(
+        self,
+        mode: str,
+        kernel: list[int],
+        stride: list[int],
+        pad: list[int],
+        in_size: list[int],
+        out_size: list[int],
+    ) -> None:
         super().__init__()
         self.mode, self.kernel, self.stride, self.pad = mode, kernel, stride, pad
         self.in_size, self.out_size = in_size, out_size
-        counts = [torch.clamp(torch.arange(o) * s - p + k, max=n + p) - (torch.arange(o) * s - p)
-                  for n, k, s, p, o in zip(in_size, kernel, stride, pad, out_size)]
-        self.register_buffer("divisor", (counts[0][:, None] * counts[1][None, :]).float(),
-                             persistent=False)
+        counts = [
+            torch.clamp(torch.arange(o) * s - p + k, max=n + p) - (torch.arange(o) * s - p)
+            for n, k, s, p, o in zip(in_size, kernel, stride, pad, out_size)
+        ]
+        self.register_buffer("divisor", (counts[0][:, None] * counts[1][None, :]).float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        extra = [(o - 1) * s + k - n - p for n, k, s, p, o in
-                 zip(self.in_size, self.kernel, self.stride, self.pad, self.out_size)]
+        extra = [
+            (o - 1) * s + k - n - p
+            for n, k, s, p, o in zip(self.in_size, self.kernel, self.stride, self.pad, self.out_size)
+        ]
         # Caffe's MAX starts from -FLT_MAX, which an empty window (past the input) keeps.
         fill = torch.finfo(x.dtype).min if self.mode == "MAX" else 0.0
         padded = F.pad(x, (self.pad[1], max(extra[1], 0), self.pad[0], max(extra[0], 0)), value=fill)
-        padded = padded[..., : self.pad[0] + self.in_size[0] + extra[0],
-                        : self.pad[1] + self.in_size[1] + extra[1]]
+        padded = padded[
+            ..., : self.pad[0] + self.in_size[0] + extra[0], : self.pad[1] + self.in_size[1] + extra[1]
+        ]
         if self.mode == "MAX":
             return F.max_pool2d(padded, self.kernel, self.stride)
         summed = F.avg_pool2d(padded, self.kernel, self.stride, divisor_override=1)

@@ -31,15 +31,22 @@ def _check_example(module: nn.Module | torch.export.ExportedProgram, example: to
         runnable(example)
     except (RuntimeError, AssertionError, ValueError, IndexError) as exc:  # IndexError: .pt2 guards
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"an example input of shape {tuple(example.shape)} does not fit the net "
-                         f"({reason})") from exc
+        raise ValueError(
+            f"an example input of shape {tuple(example.shape)} does not fit the net ({reason})"
+        ) from exc
 
 
-def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os.PathLike[str],
-                example: torch.Tensor, *,
-                input_name: str = "data", output_names: Sequence[str] | None = None,
-                opset: int = MIN_OPSET, fp16: bool = False,
-                exporter: Literal["torchscript", "dynamo"] = "torchscript") -> Path:
+def export_onnx(
+    module: nn.Module | torch.export.ExportedProgram,
+    path: str | os.PathLike[str],
+    example: torch.Tensor,
+    *,
+    input_name: str = "data",
+    output_names: Sequence[str] | None = None,
+    opset: int = MIN_OPSET,
+    fp16: bool = False,
+    exporter: Literal["torchscript", "dynamo"] = "torchscript",
+) -> Path:
     """Export `module` (in eval mode) to `path` atomically, with a dynamic batch axis.
 
     `output_names` defaults to the module's `caffe_outputs` (Caffe blob names).
@@ -62,16 +69,35 @@ def export_onnx(module: nn.Module | torch.export.ExportedProgram, path: str | os
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             if exporter == "dynamo":
-                dynamic = None if isinstance(module, torch.export.ExportedProgram) else \
-                    {input_name: {0: torch.export.Dim("batch")}}
-                torch.onnx.export(module, (example,), tmp, input_names=[input_name],
-                                  output_names=names, opset_version=opset, dynamo=True,
-                                  dynamic_shapes=dynamic, external_data=False, verbose=False)
+                dynamic = (
+                    None
+                    if isinstance(module, torch.export.ExportedProgram)
+                    else {input_name: {0: torch.export.Dim("batch")}}
+                )
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    tmp,
+                    input_names=[input_name],
+                    output_names=names,
+                    opset_version=opset,
+                    dynamo=True,
+                    dynamic_shapes=dynamic,
+                    external_data=False,
+                    verbose=False,
+                )
             else:
                 axes = {name: {0: "batch"} for name in [input_name, *names]}
-                torch.onnx.export(module, (example,), tmp, input_names=[input_name],
-                                  output_names=names, opset_version=opset, dynamo=False,
-                                  dynamic_axes=axes)
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    tmp,
+                    input_names=[input_name],
+                    output_names=names,
+                    opset_version=opset,
+                    dynamo=False,
+                    dynamic_axes=axes,
+                )
             onnx.checker.check_model(onnx.load(tmp), full_check=True)
     finally:
         if fp16:
@@ -88,22 +114,29 @@ def onnx_session(path: str | os.PathLike[str], device: str | None = None):
     if device != "cpu" and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
     elif device == "cuda":
-        raise RuntimeError("CUDA requested but onnxruntime has no CUDA execution provider "
-                           "(install senet-repro[gpu])")
+        raise RuntimeError(
+            "CUDA requested but onnxruntime has no CUDA execution provider (install senet-repro[gpu])"
+        )
     return ort.InferenceSession(str(path), providers=providers)
 
 
 @torch.no_grad()
-def compare_onnx(path: str | os.PathLike[str], module: nn.Module | torch.export.ExportedProgram,
-                 inputs: torch.Tensor, device: str | None = None) -> float:
+def compare_onnx(
+    path: str | os.PathLike[str],
+    module: nn.Module | torch.export.ExportedProgram,
+    inputs: torch.Tensor,
+    device: str | None = None,
+) -> float:
     """Max abs difference between ONNX Runtime and `module` on `inputs`, over all outputs."""
     if isinstance(module, torch.export.ExportedProgram):
         module = module.module()
     session = onnx_session(path, device)
-    feed = {session.get_inputs()[0].name: inputs.numpy().astype(
-        np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32)}
+    feed = {
+        session.get_inputs()[0].name: inputs.numpy().astype(
+            np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+        )
+    }
     got = session.run(None, feed)
     expected = module(inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    return max(float(np.abs(g.astype(np.float64) - e.double().numpy()).max())
-               for g, e in zip(got, expected))
+    return max(float(np.abs(g.astype(np.float64) - e.double().numpy()).max()) for g, e in zip(got, expected))

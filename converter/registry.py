@@ -20,8 +20,10 @@ Converter = Callable[[Layer], "nn.Module | None"]
 
 CONVERTERS: dict[str, Converter] = {}
 
-HOW_TO_ADD = ("add a converter with @converter.register('<Type>') returning an nn.Module "
-              "(see docs/ARCHITECTURE.md, 'Adding a layer type')")
+HOW_TO_ADD = (
+    "add a converter with @converter.register('<Type>') returning an nn.Module "
+    "(see docs/ARCHITECTURE.md, 'Adding a layer type')"
+)
 
 
 class UnsupportedLayerError(CaffeError):
@@ -30,10 +32,12 @@ class UnsupportedLayerError(CaffeError):
 
 def register(*layer_types: str) -> Callable[[Converter], Converter]:
     """Register the decorated function as the converter of `layer_types`."""
+
     def decorate(function: Converter) -> Converter:
         for layer_type in layer_types:
             CONVERTERS[layer_type] = function
         return function
+
     return decorate
 
 
@@ -44,7 +48,8 @@ def check_supported(layers: list[Layer]) -> None:
         if layer.type not in CONVERTERS:
             offending.setdefault(layer.type, []).append(layer.name)
     if offending:
-        lines = "; ".join(f"{t}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
-                          for t, names in sorted(offending.items()))
-        raise UnsupportedLayerError(f"no converter for layer type(s) {lines}. To support one, "
-                                    f"{HOW_TO_ADD}")
+        lines = "; ".join(
+            f"{t}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+            for t, names in sorted(offending.items())
+        )
+        raise UnsupportedLayerError(f"no converter for layer type(s) {lines}. To support one, {HOW_TO_ADD}")

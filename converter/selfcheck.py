@@ -31,15 +31,18 @@ class SelfCheck:
     opencv_vs_ours: float | None  # None when OpenCV is not installed
 
     def summary(self) -> str:
-        text = (f"self-check on '{self.blob}' (relative to max |value| {self.scale:.4g}): "
-                f"float32 vs float64 {self.float32_vs_float64:.2e}")
+        text = (
+            f"self-check on '{self.blob}' (relative to max |value| {self.scale:.4g}): "
+            f"float32 vs float64 {self.float32_vs_float64:.2e}"
+        )
         if self.opencv_vs_ours is None:
             return text + "; OpenCV not installed, no independent reference"
         return text + f"; OpenCV (portable prototxt) vs ours {self.opencv_vs_ours:.2e}"
 
 
-def opencv_forward(net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndarray,
-                   blobs: Sequence[str]) -> list[np.ndarray] | None:
+def opencv_forward(
+    net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndarray, blobs: Sequence[str]
+) -> list[np.ndarray] | None:
     """Run OpenCV's Caffe importer on the portable form of `net`; None without cv2."""
     try:
         import cv2
@@ -54,8 +57,9 @@ def opencv_forward(net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndar
 
 
 @torch.no_grad()
-def self_check(module: fx.GraphModule, net: Net, caffemodel: str | os.PathLike[str] | None,
-               seed: int = 0) -> SelfCheck:
+def self_check(
+    module: fx.GraphModule, net: Net, caffemodel: str | os.PathLike[str] | None, seed: int = 0
+) -> SelfCheck:
     """Run `module` on a seeded image-like input in float32 and float64, and OpenCV."""
     x = image_like(next(iter(net.inputs.values())), seed)
     blob = module.caffe_outputs[0]

@@ -27,8 +27,9 @@ def prototxt_beside(path: Path) -> Path:
     return path.with_suffix(".prototxt")
 
 
-def save_converted(module: fx.GraphModule, net: Net, path: str | os.PathLike[str],
-                   example: torch.Tensor) -> list[Path]:
+def save_converted(
+    module: fx.GraphModule, net: Net, path: str | os.PathLike[str], example: torch.Tensor
+) -> list[Path]:
     """Save as `.pt2` or `.safetensors` (+ `.prototxt` beside it); returns files written."""
     target = Path(path)
     if target.suffix == ".pt2":
@@ -41,8 +42,11 @@ def save_converted(module: fx.GraphModule, net: Net, path: str | os.PathLike[str
         return [target]
     if target.suffix == ".safetensors":
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
-        metadata = {"format": "senet-repro-generic", "outputs": ",".join(module.caffe_outputs),
-                    "fold": getattr(module, "caffe_fold", "none")}
+        metadata = {
+            "format": "senet-repro-generic",
+            "outputs": ",".join(module.caffe_outputs),
+            "fold": getattr(module, "caffe_fold", "none"),
+        }
         with atomic_path(target) as tmp:
             save_file(state, tmp, metadata=metadata)
         write_prototxt(net.to_proto(), prototxt_beside(target))
@@ -69,8 +73,9 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module | torch.export.Exp
         try:
             return torch.export.load(source)
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise ValueError(f"{source}: not a .pt2 program torch.export can load "
-                             f"({_first_line(exc)})") from exc
+            raise ValueError(
+                f"{source}: not a .pt2 program torch.export can load ({_first_line(exc)})"
+            ) from exc
     if source.suffix == ".safetensors":
         try:
             with safe_open(str(source), "pt") as handle:
@@ -87,7 +92,8 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module | torch.export.Exp
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             details = " ".join(str(exc).split())  # torch lists the keys on several lines
-            raise ValueError(f"{source}: its tensors do not fit {prototxt_beside(source).name} "
-                             f"({details[:300]})") from exc
+            raise ValueError(
+                f"{source}: its tensors do not fit {prototxt_beside(source).name} ({details[:300]})"
+            ) from exc
         return module
     raise ValueError(f"{source}: expected a .pt2 or .safetensors file")

@@ -1,20 +1,39 @@
 """Caffe model files in and out, with Caffe's shape rules. Knows nothing of torch.
 
-    net = load_net("deploy.prototxt", "weights.caffemodel")
-    for layer in net.layers: layer.name, layer.type, layer.top_shapes, layer.blobs
+net = load_net("deploy.prototxt", "weights.caffemodel")
+for layer in net.layers: layer.name, layer.type, layer.top_shapes, layer.blobs
 """
 
 from .caffemodel import CaffeModel, parse_caffemodel_buffer, read_caffemodel, write_caffemodel
-from .errors import (CaffeError, CaffemodelFormatError, NetDefinitionError, PrototxtSyntaxError,
-                     WeightsMismatchError)
+from .errors import (
+    CaffeError,
+    CaffemodelFormatError,
+    NetDefinitionError,
+    PrototxtSyntaxError,
+    WeightsMismatchError,
+)
 from .net import Layer, Net, attach_weights, build_net, load_net
 from .portable import portable_net
 from .text import format_prototxt, parse_prototxt, parse_prototxt_text, write_prototxt
 
 __all__ = [
-    "CaffeError", "CaffeModel", "CaffemodelFormatError", "Layer", "Net", "NetDefinitionError",
-    "PrototxtSyntaxError", "WeightsMismatchError", "attach_weights", "build_net",
-    "format_prototxt", "load_net", "parse_caffemodel_buffer", "parse_prototxt",
-    "parse_prototxt_text", "portable_net", "read_caffemodel", "write_caffemodel",
+    "CaffeError",
+    "CaffeModel",
+    "CaffemodelFormatError",
+    "Layer",
+    "Net",
+    "NetDefinitionError",
+    "PrototxtSyntaxError",
+    "WeightsMismatchError",
+    "attach_weights",
+    "build_net",
+    "format_prototxt",
+    "load_net",
+    "parse_caffemodel_buffer",
+    "parse_prototxt",
+    "parse_prototxt_text",
+    "portable_net",
+    "read_caffemodel",
+    "write_caffemodel",
     "write_prototxt",
 ]

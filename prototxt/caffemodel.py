@@ -103,8 +103,9 @@ class _Reader:
             else:
                 raise self.fail(f"unsupported wire type {wire}; not a caffemodel?", field_start, layer)
             if value_end > end:
-                raise self.fail("truncated file (a field runs past the end of its message)",
-                                field_start, layer)
+                raise self.fail(
+                    "truncated file (a field runs past the end of its message)", field_start, layer
+                )
             yield number, wire, pos, value_end, field_start
             pos = value_end
 
@@ -136,13 +137,15 @@ def _blob(reader: _Reader, start: int, end: int, layer: str) -> np.ndarray:
             dtype = this
             if wire == _LENGTH:
                 if (vend - vstart) % this.itemsize:
-                    raise reader.fail("blob data length is not a whole number of values",
-                                      fstart, layer)
+                    raise reader.fail("blob data length is not a whole number of values", fstart, layer)
                 if unpacked:
                     chunks.append(np.frombuffer(bytes(unpacked), dtype=this))
                     unpacked.clear()
-                chunks.append(np.frombuffer(reader.buffer, dtype=this,
-                                            count=(vend - vstart) // this.itemsize, offset=vstart))
+                chunks.append(
+                    np.frombuffer(
+                        reader.buffer, dtype=this, count=(vend - vstart) // this.itemsize, offset=vstart
+                    )
+                )
             elif wire in (_FIXED32, _FIXED64) and this.itemsize == vend - vstart:
                 unpacked += reader.buffer[vstart:vend]
             else:
@@ -165,11 +168,9 @@ def _blob(reader: _Reader, start: int, end: int, layer: str) -> np.ndarray:
     elif shape is None:
         shape = [data.size]
     if len(shape) > _MAX_BLOB_AXES:
-        raise reader.fail(f"blob has {len(shape)} axes, Caffe allows {_MAX_BLOB_AXES}",
-                          start, layer)
+        raise reader.fail(f"blob has {len(shape)} axes, Caffe allows {_MAX_BLOB_AXES}", start, layer)
     if any(dim < 0 for dim in shape) or math.prod(shape) != data.size:
-        raise reader.fail(f"blob shape {tuple(shape)} does not match its {data.size} values",
-                          start, layer)
+        raise reader.fail(f"blob shape {tuple(shape)} does not match its {data.size} values", start, layer)
     try:
         return data.reshape(shape)
     except ValueError:  # an empty blob with dimensions numpy cannot represent
@@ -216,8 +217,9 @@ def _check_text_fields(message: Message, path: str, layer: str | None = None) ->
         if descriptor.type == FieldDescriptor.TYPE_STRING:
             values = [value] if isinstance(value, (str, bytes)) else list(value)
             if any(isinstance(item, bytes) for item in values):
-                raise CaffemodelFormatError(f"field '{descriptor.name}' is not UTF-8 text; "
-                                            "corrupt file?", path=path, layer=layer)
+                raise CaffemodelFormatError(
+                    f"field '{descriptor.name}' is not UTF-8 text; corrupt file?", path=path, layer=layer
+                )
         elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
             for item in [value] if isinstance(value, Message) else value:
                 name = getattr(item, "name", None) if layer is None else layer
@@ -262,7 +264,8 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
                 raise CaffemodelFormatError("file is empty", path=source)
             if size > _MAX_FILE_BYTES:
                 raise CaffemodelFormatError(
-                    f"file is {size} bytes; protobuf messages are limited to 2 GiB", path=source)
+                    f"file is {size} bytes; protobuf messages are limited to 2 GiB", path=source
+                )
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise CaffemodelFormatError(f"cannot read file: {exc.strerror}", path=source) from None
@@ -286,8 +289,9 @@ def _pieces_size(pieces: Sequence[bytes | memoryview]) -> int:
     return sum(len(piece) if isinstance(piece, bytes) else piece.nbytes for piece in pieces)
 
 
-def write_caffemodel(path: str | os.PathLike[str], net: caffe_pb2.NetParameter,
-                     blobs: Mapping[str, Sequence[np.ndarray]]) -> None:
+def write_caffemodel(
+    path: str | os.PathLike[str], net: caffe_pb2.NetParameter, blobs: Mapping[str, Sequence[np.ndarray]]
+) -> None:
     """Write `net` with `blobs` (layer name -> arrays) as a .caffemodel, atomically.
 
     Blobs already inside `net`'s layers are replaced by those in `blobs` for the

@@ -14,8 +14,15 @@ class CaffeError(ValueError):
 class PrototxtSyntaxError(CaffeError):
     """A text prototxt does not parse; carries file, line, column and layer."""
 
-    def __init__(self, message: str, *, path: str, line: int | None = None,
-                 column: int | None = None, layer: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        line: int | None = None,
+        column: int | None = None,
+        layer: str | None = None,
+    ) -> None:
         self.path, self.line, self.column, self.layer = path, line, column, layer
         where = path
         if line is not None:
@@ -29,8 +36,9 @@ class PrototxtSyntaxError(CaffeError):
 class CaffemodelFormatError(CaffeError):
     """A binary .caffemodel is truncated, corrupt or not a caffemodel at all."""
 
-    def __init__(self, message: str, *, path: str, offset: int | None = None,
-                 layer: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str, offset: int | None = None, layer: str | None = None
+    ) -> None:
         self.path, self.offset, self.layer = path, offset, layer
         where = path if offset is None else f"{path} (byte {offset})"
         in_layer = f" (in layer '{layer}')" if layer else ""

@@ -22,33 +22,87 @@ from .shapes import SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
 from .text import parse_prototxt
 
 # Layers that feed or score training and have no place in a deploy net.
-DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
-                              "DummyData", "AnnotatedData", "Python"})
-TRAINING_LAYER_TYPES = frozenset({"SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "HingeLoss",
-                                  "SigmoidCrossEntropyLoss", "InfogainLoss", "ContrastiveLoss",
-                                  "MultinomialLogisticLoss", "Silence", "HDF5Output"})
+DATA_LAYER_TYPES = frozenset(
+    {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData", "Python"}
+)
+TRAINING_LAYER_TYPES = frozenset(
+    {
+        "SoftmaxWithLoss",
+        "Accuracy",
+        "EuclideanLoss",
+        "HingeLoss",
+        "SigmoidCrossEntropyLoss",
+        "InfogainLoss",
+        "ContrastiveLoss",
+        "MultinomialLogisticLoss",
+        "Silence",
+        "HDF5Output",
+    }
+)
 
 # V1 layer-type enum -> the type string of the current format.
 _V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
-    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
-    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
-    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
-    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
-    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
 # Parameter fields that V1 and current layers share by name.
-_V1_SHARED_PARAMS = ("accuracy_param", "concat_param", "convolution_param", "data_param",
-                     "dropout_param", "eltwise_param", "image_data_param",
-                     "inner_product_param", "lrn_param", "memory_data_param", "pooling_param",
-                     "relu_param", "sigmoid_param", "softmax_param", "slice_param", "tanh_param",
-                     "transform_param", "loss_param")
+_V1_SHARED_PARAMS = (
+    "accuracy_param",
+    "concat_param",
+    "convolution_param",
+    "data_param",
+    "dropout_param",
+    "eltwise_param",
+    "image_data_param",
+    "inner_product_param",
+    "lrn_param",
+    "memory_data_param",
+    "pooling_param",
+    "relu_param",
+    "sigmoid_param",
+    "softmax_param",
+    "slice_param",
+    "tanh_param",
+    "transform_param",
+    "loss_param",
+)
 
 
 @dataclass
@@ -141,8 +195,13 @@ class Net:
 def upgrade_v1_layer(old: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:
     """Convert a pre-2015 V1 layer to the current LayerParameter."""
     type_name = caffe_pb2.V1LayerParameter.LayerType.Name(old.type)
-    new = caffe_pb2.LayerParameter(name=old.name, type=_V1_TYPES.get(type_name, type_name),
-                                   bottom=old.bottom, top=old.top, loss_weight=old.loss_weight)
+    new = caffe_pb2.LayerParameter(
+        name=old.name,
+        type=_V1_TYPES.get(type_name, type_name),
+        bottom=old.bottom,
+        top=old.top,
+        loss_weight=old.loss_weight,
+    )
     new.include.extend(old.include)
     new.exclude.extend(old.exclude)
     new.blobs.extend(old.blobs)
@@ -188,7 +247,7 @@ def _legacy_inputs(proto: caffe_pb2.NetParameter) -> dict[str, Shape]:
         if len(proto.input_dim) != 4 * len(names):
             raise NetDefinitionError(f"{len(names)} inputs need {4 * len(names)} input_dim values")
         dims = list(proto.input_dim)
-        return {n: tuple(dims[4 * i: 4 * i + 4]) for i, n in enumerate(names)}
+        return {n: tuple(dims[4 * i : 4 * i + 4]) for i, n in enumerate(names)}
     if names:
         raise NetDefinitionError(f"inputs {names} are declared without a shape")
     return {}
@@ -214,8 +273,10 @@ def _deploy_form(layer: caffe_pb2.LayerParameter, notes: list[str]) -> caffe_pb2
     `use_global_stats: false`; inference always uses the stored statistics.
     """
     if not layer.HasField("phase") and not (
-            layer.type == "BatchNorm" and layer.batch_norm_param.HasField("use_global_stats")
-            and not layer.batch_norm_param.use_global_stats):
+        layer.type == "BatchNorm"
+        and layer.batch_norm_param.HasField("use_global_stats")
+        and not layer.batch_norm_param.use_global_stats
+    ):
         return layer
     deploy = caffe_pb2.LayerParameter()
     deploy.CopyFrom(layer)
@@ -228,8 +289,12 @@ def _deploy_form(layer: caffe_pb2.LayerParameter, notes: list[str]) -> caffe_pb2
     return deploy
 
 
-def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
-              input_shape: Mapping[str, Sequence[int]] | None = None) -> Net:
+def build_net(
+    proto: caffe_pb2.NetParameter,
+    *,
+    phase: int = caffe_pb2.TEST,
+    input_shape: Mapping[str, Sequence[int]] | None = None,
+) -> Net:
     """Build a deploy `Net` from a NetParameter: filter, find inputs, infer shapes.
 
     Data, loss and accuracy layers are dropped (their image top becomes an input
@@ -243,7 +308,7 @@ def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
     data_inputs: dict[str, Shape] = {}
     # A data layer of another phase (a TRAIN-only MemoryData, say) still tells the
     # image shape when no layer of this phase does.
-    for layer in sorted(all_layers, key=lambda l: layer_included(l, state), reverse=True):
+    for layer in sorted(all_layers, key=lambda candidate: layer_included(candidate, state), reverse=True):
         found = _data_layer_input(layer) if layer.type in DATA_LAYER_TYPES else None
         if found:
             data_inputs.setdefault(*found)
@@ -259,8 +324,7 @@ def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
         if layer.type == "Input":
             shapes = [tuple(s.dim) for s in layer.input_param.shape]
             if len(shapes) not in (1, len(layer.top)):
-                raise NetDefinitionError(f"{len(layer.top)} tops but {len(shapes)} shapes",
-                                         layer=layer.name)
+                raise NetDefinitionError(f"{len(layer.top)} tops but {len(shapes)} shapes", layer=layer.name)
             for i, top in enumerate(layer.top):
                 inputs[top] = shapes[i if len(shapes) > 1 else 0]
         kept.append(_deploy_form(layer, notes))
@@ -269,8 +333,9 @@ def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
     for name, shape in (input_shape or {}).items():
         inputs[name] = tuple(int(d) for d in shape)
     if not inputs:
-        raise NetDefinitionError("the net has no input (no Input layer or input declaration); "
-                                 "give its shape explicitly")
+        raise NetDefinitionError(
+            "the net has no input (no Input layer or input declaration); give its shape explicitly"
+        )
     for blob, shape in inputs.items():
         if any(dim < 0 for dim in shape):
             raise NetDefinitionError(f"input '{blob}' has a negative dimension: {shape}")
@@ -279,17 +344,19 @@ def build_net(proto: caffe_pb2.NetParameter, *, phase: int = caffe_pb2.TEST,
     return _infer(proto.name, inputs, kept, notes)
 
 
-def _infer(name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerParameter],
-           notes: list[str]) -> Net:
-    unsupported = sorted({p.type for p in protos if p.type not in SHAPE_RULES
-                          and p.type != "Input"})
+def _infer(
+    name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerParameter], notes: list[str]
+) -> Net:
+    unsupported = sorted({p.type for p in protos if p.type not in SHAPE_RULES and p.type != "Input"})
     if unsupported:
         names = [p.name for p in protos if p.type in unsupported]
-        raise NetDefinitionError(f"no shape rule for layer type(s) {', '.join(unsupported)} "
-                                 f"(layers: {', '.join(names[:10])}"
-                                 f"{', ...' if len(names) > 10 else ''}). To support one, add "
-                                 "its shape rule to prototxt/shapes.py and its converter to "
-                                 "converter/ops/ (docs/ARCHITECTURE.md, 'Adding a layer type')")
+        raise NetDefinitionError(
+            f"no shape rule for layer type(s) {', '.join(unsupported)} "
+            f"(layers: {', '.join(names[:10])}"
+            f"{', ...' if len(names) > 10 else ''}). To support one, add "
+            "its shape rule to prototxt/shapes.py and its converter to "
+            "converter/ops/ (docs/ARCHITECTURE.md, 'Adding a layer type')"
+        )
     shapes: dict[str, Shape] = dict(inputs)
     layers: list[Layer] = []
     for proto in protos:
@@ -302,14 +369,23 @@ def _infer(name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerPara
         else:
             tops = SHAPE_RULES[proto.type](proto, bottoms)
             if len(tops) != len(proto.top):
-                raise NetDefinitionError(f"{proto.type} produces {len(tops)} top(s), "
-                                         f"{len(proto.top)} named", layer=proto.name)
+                raise NetDefinitionError(
+                    f"{proto.type} produces {len(tops)} top(s), {len(proto.top)} named", layer=proto.name
+                )
         for top, shape in zip(proto.top, tops):
             shapes[top] = tuple(int(d) for d in shape)
-        layers.append(Layer(name=proto.name, type=proto.type, bottoms=list(proto.bottom),
-                            tops=list(proto.top), param=proto, bottom_shapes=bottoms,
-                            top_shapes=[shapes[t] for t in proto.top],
-                            blob_shapes=expected_blob_shapes(proto, bottoms)))
+        layers.append(
+            Layer(
+                name=proto.name,
+                type=proto.type,
+                bottoms=list(proto.bottom),
+                tops=list(proto.top),
+                param=proto,
+                bottom_shapes=bottoms,
+                top_shapes=[shapes[t] for t in proto.top],
+                blob_shapes=expected_blob_shapes(proto, bottoms),
+            )
+        )
     return Net(name=name, inputs=dict(inputs), layers=layers, blob_shapes=shapes, notes=notes)
 
 
@@ -317,16 +393,21 @@ def _fit_blob(layer: Layer, index: int, blob: np.ndarray, expected: Shape) -> np
     """Accept legacy 4-D blob shapes (leading 1s) that hold the expected shape."""
     if tuple(blob.shape) == tuple(expected):
         return blob
-    squeeze = lambda shape: tuple(shape)[next((i for i, d in enumerate(shape) if d != 1),  # noqa: E731
-                                              len(shape)):]
+
+    def squeeze(shape: Shape) -> tuple[int, ...]:
+        """Drop leading 1s."""
+        dims = tuple(shape)
+        return dims[next((i for i, d in enumerate(dims) if d != 1), len(dims)) :]
+
     if blob.size == math.prod(expected) and squeeze(blob.shape) == squeeze(expected):
         return blob.reshape(expected)
-    raise WeightsMismatchError(f"blob {index} has shape {tuple(blob.shape)}, the prototxt "
-                               f"implies {tuple(expected)}", layer=layer.name)
+    raise WeightsMismatchError(
+        f"blob {index} has shape {tuple(blob.shape)}, the prototxt implies {tuple(expected)}",
+        layer=layer.name,
+    )
 
 
-def attach_weights(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *,
-                   source: str = "weights") -> Net:
+def attach_weights(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, source: str = "weights") -> Net:
     """Give each layer its blobs by layer name, checking counts and shapes.
 
     Layers that need weights and get none are an error; blobs for layers the net
@@ -342,23 +423,32 @@ def attach_weights(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *,
         if len(arrays) != len(layer.blob_shapes):
             raise WeightsMismatchError(
                 f"{source} has {len(arrays)} blob(s), a {layer.type} layer with these "
-                f"parameters needs {len(layer.blob_shapes)}", layer=layer.name)
-        layer.blobs = [_fit_blob(layer, i, np.asarray(a), s)
-                       for i, (a, s) in enumerate(zip(arrays, layer.blob_shapes))]
+                f"parameters needs {len(layer.blob_shapes)}",
+                layer=layer.name,
+            )
+        layer.blobs = [
+            _fit_blob(layer, i, np.asarray(a), s) for i, (a, s) in enumerate(zip(arrays, layer.blob_shapes))
+        ]
     if missing:
         shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
-        raise WeightsMismatchError(f"{source} has no weights for {len(missing)} layer(s) that "
-                                   f"need them: {shown}")
+        raise WeightsMismatchError(
+            f"{source} has no weights for {len(missing)} layer(s) that need them: {shown}"
+        )
     extra = sorted(set(blobs) - {layer.name for layer in net.layers})
     if extra:
-        net.notes.append(f"ignored blobs of {len(extra)} layer(s) not in the net: "
-                         f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}")
+        net.notes.append(
+            f"ignored blobs of {len(extra)} layer(s) not in the net: "
+            f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}"
+        )
     return net
 
 
-def load_net(prototxt: str | os.PathLike[str] | None = None,
-             caffemodel: str | os.PathLike[str] | CaffeModel | None = None, *,
-             input_shape: Mapping[str, Sequence[int]] | None = None) -> Net:
+def load_net(
+    prototxt: str | os.PathLike[str] | None = None,
+    caffemodel: str | os.PathLike[str] | CaffeModel | None = None,
+    *,
+    input_shape: Mapping[str, Sequence[int]] | None = None,
+) -> Net:
     """Load a deploy net from a prototxt, a caffemodel, or both (merged by layer name)."""
     if prototxt is None and caffemodel is None:
         raise ValueError("give a prototxt, a caffemodel, or both")
@@ -370,4 +460,3 @@ def load_net(prototxt: str | os.PathLike[str] | None = None,
     if model is not None:
         attach_weights(net, model.blobs, source=os.path.basename(model.path))
     return net
-

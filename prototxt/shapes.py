@@ -21,8 +21,7 @@ SHAPE_RULES: dict[str, ShapeRule] = {}
 BLOB_RULES: dict[str, BlobRule] = {}
 
 # Layers whose output has the shape of their (first) input.
-ELEMENTWISE_TYPES = ("ReLU", "PReLU", "Sigmoid", "TanH", "Dropout", "BatchNorm", "LRN",
-                     "Softmax")
+ELEMENTWISE_TYPES = ("ReLU", "PReLU", "Sigmoid", "TanH", "Dropout", "BatchNorm", "LRN", "Softmax")
 
 
 def _register(table: dict[str, Callable], *types: str):
@@ -30,6 +29,7 @@ def _register(table: dict[str, Callable], *types: str):
         for name in types:
             table[name] = function
         return function
+
     return decorate
 
 
@@ -43,20 +43,26 @@ def canonical_axis(axis: int, ndim: int, layer: caffe_pb2.LayerParameter) -> int
 def _expect_bottoms(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], *counts: int) -> None:
     if len(bottoms) not in counts:
         wanted = " or ".join(str(c) for c in counts)
-        raise NetDefinitionError(f"{layer.type} takes {wanted} bottom(s), got {len(bottoms)}",
-                                 layer=layer.name)
+        raise NetDefinitionError(
+            f"{layer.type} takes {wanted} bottom(s), got {len(bottoms)}", layer=layer.name
+        )
 
 
-def _spatial(values: list[int], h: int | None, w: int | None, default: int | None,
-             what: str, layer: caffe_pb2.LayerParameter, dims: int = 2) -> list[int]:
+def _spatial(
+    values: list[int],
+    h: int | None,
+    w: int | None,
+    default: int | None,
+    what: str,
+    layer: caffe_pb2.LayerParameter,
+    dims: int = 2,
+) -> list[int]:
     """Resolve Caffe's repeated-or-_h/_w convolution/pooling fields to per-axis values."""
     if h is not None or w is not None:
         if values:
-            raise NetDefinitionError(f"give either {what} or {what}_h/{what}_w, not both",
-                                     layer=layer.name)
+            raise NetDefinitionError(f"give either {what} or {what}_h/{what}_w, not both", layer=layer.name)
         if h is None or w is None:
-            raise NetDefinitionError(f"{what}_h and {what}_w must be given together",
-                                     layer=layer.name)
+            raise NetDefinitionError(f"{what}_h and {what}_w must be given together", layer=layer.name)
         return [h, w]
     if not values:
         if default is None:
@@ -65,8 +71,7 @@ def _spatial(values: list[int], h: int | None, w: int | None, default: int | Non
     if len(values) == 1:
         return [values[0]] * dims
     if len(values) != dims:
-        raise NetDefinitionError(f"{what} needs 1 or {dims} values, got {len(values)}",
-                                 layer=layer.name)
+        raise NetDefinitionError(f"{what} needs 1 or {dims} values, got {len(values)}", layer=layer.name)
     return list(values)
 
 
@@ -103,8 +108,7 @@ def pool_geometry(layer: caffe_pb2.LayerParameter, bottom: Shape) -> dict[str, l
     pads = [p.pad] if p.HasField("pad") else []
     pad = _spatial(pads, opt("pad_h"), opt("pad_w"), 0, "pad", layer)
     if p.global_pooling and (stride != [1, 1] or pad != [0, 0]):
-        raise NetDefinitionError("global_pooling allows only pad 0 and stride 1",
-                                 layer=layer.name)
+        raise NetDefinitionError("global_pooling allows only pad 0 and stride 1", layer=layer.name)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride):
         raise NetDefinitionError("kernel and stride must be positive", layer=layer.name)
     if any(pd >= k for pd, k in zip(pad, kernel)):
@@ -112,8 +116,9 @@ def pool_geometry(layer: caffe_pb2.LayerParameter, bottom: Shape) -> dict[str, l
     return {"kernel": kernel, "stride": stride, "pad": pad}
 
 
-def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool, *,
-                padded: bool | None = None) -> int:
+def pooled_size(
+    size: int, kernel: int, stride: int, pad: int, ceil: bool, *, padded: bool | None = None
+) -> int:
     """Caffe's pooled output size: ceil rounding, last window starting inside the input.
 
     Caffe clips the last window on every axis as soon as any axis is padded;
@@ -151,18 +156,20 @@ def _conv_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
         if bottom[1] % p.group or p.num_output % p.group:
             raise NetDefinitionError(
                 f"input channels {bottom[1]} and num_output {p.num_output} must both divide "
-                f"by group {p.group}", layer=layer.name)
+                f"by group {p.group}",
+                layer=layer.name,
+            )
         spatial = []
-        for size, k, s, pd, d in zip(bottom[2:], geometry["kernel"], geometry["stride"],
-                                     geometry["pad"], geometry["dilation"]):
+        for size, k, s, pd, d in zip(
+            bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"], geometry["dilation"]
+        ):
             extent = d * (k - 1) + 1
             if layer.type == "Convolution":
                 out = (size + 2 * pd - extent) // s + 1
             else:
                 out = s * (size - 1) + extent - 2 * pd
             if out <= 0:
-                raise NetDefinitionError(f"input {bottom} too small for the kernel",
-                                         layer=layer.name)
+                raise NetDefinitionError(f"input {bottom} too small for the kernel", layer=layer.name)
             spatial.append(out)
         tops.append((bottom[0], p.num_output, *spatial))
     return tops
@@ -188,8 +195,10 @@ def _pool_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
     geometry = pool_geometry(layer, bottom)
     ceil = layer.pooling_param.round_mode == caffe_pb2.PoolingParameter.CEIL
     padded = any(geometry["pad"])
-    spatial = [pooled_size(size, k, s, pd, ceil, padded=padded) for size, k, s, pd in
-               zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"])]
+    spatial = [
+        pooled_size(size, k, s, pd, ceil, padded=padded)
+        for size, k, s, pd in zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"])
+    ]
     if any(out <= 0 for out in spatial):
         raise NetDefinitionError(f"input {bottom} too small for the kernel", layer=layer.name)
     return [(bottom[0], bottom[1], *spatial)]
@@ -217,27 +226,27 @@ def _bn_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Sha
     return [(channels,), (channels,), (1,)]
 
 
-def _scale_axes(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], axis: int,
-                num_axes: int) -> Shape:
+def _scale_axes(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], axis: int, num_axes: int) -> Shape:
     """The shape of a Scale/Bias layer's learned blob (one bottom)."""
     start = canonical_axis(axis, len(bottoms[0]), layer) if bottoms[0] else 0
     if num_axes < -1:
         raise NetDefinitionError("num_axes must be -1 or non-negative", layer=layer.name)
     end = len(bottoms[0]) if num_axes == -1 else start + num_axes
     if end > len(bottoms[0]):
-        raise NetDefinitionError(f"axis {axis} + num_axes {num_axes} exceed the input's "
-                                 f"{len(bottoms[0])} axes", layer=layer.name)
+        raise NetDefinitionError(
+            f"axis {axis} + num_axes {num_axes} exceed the input's {len(bottoms[0])} axes", layer=layer.name
+        )
     return tuple(bottoms[0][start:end])
 
 
 def _check_operand(layer: caffe_pb2.LayerParameter, bottoms: list[Shape], axis: int) -> None:
     """Caffe's two-bottom Scale/Bias: bottom[1] must equal a run of bottom[0]'s axes."""
     start = canonical_axis(axis, len(bottoms[0]), layer)
-    run = bottoms[0][start:start + len(bottoms[1])]
+    run = bottoms[0][start : start + len(bottoms[1])]
     if tuple(run) != tuple(bottoms[1]):
         raise NetDefinitionError(
-            f"second bottom {bottoms[1]} does not match axes {start}.. of {bottoms[0]}",
-            layer=layer.name)
+            f"second bottom {bottoms[1]} does not match axes {start}.. of {bottoms[0]}", layer=layer.name
+        )
 
 
 @_register(SHAPE_RULES, "Scale", "Bias")
@@ -268,8 +277,7 @@ def _bias_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
 @_register(BLOB_RULES, "PReLU")
 def _prelu_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     if len(bottoms[0]) < 2 and not layer.prelu_param.channel_shared:
-        raise NetDefinitionError(f"needs a channel axis, got input {bottoms[0]}",
-                                 layer=layer.name)
+        raise NetDefinitionError(f"needs a channel axis, got input {bottoms[0]}", layer=layer.name)
     return [(1,)] if layer.prelu_param.channel_shared else [(bottoms[0][1],)]
 
 
@@ -278,11 +286,11 @@ def _axpy_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
     _expect_bottoms(layer, bottoms, 3)
     gate, x, y = bottoms
     if x != y:
-        raise NetDefinitionError(f"bottoms 2 and 3 must have equal shapes, got {x} and {y}",
-                                 layer=layer.name)
+        raise NetDefinitionError(f"bottoms 2 and 3 must have equal shapes, got {x} and {y}", layer=layer.name)
     if len(gate) < 2 or gate[:2] != x[:2] or math.prod(gate[2:]) != 1:
-        raise NetDefinitionError(f"bottom 1 must be N x C x 1 x 1 for input {x}, got {gate}",
-                                 layer=layer.name)
+        raise NetDefinitionError(
+            f"bottom 1 must be N x C x 1 x 1 for input {x}, got {gate}", layer=layer.name
+        )
     return [x]
 
 
@@ -291,12 +299,10 @@ def _eltwise_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> lis
     if len(bottoms) < 2:
         raise NetDefinitionError("Eltwise takes at least 2 bottoms", layer=layer.name)
     if any(shape != bottoms[0] for shape in bottoms):
-        raise NetDefinitionError(f"all bottoms must have equal shapes, got {bottoms}",
-                                 layer=layer.name)
+        raise NetDefinitionError(f"all bottoms must have equal shapes, got {bottoms}", layer=layer.name)
     coeffs = layer.eltwise_param.coeff
     if coeffs and len(coeffs) != len(bottoms):
-        raise NetDefinitionError(f"{len(coeffs)} coefficients for {len(bottoms)} bottoms",
-                                 layer=layer.name)
+        raise NetDefinitionError(f"{len(coeffs)} coefficients for {len(bottoms)} bottoms", layer=layer.name)
     return [bottoms[0]]
 
 
@@ -313,9 +319,9 @@ def _concat_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list
     axis = concat_axis(layer, len(bottoms[0]))
     for shape in bottoms:
         if len(shape) != len(bottoms[0]) or any(
-                a != b for i, (a, b) in enumerate(zip(shape, bottoms[0])) if i != axis):
-            raise NetDefinitionError(f"bottoms differ outside axis {axis}: {bottoms}",
-                                     layer=layer.name)
+            a != b for i, (a, b) in enumerate(zip(shape, bottoms[0])) if i != axis
+        ):
+            raise NetDefinitionError(f"bottoms differ outside axis {axis}: {bottoms}", layer=layer.name)
     out = list(bottoms[0])
     out[axis] = sum(shape[axis] for shape in bottoms)
     return [tuple(out)]
@@ -345,8 +351,9 @@ def _reshape_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> lis
     for i, dim in enumerate(dims):
         if dim == 0:
             if start + i >= len(bottom):
-                raise NetDefinitionError(f"dim {i} is 0 but the input has no axis {start + i}",
-                                         layer=layer.name)
+                raise NetDefinitionError(
+                    f"dim {i} is 0 but the input has no axis {start + i}", layer=layer.name
+                )
             new.append(bottom[start + i])
         elif dim < -1:
             raise NetDefinitionError(f"invalid dim {dim}", layer=layer.name)
@@ -360,8 +367,9 @@ def _reshape_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> lis
             raise NetDefinitionError(f"cannot reshape {bottom} to {dims}", layer=layer.name)
         out[out.index(-1)] = total // known
     if math.prod(out) != total:
-        raise NetDefinitionError(f"cannot reshape {bottom} ({total} values) to {tuple(out)}",
-                                 layer=layer.name)
+        raise NetDefinitionError(
+            f"cannot reshape {bottom} ({total} values) to {tuple(out)}", layer=layer.name
+        )
     return [tuple(out)]
 
 
@@ -373,7 +381,7 @@ def _flatten_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> lis
     end = canonical_axis(layer.flatten_param.end_axis, len(bottom), layer)
     if end < start:
         raise NetDefinitionError(f"end_axis {end} comes before axis {start}", layer=layer.name)
-    return [(*bottom[:start], math.prod(bottom[start:end + 1]), *bottom[end + 1:])]
+    return [(*bottom[:start], math.prod(bottom[start : end + 1]), *bottom[end + 1 :])]
 
 
 @_register(SHAPE_RULES, "Split")
@@ -393,14 +401,18 @@ def slice_points(layer: caffe_pb2.LayerParameter, bottom: Shape) -> tuple[int, l
     if p.slice_point:
         points = list(p.slice_point)
         steps = zip([0, *points], points)
-        if (len(points) != tops - 1 or tops > size or points[-1] > size
-                or any(point <= previous for previous, point in steps)):
-            raise NetDefinitionError(f"slice points {points} do not cut axis of size {size} "
-                                     f"into {tops} parts", layer=layer.name)
+        if (
+            len(points) != tops - 1
+            or tops > size
+            or points[-1] > size
+            or any(point <= previous for previous, point in steps)
+        ):
+            raise NetDefinitionError(
+                f"slice points {points} do not cut axis of size {size} into {tops} parts", layer=layer.name
+            )
     else:
         if size % tops:
-            raise NetDefinitionError(f"axis size {size} does not divide into {tops} tops",
-                                     layer=layer.name)
+            raise NetDefinitionError(f"axis size {size} does not divide into {tops} tops", layer=layer.name)
         points = [size // tops * i for i in range(1, tops)]
     return axis, [0, *points, size]
 

@@ -19,8 +19,10 @@ from .errors import PrototxtSyntaxError
 
 # Tokens of protobuf text format, enough to follow braces: strings, comments,
 # braces, identifiers, and any other single character.
-_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}]'
-                    r'|[A-Za-z_][A-Za-z0-9_]*|\S')
+_TOKEN = re.compile(
+    r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}]'
+    r"|[A-Za-z_][A-Za-z0-9_]*|\S"
+)
 
 
 def _enclosing_layer(text: str, line: int | None, column: int | None) -> str | None:
@@ -54,8 +56,7 @@ def _enclosing_layer(text: str, line: int | None, column: int | None) -> str | N
                 if match.end() > offset:
                     return name
                 inside = False
-        elif (inside and depth == 1 and name is None and token[0] in "\"'"
-              and before == ["name", ":"]):
+        elif inside and depth == 1 and name is None and token[0] in "\"'" and before == ["name", ":"]:
             name = token[1:-1]
         before = [before[1], token]
     return name if inside else None
@@ -71,8 +72,9 @@ def parse_prototxt_text(text: str, *, source: str = "<string>") -> caffe_pb2.Net
         message = str(exc)
         # protobuf prefixes "line:column : "; we print our own location.
         message = re.sub(r"^\d+:\d+\s*:\s*", "", message)
-        raise PrototxtSyntaxError(message, path=source, line=line, column=column,
-                                  layer=_enclosing_layer(text, line, column)) from None
+        raise PrototxtSyntaxError(
+            message, path=source, line=line, column=column, layer=_enclosing_layer(text, line, column)
+        ) from None
     return net
 
 
@@ -88,8 +90,8 @@ def parse_prototxt(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise PrototxtSyntaxError(
-            "not a text prototxt (invalid UTF-8; is this a binary .caffemodel?)",
-            path=source, line=line) from None
+            "not a text prototxt (invalid UTF-8; is this a binary .caffemodel?)", path=source, line=line
+        ) from None
     if "\x00" in text:
         raise PrototxtSyntaxError("not a text prototxt (contains NUL bytes)", path=source)
     return parse_prototxt_text(text, source=source)
@@ -106,8 +108,9 @@ def format_prototxt(net: caffe_pb2.NetParameter) -> str:
     return text_format.MessageToString(stripped)
 
 
-def write_prototxt(net: caffe_pb2.NetParameter, path: str | os.PathLike[str],
-                   *, header: str | None = None) -> None:
+def write_prototxt(
+    net: caffe_pb2.NetParameter, path: str | os.PathLike[str], *, header: str | None = None
+) -> None:
     """Write `net` as prototxt atomically; `header` lines become leading comments."""
     text = format_prototxt(net)
     if header:

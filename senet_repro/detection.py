@@ -60,8 +60,10 @@ def _check_caffe_input(path: str | os.PathLike[str]) -> None:
     with safe_open(str(path), "pt") as handle:
         normalisation = (handle.metadata() or {}).get("normalisation", "caffe")
     if normalisation != "caffe":
-        raise ValueError(f"{path} was converted with --fold-normalisation ({normalisation} input); "
-                         "detection backbones need the Caffe-input checkpoint (convert without it)")
+        raise ValueError(
+            f"{path} was converted with --fold-normalisation ({normalisation} input); "
+            "detection backbones need the Caffe-input checkpoint (convert without it)"
+        )
 
 
 def _our_layout(model: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,11 +84,17 @@ def _replace_batchnorm(module: nn.Module, norm_layer: Callable[..., nn.Module]) 
             _replace_batchnorm(child, norm_layer)
 
 
-def se_backbone_with_fpn(name: str, weights: str | os.PathLike[str] | None = None, *,
-                         trainable_layers: int = 3, returned_layers: Sequence[int] = (1, 2, 3, 4),
-                         norm_layer: Callable[..., nn.Module] = FrozenBatchNorm2d,
-                         extra_blocks: ExtraFPNBlock | None = None, out_channels: int = 256,
-                         rgb_input: bool = True) -> BackboneWithFPN:
+def se_backbone_with_fpn(
+    name: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    trainable_layers: int = 3,
+    returned_layers: Sequence[int] = (1, 2, 3, 4),
+    norm_layer: Callable[..., nn.Module] = FrozenBatchNorm2d,
+    extra_blocks: ExtraFPNBlock | None = None,
+    out_channels: int = 256,
+    rgb_input: bool = True,
+) -> BackboneWithFPN:
     """An SE network as a detection backbone: `{"0": P2, ..., "pool": P6}` feature maps.
 
     `trainable_layers` (0..5) counts stages from the output end (3: layer2..4
@@ -105,8 +113,10 @@ def se_backbone_with_fpn(name: str, weights: str | os.PathLike[str] | None = Non
     with torch.device("meta") if weights is not None else contextlib.nullcontext():
         network = get_model(model)
     if not isinstance(network, SENet):
-        raise ValueError(f"{model} has no four-stage residual layout; detection backbones are "
-                         "built from the SE-ResNet, SE-ResNeXt and SENet-154 networks")
+        raise ValueError(
+            f"{model} has no four-stage residual layout; detection backbones are "
+            "built from the SE-ResNet, SE-ResNeXt and SENet-154 networks"
+        )
     if weights is not None:
         _check_caffe_input(weights)
         state_dict = _our_layout(model, load_weights(weights))
@@ -119,7 +129,7 @@ def se_backbone_with_fpn(name: str, weights: str | os.PathLike[str] | None = Non
             network.stem.conv1.weight.copy_(network.stem.conv1.weight.flip(1))
     if norm_layer is not nn.BatchNorm2d:
         _replace_batchnorm(network, norm_layer)
-    trainable = _STAGES[len(_STAGES) - trainable_layers:]
+    trainable = _STAGES[len(_STAGES) - trainable_layers :]
     for key, parameter in network.named_parameters():
         if not key.startswith(trainable):
             parameter.requires_grad_(False)
@@ -133,16 +143,21 @@ def se_backbone_with_fpn(name: str, weights: str | os.PathLike[str] | None = Non
     )
 
 
-def fasterrcnn_se_resnext50_fpn(weights_backbone: str | os.PathLike[str] | None = None, *,
-                                num_classes: int = 91, trainable_backbone_layers: int = 3,
-                                **kwargs: Any) -> FasterRCNN:
+def fasterrcnn_se_resnext50_fpn(
+    weights_backbone: str | os.PathLike[str] | None = None,
+    *,
+    num_classes: int = 91,
+    trainable_backbone_layers: int = 3,
+    **kwargs: Any,
+) -> FasterRCNN:
     """Faster R-CNN on an SE-ResNeXt-50 (32x4d) FPN backbone, Caffe-normalised RGB input.
 
     `kwargs` go to `FasterRCNN` (e.g. `min_size`, `max_size`, RPN/ROI settings);
     `image_mean` / `image_std` default to the Caffe preprocessing for 0..1 RGB images.
     """
-    backbone = se_backbone_with_fpn("se_resnext50_32x4d", weights_backbone,
-                                    trainable_layers=trainable_backbone_layers)
+    backbone = se_backbone_with_fpn(
+        "se_resnext50_32x4d", weights_backbone, trainable_layers=trainable_backbone_layers
+    )
     kwargs.setdefault("image_mean", list(CAFFE_IMAGE_MEAN))
     kwargs.setdefault("image_std", list(CAFFE_IMAGE_STD))
     return FasterRCNN(backbone, num_classes=num_classes, **kwargs)

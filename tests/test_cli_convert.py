@@ -12,12 +12,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from caffe_factory import make_random_caffemodel
+from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 
-from cli_assertions import assert_one_line_error
-from caffe_factory import make_random_caffemodel
-from converter.calibrate import image_like
 from converter import convert
+from converter.calibrate import image_like
 from converter.serialize import load_converted
 from prototxt import load_net, parse_prototxt, write_caffemodel
 from senet_repro.assets import CaffePair
@@ -84,8 +84,9 @@ def caffe_args(pair: CaffePair) -> list[str | Path]:
 
 
 def test_caffe2torch_safetensors_of_the_real_net(nsfw_model: CaffePair, out: Path) -> None:
-    result = run("caffe2torch", *caffe_args(nsfw_model), "-o", out / "nsfw.safetensors",
-                 "--outputs", "pool,fc_nsfw")
+    result = run(
+        "caffe2torch", *caffe_args(nsfw_model), "-o", out / "nsfw.safetensors", "--outputs", "pool,fc_nsfw"
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("converted 227 layers of 'ResNet_50_1by2_nsfw', ")
@@ -119,8 +120,7 @@ def test_caffe2torch_pt2_then_torch2onnx(se_tiny: CaffePair, out: Path) -> None:
     result = run("caffe2torch", *caffe_args(se_tiny), "--outputs", "fc", "-o", out / "t.pt2")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["t.pt2"]
-    result = run("torch2onnx", out / "t.pt2", "-o", out / "t.onnx", "--input-shape", SHAPE,
-                 "--opset", "18")
+    result = run("torch2onnx", out / "t.pt2", "-o", out / "t.onnx", "--input-shape", SHAPE, "--opset", "18")
     assert result.exit_code == 0, result.output
     assert "(opset 18)" in result.stdout
     model = onnx.load(str(out / "t.onnx"))
@@ -171,10 +171,12 @@ def _files(tmp_path: Path, pair: CaffePair) -> dict[str, Path]:
     }
     files["truncated"].write_bytes(pair.caffemodel.read_bytes()[:300])
     files["syntax"].write_text(SE_TINY.replace('top: "conv2"\n', 'top: "conv2"\n  }}\n', 1))
-    files["unsupported"].write_text(SE_TINY.replace('type: "Sigmoid"', 'type: "Swish"')
-                                    .replace('type: "ReLU"', 'type: "GELU"'))
-    files["axpy2"].write_text(SE_TINY.replace('bottom: "se/up" bottom: "conv2" bottom: "conv1"',
-                                              'bottom: "se/up" bottom: "conv2"'))
+    files["unsupported"].write_text(
+        SE_TINY.replace('type: "Sigmoid"', 'type: "Swish"').replace('type: "ReLU"', 'type: "GELU"')
+    )
+    files["axpy2"].write_text(
+        SE_TINY.replace('bottom: "se/up" bottom: "conv2" bottom: "conv1"', 'bottom: "se/up" bottom: "conv2"')
+    )
     files["other_net"].write_text(OTHER_NET)
     files["garbage.safetensors"].write_bytes(b"not a safetensors file" * 4)
     files["garbage.pt2"].write_bytes(b"not a zip archive" * 4)
@@ -186,42 +188,106 @@ def _files(tmp_path: Path, pair: CaffePair) -> dict[str, Path]:
 
 
 BAD_INPUTS: list[tuple[str, Callable[[dict[str, Path], CaffePair, Path], list], str]] = [
-    ("truncated caffemodel", lambda f, p, o: [
-        "caffe2torch", "--prototxt", p.prototxt, "--caffemodel", f["truncated"],
-        "-o", o / "x.safetensors"], "truncated file"),
-    ("prototxt syntax error", lambda f, p, o: [
-        "caffe2torch", "--prototxt", f["syntax"], "--caffemodel", p.caffemodel,
-        "-o", o / "x.safetensors"], "syntax.prototxt:"),
-    ("weights of another net", lambda f, p, o: [
-        "caffe2torch", "--prototxt", f["other_net"], "--caffemodel", p.caffemodel,
-        "-o", o / "x.pt2"], "layer 'fc'"),
-    ("unknown output blob", lambda f, p, o: [
-        "caffe2torch", *caffe_args(p), "--outputs", "fc,nope", "-o", o / "x.safetensors"],
-     "no blob named ['nope']"),
-    ("unsupported output suffix", lambda f, p, o: [
-        "caffe2torch", *caffe_args(p), "-o", o / "x.pt"], "must end in .pt2 or .safetensors"),
-    ("unsupported layer types", lambda f, p, o: [
-        "caffe2onnx", "--prototxt", f["unsupported"], "--caffemodel", p.caffemodel,
-        "-o", o / "x.onnx"], "GELU, Swish"),
-    ("malformed Axpy", lambda f, p, o: [
-        "portable-prototxt", f["axpy2"], o / "x.prototxt"], "block"),
-    ("portable-prototxt syntax error", lambda f, p, o: [
-        "portable-prototxt", f["syntax"], o / "x.prototxt"], "syntax.prototxt:"),
-    ("garbage .safetensors", lambda f, p, o: [
-        "torch2onnx", f["garbage.safetensors"], "-o", o / "x.onnx", "--input-shape", SHAPE],
-     "not a safetensors file"),
-    ("garbage .pt2", lambda f, p, o: [
-        "torch2onnx", f["garbage.pt2"], "-o", o / "x.onnx", "--input-shape", SHAPE],
-     "not a .pt2 program"),
-    ("garbage SENet checkpoint", lambda f, p, o: [
-        "torch2onnx", "--model", "se_resnet50", f["garbage.pth"], "-o", o / "x.onnx"],
-     "cannot read a state_dict"),
-    ("input shape not integers", lambda f, p, o: [
-        "torch2onnx", f["garbage.safetensors"], "-o", o / "x.onnx", "--input-shape", "1,3,a"],
-     "--input-shape"),
-    ("tensors of another net", lambda f, p, o: [
-        "torch2onnx", f["mismatch.safetensors"], "-o", o / "x.onnx", "--input-shape", SHAPE],
-     "do not fit mismatch.prototxt"),
+    (
+        "truncated caffemodel",
+        lambda f, p, o: [
+            "caffe2torch",
+            "--prototxt",
+            p.prototxt,
+            "--caffemodel",
+            f["truncated"],
+            "-o",
+            o / "x.safetensors",
+        ],
+        "truncated file",
+    ),
+    (
+        "prototxt syntax error",
+        lambda f, p, o: [
+            "caffe2torch",
+            "--prototxt",
+            f["syntax"],
+            "--caffemodel",
+            p.caffemodel,
+            "-o",
+            o / "x.safetensors",
+        ],
+        "syntax.prototxt:",
+    ),
+    (
+        "weights of another net",
+        lambda f, p, o: [
+            "caffe2torch",
+            "--prototxt",
+            f["other_net"],
+            "--caffemodel",
+            p.caffemodel,
+            "-o",
+            o / "x.pt2",
+        ],
+        "layer 'fc'",
+    ),
+    (
+        "unknown output blob",
+        lambda f, p, o: ["caffe2torch", *caffe_args(p), "--outputs", "fc,nope", "-o", o / "x.safetensors"],
+        "no blob named ['nope']",
+    ),
+    (
+        "unsupported output suffix",
+        lambda f, p, o: ["caffe2torch", *caffe_args(p), "-o", o / "x.pt"],
+        "must end in .pt2 or .safetensors",
+    ),
+    (
+        "unsupported layer types",
+        lambda f, p, o: [
+            "caffe2onnx",
+            "--prototxt",
+            f["unsupported"],
+            "--caffemodel",
+            p.caffemodel,
+            "-o",
+            o / "x.onnx",
+        ],
+        "GELU, Swish",
+    ),
+    ("malformed Axpy", lambda f, p, o: ["portable-prototxt", f["axpy2"], o / "x.prototxt"], "block"),
+    (
+        "portable-prototxt syntax error",
+        lambda f, p, o: ["portable-prototxt", f["syntax"], o / "x.prototxt"],
+        "syntax.prototxt:",
+    ),
+    (
+        "garbage .safetensors",
+        lambda f, p, o: ["torch2onnx", f["garbage.safetensors"], "-o", o / "x.onnx", "--input-shape", SHAPE],
+        "not a safetensors file",
+    ),
+    (
+        "garbage .pt2",
+        lambda f, p, o: ["torch2onnx", f["garbage.pt2"], "-o", o / "x.onnx", "--input-shape", SHAPE],
+        "not a .pt2 program",
+    ),
+    (
+        "garbage SENet checkpoint",
+        lambda f, p, o: ["torch2onnx", "--model", "se_resnet50", f["garbage.pth"], "-o", o / "x.onnx"],
+        "cannot read a state_dict",
+    ),
+    (
+        "input shape not integers",
+        lambda f, p, o: [
+            "torch2onnx",
+            f["garbage.safetensors"],
+            "-o",
+            o / "x.onnx",
+            "--input-shape",
+            "1,3,a",
+        ],
+        "--input-shape",
+    ),
+    (
+        "tensors of another net",
+        lambda f, p, o: ["torch2onnx", f["mismatch.safetensors"], "-o", o / "x.onnx", "--input-shape", SHAPE],
+        "do not fit mismatch.prototxt",
+    ),
 ]
 
 
@@ -230,10 +296,12 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, se_tiny: CaffePair) -> d
     return _files(tmp_path_factory.mktemp("bad"), se_tiny)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    pytest.param(build, fragment, id=label) for label, build, fragment in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_nothing_written(bad_files, se_tiny, out: Path, args,
-                                                     fragment: str) -> None:
+@pytest.mark.parametrize(
+    "args, fragment", [pytest.param(build, fragment, id=label) for label, build, fragment in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    bad_files, se_tiny, out: Path, args, fragment: str
+) -> None:
     assert_one_line_error(run(*args(bad_files, se_tiny, out)), fragment)
     assert list(out.iterdir()) == []
 
@@ -246,8 +314,10 @@ def test_input_shape_that_does_not_fit(se_tiny: CaffePair, out: Path, tmp_path: 
         for shape in ("1,4,16,16", "1,3,16"):
             result = run("torch2onnx", saved, "-o", out / "x.onnx", "--input-shape", shape)
             assert_one_line_error(result, "does not fit the net")
-    assert_one_line_error(run("torch2onnx", tmp_path / "t.pt2", "-o", out / "x.onnx", "--fp16",
-                          "--input-shape", SHAPE), "--fp16 needs a .safetensors conversion")
+    assert_one_line_error(
+        run("torch2onnx", tmp_path / "t.pt2", "-o", out / "x.onnx", "--fp16", "--input-shape", SHAPE),
+        "--fp16 needs a .safetensors conversion",
+    )
     assert list(out.iterdir()) == []
 
 
@@ -268,13 +338,22 @@ def test_missing_file_is_a_usage_error(out: Path) -> None:
 
 def test_two_input_net_is_refused_from_the_cli(tmp_path: Path, out: Path) -> None:
     """The CLI's export and self-check take one image batch: a clear error, not a crash."""
-    text = ('name: "two" layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 1 '
-            'dim: 2 } } } layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 1 '
-            'dim: 2 } } } layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }')
+    text = (
+        'name: "two" layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 1 '
+        'dim: 2 } } } layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 1 '
+        'dim: 2 } } } layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }'
+    )
     (tmp_path / "two.prototxt").write_text(text)
     write_caffemodel(tmp_path / "two.caffemodel", parse_prototxt(tmp_path / "two.prototxt"), {})
     for command, target in (("caffe2torch", "x.safetensors"), ("caffe2onnx", "x.onnx")):
-        result = run(command, "--prototxt", tmp_path / "two.prototxt", "--caffemodel",
-                     tmp_path / "two.caffemodel", "-o", out / target)
+        result = run(
+            command,
+            "--prototxt",
+            tmp_path / "two.prototxt",
+            "--caffemodel",
+            tmp_path / "two.caffemodel",
+            "-o",
+            out / target,
+        )
         assert_one_line_error(result, "has 2 inputs (a, b)")
     assert list(out.iterdir()) == []

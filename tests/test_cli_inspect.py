@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 
-from cli_assertions import assert_one_line_error
 from prototxt import load_net, write_caffemodel
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main
@@ -30,7 +30,7 @@ def test_table(senet_prototxts: dict[str, Path]) -> None:
     net = load_net(path)
     lines = result.stdout.splitlines()
     assert lines[0] == f"net '{net.name}': {len(net.layers)} layers"
-    rows = lines[3:3 + len(net.layers)]
+    rows = lines[3 : 3 + len(net.layers)]
     assert [row.split()[0] for row in rows] == [layer.name for layer in net.layers]
     pool = next(row for row in rows if row.startswith("pool1/3x3_s2 "))
     assert "conv1/7x7_s2 -> pool1/3x3_s2" in pool and "1x64x56x56" in pool
@@ -62,8 +62,7 @@ def test_prototxt_with_weights(nsfw_model: CaffePair) -> None:
     totals = json.loads(result.stdout)["totals"]
     net = load_net(nsfw_model.prototxt, nsfw_model.caffemodel)
     assert totals["weights"] is True
-    assert (totals["parameters"], totals["multiply_adds"]) == (net.learnable_parameters,
-                                                                net.multiply_adds)
+    assert (totals["parameters"], totals["multiply_adds"]) == (net.learnable_parameters, net.multiply_adds)
     table = _inspect(nsfw_model.prototxt, "--weights", nsfw_model.caffemodel)
     assert "weights: checked against the prototxt" in table.stdout
 
@@ -113,31 +112,37 @@ def test_caffemodel_given_as_prototxt(tiny_model: CaffePair, workdir: Path) -> N
 
 def test_prototxt_syntax_error(workdir: Path) -> None:
     bad = workdir / "deploy.prototxt"
-    bad.write_text('name: "x"\nlayer {\n  name: "conv1"\n  type: "Convolution"\n'
-                   '  convolution_param { num_output: 8 kernel_size: 3x }\n}\n')
+    bad.write_text(
+        'name: "x"\nlayer {\n  name: "conv1"\n  type: "Convolution"\n'
+        "  convolution_param { num_output: 8 kernel_size: 3x }\n}\n"
+    )
     line = assert_one_line_error(_inspect(bad), f"{bad}:5:", "(in layer 'conv1')")
     assert "Couldn't parse integer" in line
 
 
-def test_prototxt_and_caffemodel_of_different_nets(tiny_model: CaffePair,
-                                                   nsfw_model: CaffePair) -> None:
-    assert_one_line_error(_inspect(tiny_model.prototxt, "--weights", nsfw_model.caffemodel),
-                       "no weights for", "conv1")
-    assert_one_line_error(_inspect(nsfw_model.prototxt, "--weights", tiny_model.caffemodel),
-                       "tiny.caffemodel has no weights")
+def test_prototxt_and_caffemodel_of_different_nets(tiny_model: CaffePair, nsfw_model: CaffePair) -> None:
+    assert_one_line_error(
+        _inspect(tiny_model.prototxt, "--weights", nsfw_model.caffemodel), "no weights for", "conv1"
+    )
+    assert_one_line_error(
+        _inspect(nsfw_model.prototxt, "--weights", tiny_model.caffemodel), "tiny.caffemodel has no weights"
+    )
 
 
-def test_shape_mismatch_names_layer_and_shapes(senet_prototxts: dict[str, Path],
-                                               tmp_path: Path) -> None:
+def test_shape_mismatch_names_layer_and_shapes(senet_prototxts: dict[str, Path], tmp_path: Path) -> None:
     """A caffemodel of SE-ResNet-50 checked against the SE-ResNeXt-50 prototxt."""
     resnet = load_net(senet_prototxts["SE-ResNet-50"])
-    weights = {layer.name: [np.zeros(shape, np.float32) for shape in layer.blob_shapes]
-               for layer in resnet.layers if layer.blob_shapes}
+    weights = {
+        layer.name: [np.zeros(shape, np.float32) for shape in layer.blob_shapes]
+        for layer in resnet.layers
+        if layer.blob_shapes
+    }
     path = tmp_path / "resnet50.caffemodel"
     write_caffemodel(path, resnet.to_proto(), weights)
-    assert_one_line_error(_inspect(senet_prototxts["SE-ResNeXt-50"], "--weights", path),
-                       "layer 'conv2_1_1x1_reduce': blob 0 has shape (64, 64, 1, 1), "
-                       "the prototxt implies (128, 64, 1, 1)")
+    assert_one_line_error(
+        _inspect(senet_prototxts["SE-ResNeXt-50"], "--weights", path),
+        "layer 'conv2_1_1x1_reduce': blob 0 has shape (64, 64, 1, 1), the prototxt implies (128, 64, 1, 1)",
+    )
 
 
 # --- the installed console script -------------------------------------------------------------
@@ -151,9 +156,12 @@ def _script() -> Path:
 
 
 def test_console_script(tiny_model: CaffePair) -> None:
-    done = subprocess.run([_script(), "inspect", tiny_model.prototxt, "--weights",
-                           tiny_model.caffemodel, "--json"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [_script(), "inspect", tiny_model.prototxt, "--weights", tiny_model.caffemodel, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     totals = json.loads(done.stdout)["totals"]
     assert totals["parameters"] == load_net(tiny_model.prototxt).learnable_parameters

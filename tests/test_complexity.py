@@ -34,8 +34,10 @@ def test_every_row_within_one_percent_of_the_paper(table):
     assert len(table) == 14
     compared = 0
     for row in table:
-        print(f"{row.network:<24} {row.cost.parameters / 1e6:7.2f}M {row.cost.gflops:7.3f} GFLOPs  "
-              f"paper {row.paper.gflops} ({row.gflops_difference}), {row.paper.params_m}M")
+        print(
+            f"{row.network:<24} {row.cost.parameters / 1e6:7.2f}M {row.cost.gflops:7.3f} GFLOPs  "
+            f"paper {row.paper.gflops} ({row.gflops_difference}), {row.paper.params_m}M"
+        )
         if row.paper.gflops is not None:
             assert abs(row.gflops_difference) <= TOLERANCE, row.network
             compared += 1

@@ -18,17 +18,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from caffe_factory import make_random_caffemodel
-from converter.calibrate import image_like
+
 from converter import convert
+from converter.calibrate import image_like
 from converter.selfcheck import opencv_forward
 from prototxt import Net, load_net, portable_net, write_prototxt
 
 cv2 = pytest.importorskip("cv2")
 
-SENETS = ["SE-BN-Inception", "SE-ResNet-50", "SE-ResNet-101", "SE-ResNet-152", "SE-ResNeXt-50",
-          "SE-ResNeXt-101", "SENet-154"]
+SENETS = [
+    "SE-BN-Inception",
+    "SE-ResNet-50",
+    "SE-ResNet-101",
+    "SE-ResNet-152",
+    "SE-ResNeXt-50",
+    "SE-ResNeXt-101",
+    "SENet-154",
+]
 TOLERANCE = 1e-4
 FLOAT32_FACTOR = 3.0
 SENSITIVITY = 0.05  # two images must move the logits by at least 5% of their scale
@@ -37,14 +44,16 @@ SENSITIVITY = 0.05  # two images must move the logits by at least 5% of their sc
 @pytest.fixture(scope="session")
 def senet_path(senet_prototxts: dict[str, Path]):
     """name -> released prototxt, skipping the test when that file is absent."""
+
     def path(name: str) -> Path:
         if name not in senet_prototxts:
             pytest.skip(f"{name}.prototxt is not in ../shared/senet-caffe/")
         return senet_prototxts[name]
+
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def random_senet(path: Path, input_hw: tuple[int, int] | None = None) -> tuple[Path, Path]:
     """The cached seed-0 random calibrated caffemodel of a released prototxt."""
     return make_random_caffemodel(path, seed=0, input_hw=input_hw)
@@ -55,8 +64,9 @@ def last_writer(net: Net, blob: str) -> str:
     return [layer.name for layer in net.layers if blob in layer.tops][-1]
 
 
-def opencv_blobs(prototxt: Path, caffemodel: Path, net: Net, x: np.ndarray,
-                 blobs: list[str]) -> list[np.ndarray]:
+def opencv_blobs(
+    prototxt: Path, caffemodel: Path, net: Net, x: np.ndarray, blobs: list[str]
+) -> list[np.ndarray]:
     """OpenCV's values of `blobs` (as Caffe leaves them) running `prototxt` as given."""
     reader = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     reader.setInput(np.ascontiguousarray(x, dtype=np.float32))
@@ -76,9 +86,11 @@ class Agreement:
         return max(TOLERANCE, FLOAT32_FACTOR * self.float32_error)
 
     def report(self, label: str) -> str:
-        return (f"{label}: classifier scale {self.scale:.4g}; OpenCV vs ours "
-                f"{self.opencv_error:.2e}, float32 vs float64 {self.float32_error:.2e}, "
-                f"bound {self.bound:.1e}")
+        return (
+            f"{label}: classifier scale {self.scale:.4g}; OpenCV vs ours "
+            f"{self.opencv_error:.2e}, float32 vs float64 {self.float32_error:.2e}, "
+            f"bound {self.bound:.1e}"
+        )
 
 
 @torch.no_grad()
@@ -94,8 +106,11 @@ def check_senet(path: Path, input_hw: tuple[int, int] | None) -> None:
     exact = module.double()(x.double())
     reference = opencv_forward(net, caffemodel, x.numpy(), ["classifier"])[0].reshape(ours.shape)
     scale = float(exact.abs().max())
-    result = Agreement(scale=scale, float32_error=float((ours - exact).abs().max()) / scale,
-                       opencv_error=float(np.abs(reference - ours.numpy()).max()) / scale)
+    result = Agreement(
+        scale=scale,
+        float32_error=float((ours - exact).abs().max()) / scale,
+        opencv_error=float(np.abs(reference - ours.numpy()).max()) / scale,
+    )
     label = f"{path.stem} {shape[2]}x{shape[3]}"
     print(result.report(label))
     assert result.opencv_error <= result.bound, result.report(label)

@@ -17,8 +17,14 @@ import torch
 
 from converter import CONVERTERS, UnsupportedLayerError, convert, convert_caffe
 from converter.modules import CaffePool2d
-from prototxt import NetDefinitionError, load_net, parse_prototxt_text, portable_net, \
-    write_caffemodel, write_prototxt
+from prototxt import (
+    NetDefinitionError,
+    load_net,
+    parse_prototxt_text,
+    portable_net,
+    write_caffemodel,
+    write_prototxt,
+)
 
 cv2 = pytest.importorskip("cv2")
 
@@ -30,22 +36,27 @@ Arrays = Mapping[str, np.ndarray]
 
 def _input_layer(shapes: Mapping[str, Sequence[int]]) -> str:
     tops = " ".join(f'top: "{name}"' for name in shapes)
-    dims = " ".join("shape { " + " ".join(f"dim: {d}" for d in shape) + " }"
-                    for shape in shapes.values())
+    dims = " ".join("shape { " + " ".join(f"dim: {d}" for d in shape) + " }" for shape in shapes.values())
     return f'layer {{ name: "input" type: "Input" {tops} input_param {{ {dims} }} }}\n'
 
 
 class TinyNet:
     """A prototxt + caffemodel pair on disk, runnable by us and by OpenCV."""
 
-    def __init__(self, directory: Path, inputs: Arrays, layers: str,
-                 blobs: Mapping[str, Sequence[np.ndarray]] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        inputs: Arrays,
+        layers: str,
+        blobs: Mapping[str, Sequence[np.ndarray]] | None = None,
+    ) -> None:
         self.inputs = {name: np.asarray(x, dtype=np.float32) for name, x in inputs.items()}
         self.text = _input_layer({n: x.shape for n, x in self.inputs.items()}) + layers
         self.prototxt, self.caffemodel = directory / "net.prototxt", directory / "net.caffemodel"
         self.prototxt.write_text(self.text)
-        arrays = {name: [np.asarray(a, dtype=np.float32) for a in blob]
-                  for name, blob in (blobs or {}).items()}
+        arrays = {
+            name: [np.asarray(a, dtype=np.float32) for a in blob] for name, blob in (blobs or {}).items()
+        }
         write_caffemodel(self.caffemodel, parse_prototxt_text(self.text), arrays)
 
     def ours(self, *outputs: str) -> list[np.ndarray]:
@@ -80,8 +91,7 @@ def assert_close(got: np.ndarray, expected: np.ndarray, rtol: float = 1e-5) -> N
     assert error <= rtol, f"relative max abs difference {error:.3g} > {rtol:g}"
 
 
-def check(net: TinyNet, top: str, expected: np.ndarray, *, opencv: bool = True,
-          rtol: float = 1e-5) -> None:
+def check(net: TinyNet, top: str, expected: np.ndarray, *, opencv: bool = True, rtol: float = 1e-5) -> None:
     """Our value of `top` matches the numpy reference, and OpenCV's (when asked)."""
     assert_close(net.ours(top)[0], expected, rtol)
     if opencv:
@@ -91,8 +101,15 @@ def check(net: TinyNet, top: str, expected: np.ndarray, *, opencv: bool = True,
 # --- numpy references from Caffe's .cpp ------------------------------------------------------
 
 
-def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Sequence[int],
-            pad: Sequence[int], dilation: Sequence[int] = (1, 1), group: int = 1) -> np.ndarray:
+def np_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: Sequence[int],
+    pad: Sequence[int],
+    dilation: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> np.ndarray:
     """conv_layer.cpp: cross-correlation over zero-padded input, per group."""
     x, w = x.astype(np.float64), w.astype(np.float64)
     (kh, kw), icg, ocg = w.shape[2:], w.shape[1], w.shape[0] // group
@@ -101,18 +118,21 @@ def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Sequence
     ow = (xp.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     out = np.zeros((x.shape[0], w.shape[0], oh, ow))
     for g in range(group):
-        xs, ws = xp[:, g * icg:(g + 1) * icg], w[g * ocg:(g + 1) * ocg]
+        xs, ws = xp[:, g * icg : (g + 1) * icg], w[g * ocg : (g + 1) * ocg]
         for i in range(kh):
             for j in range(kw):
                 h0, w0 = i * dilation[0], j * dilation[1]
-                patch = xs[:, :, h0:h0 + stride[0] * (oh - 1) + 1:stride[0],
-                           w0:w0 + stride[1] * (ow - 1) + 1:stride[1]]
-                out[:, g * ocg:(g + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+                patch = xs[
+                    :,
+                    :,
+                    h0 : h0 + stride[0] * (oh - 1) + 1 : stride[0],
+                    w0 : w0 + stride[1] * (ow - 1) + 1 : stride[1],
+                ]
+                out[:, g * ocg : (g + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
     return out if b is None else out + b.reshape(1, -1, 1, 1)
 
 
-def np_deconv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int,
-              group: int) -> np.ndarray:
+def np_deconv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, group: int) -> np.ndarray:
     """deconv_layer.cpp: each input pixel scatters its kernel, then the border `pad` is cut."""
     x, w = x.astype(np.float64), w.astype(np.float64)
     n, c, h, wd = x.shape
@@ -121,15 +141,26 @@ def np_deconv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int
     for g in range(group):
         for i in range(k):
             for j in range(k):
-                full[:, g * ocg:(g + 1) * ocg, i:i + stride * (h - 1) + 1:stride,
-                     j:j + stride * (wd - 1) + 1:stride] += np.einsum(
-                    "nchw,co->nohw", x[:, g * icg:(g + 1) * icg], w[g * icg:(g + 1) * icg, :, i, j])
-    cut = full[:, :, pad:full.shape[2] - pad, pad:full.shape[3] - pad]
+                full[
+                    :,
+                    g * ocg : (g + 1) * ocg,
+                    i : i + stride * (h - 1) + 1 : stride,
+                    j : j + stride * (wd - 1) + 1 : stride,
+                ] += np.einsum(
+                    "nchw,co->nohw", x[:, g * icg : (g + 1) * icg], w[g * icg : (g + 1) * icg, :, i, j]
+                )
+    cut = full[:, :, pad : full.shape[2] - pad, pad : full.shape[3] - pad]
     return cut + b.reshape(1, -1, 1, 1)
 
 
-def np_pool(x: np.ndarray, mode: str, kernel: Sequence[int], stride: Sequence[int],
-            pad: Sequence[int], out_hw: Sequence[int]) -> np.ndarray:
+def np_pool(
+    x: np.ndarray,
+    mode: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pad: Sequence[int],
+    out_hw: Sequence[int],
+) -> np.ndarray:
     """pooling_layer.cpp: MAX over the window inside the input; AVE sums it and divides by the
     window clipped to [-pad, size + pad), padding counted."""
     x = x.astype(np.float64)
@@ -140,7 +171,7 @@ def np_pool(x: np.ndarray, mode: str, kernel: Sequence[int], stride: Sequence[in
             hs, ws = ph * stride[0] - pad[0], pw * stride[1] - pad[1]
             he, we = min(hs + kernel[0], height + pad[0]), min(ws + kernel[1], width + pad[1])
             divisor = (he - hs) * (we - ws)
-            window = x[:, :, max(hs, 0):min(he, height), max(ws, 0):min(we, width)]
+            window = x[:, :, max(hs, 0) : min(he, height), max(ws, 0) : min(we, width)]
             pooled = window.max((2, 3)) if mode == "MAX" else window.sum((2, 3)) / divisor
             out[:, :, ph, pw] = pooled
     return out
@@ -154,28 +185,43 @@ def np_softmax(x: np.ndarray, axis: int) -> np.ndarray:
 # --- Convolution, Deconvolution, InnerProduct ------------------------------------------------
 
 
-@pytest.mark.parametrize("params, stride, pad, dilation, group, bias", [
-    ("kernel_size: 3 pad: 1 stride: 2", (2, 2), (1, 1), (1, 1), 1, True),
-    ("kernel_size: 3 dilation: 2 pad: 2 group: 2 bias_term: false", (1, 1), (2, 2), (2, 2), 2,
-     False),
-    ("kernel_h: 3 kernel_w: 1 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0 group: 4", (1, 2), (1, 0),
-     (1, 1), 4, True),
-])
+@pytest.mark.parametrize(
+    "params, stride, pad, dilation, group, bias",
+    [
+        ("kernel_size: 3 pad: 1 stride: 2", (2, 2), (1, 1), (1, 1), 1, True),
+        ("kernel_size: 3 dilation: 2 pad: 2 group: 2 bias_term: false", (1, 1), (2, 2), (2, 2), 2, False),
+        (
+            "kernel_h: 3 kernel_w: 1 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0 group: 4",
+            (1, 2),
+            (1, 0),
+            (1, 1),
+            4,
+            True,
+        ),
+    ],
+)
 def test_convolution(tiny, params, stride, pad, dilation, group, bias) -> None:
     x = rand(2, 4, 7, 8)
     kh, kw = (3, 1) if "kernel_h" in params else (3, 3)
     w, b = rand(8, 4 // group, kh, kw, seed=1), rand(8, seed=2)
-    net = tiny({"data": x}, f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" '
-                            f'convolution_param {{ num_output: 8 {params} }} }}',
-               {"conv": [w, b] if bias else [w]})
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        f"convolution_param {{ num_output: 8 {params} }} }}",
+        {"conv": [w, b] if bias else [w]},
+    )
     check(net, "conv", np_conv(x, w, b if bias else None, stride, pad, dilation, group))
 
 
 def test_deconvolution(tiny) -> None:
     x, w, b = rand(2, 4, 5, 6), rand(4, 3, 4, 4, seed=1), rand(6, seed=2)
-    net = tiny({"data": x}, 'layer { name: "up" type: "Deconvolution" bottom: "data" top: "up" '
-                            'convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 '
-                            'group: 2 } }', {"up": [w, b]})
+    net = tiny(
+        {"data": x},
+        'layer { name: "up" type: "Deconvolution" bottom: "data" top: "up" '
+        "convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 "
+        "group: 2 } }",
+        {"up": [w, b]},
+    )
     expected = np_deconv(x, w, b, stride=2, pad=1, group=2)
     assert expected.shape == (2, 6, 10, 12)
     check(net, "up", expected)
@@ -183,17 +229,24 @@ def test_deconvolution(tiny) -> None:
 
 def test_inner_product(tiny) -> None:
     x, w, b = rand(2, 3, 4, 5), rand(7, 60, seed=1), rand(7, seed=2)
-    net = tiny({"data": x}, 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
-                            'inner_product_param { num_output: 7 } }', {"fc": [w, b]})
+    net = tiny(
+        {"data": x},
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        "inner_product_param { num_output: 7 } }",
+        {"fc": [w, b]},
+    )
     check(net, "fc", x.reshape(2, 60).astype(np.float64) @ w.T + b)
 
 
 def test_inner_product_axis_and_transpose(tiny) -> None:
     """axis 2 keeps N x C and flattens the rest; transpose stores the weight as K x num_output."""
     x, w, b = rand(2, 3, 4, 5), rand(20, 7, seed=1), rand(7, seed=2)
-    net = tiny({"data": x}, 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
-                            'inner_product_param { num_output: 7 axis: 2 transpose: true } }',
-               {"fc": [w, b]})
+    net = tiny(
+        {"data": x},
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        "inner_product_param { num_output: 7 axis: 2 transpose: true } }",
+        {"fc": [w, b]},
+    )
     # OpenCV's importer ignores `transpose`: it reads the K x num_output blob as num_output x K.
     check(net, "fc", x.reshape(2, 3, 20).astype(np.float64) @ w + b, opencv=False)
 
@@ -207,66 +260,85 @@ def test_batchnorm_scale_factor(tiny, factor, eps) -> None:
     x = rand(2, 3, 4, 5) * 3 + 1
     mean, var = rand(3, seed=1), np.abs(rand(3, seed=2)) + 0.5
     param = f"batch_norm_param {{ eps: {eps} }}"
-    net = tiny({"data": x}, f'layer {{ name: "bn" type: "BatchNorm" bottom: "data" top: "bn" '
-                            f'{param} }}', {"bn": [mean, var, np.array([factor])]})
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "bn" type: "BatchNorm" bottom: "data" top: "bn" {param} }}',
+        {"bn": [mean, var, np.array([factor])]},
+    )
     inverse = 0.0 if factor == 0 else 1 / factor
     m, v = mean.astype(np.float64) * inverse, var.astype(np.float64) * inverse
     expected = (x - m.reshape(1, 3, 1, 1)) / np.sqrt(v.reshape(1, 3, 1, 1) + eps)
     check(net, "bn", expected)
 
 
-@pytest.mark.parametrize("params, blob_shape, view", [
-    ("bias_term: true", (3,), (1, 3, 1, 1)),
-    ("axis: 1 num_axes: 2", (3, 4), (1, 3, 4, 1)),
-    ("axis: -1 bias_term: true", (5,), (1, 1, 1, 5)),
-    ("axis: 0 num_axes: -1", (2, 3, 4, 5), (2, 3, 4, 5)),
-])
+@pytest.mark.parametrize(
+    "params, blob_shape, view",
+    [
+        ("bias_term: true", (3,), (1, 3, 1, 1)),
+        ("axis: 1 num_axes: 2", (3, 4), (1, 3, 4, 1)),
+        ("axis: -1 bias_term: true", (5,), (1, 1, 1, 5)),
+        ("axis: 0 num_axes: -1", (2, 3, 4, 5), (2, 3, 4, 5)),
+    ],
+)
 def test_scale_learned(tiny, params, blob_shape, view) -> None:
     x, gamma, beta = rand(2, 3, 4, 5), rand(*blob_shape, seed=1), rand(*blob_shape, seed=2)
     bias = "bias_term: true" in params
-    net = tiny({"data": x}, f'layer {{ name: "s" type: "Scale" bottom: "data" top: "s" '
-                            f'scale_param {{ {params} }} }}',
-               {"s": [gamma, beta] if bias else [gamma]})
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "s" type: "Scale" bottom: "data" top: "s" scale_param {{ {params} }} }}',
+        {"s": [gamma, beta] if bias else [gamma]},
+    )
     expected = x.astype(np.float64) * gamma.reshape(view) + (beta.reshape(view) if bias else 0)
     # OpenCV's Scale cannot start at the last axis (it fails with 'end <= dims').
     check(net, "s", expected, opencv=params != "axis: -1 bias_term: true")
 
 
-@pytest.mark.parametrize("axis, operand_shape, view", [
-    (0, (2, 3), (2, 3, 1, 1)),   # the portable Axpy: gate reshaped to N x C
-    (1, (3,), (1, 3, 1, 1)),
-    (1, (3, 4), (1, 3, 4, 1)),
-])
+@pytest.mark.parametrize(
+    "axis, operand_shape, view",
+    [
+        (0, (2, 3), (2, 3, 1, 1)),  # the portable Axpy: gate reshaped to N x C
+        (1, (3,), (1, 3, 1, 1)),
+        (1, (3, 4), (1, 3, 4, 1)),
+    ],
+)
 def test_scale_two_bottoms(tiny, axis, operand_shape, view) -> None:
     x, y = rand(2, 3, 4, 5), rand(*operand_shape, seed=1)
-    net = tiny({"data": x, "gate": y},
-               f'layer {{ name: "s" type: "Scale" bottom: "data" bottom: "gate" top: "s" '
-               f'scale_param {{ axis: {axis} }} }}')
+    net = tiny(
+        {"data": x, "gate": y},
+        f'layer {{ name: "s" type: "Scale" bottom: "data" bottom: "gate" top: "s" '
+        f"scale_param {{ axis: {axis} }} }}",
+    )
     check(net, "s", x.astype(np.float64) * y.reshape(view))
 
 
 def test_scale_two_bottoms_with_bias(tiny) -> None:
     x, y, beta = rand(2, 3, 4, 5), rand(2, 3, seed=1), rand(2, 3, seed=2)
-    net = tiny({"data": x, "gate": y},
-               'layer { name: "s" type: "Scale" bottom: "data" bottom: "gate" top: "s" '
-               'scale_param { axis: 0 bias_term: true } }', {"s": [beta]})
+    net = tiny(
+        {"data": x, "gate": y},
+        'layer { name: "s" type: "Scale" bottom: "data" bottom: "gate" top: "s" '
+        "scale_param { axis: 0 bias_term: true } }",
+        {"s": [beta]},
+    )
     # OpenCV adds something else than the learned N x C bias here (neither x*y nor x*y+bias).
-    check(net, "s", x.astype(np.float64) * y.reshape(2, 3, 1, 1) + beta.reshape(2, 3, 1, 1),
-          opencv=False)
+    check(net, "s", x.astype(np.float64) * y.reshape(2, 3, 1, 1) + beta.reshape(2, 3, 1, 1), opencv=False)
 
 
 def test_bias(tiny) -> None:
     """bias_layer.cpp (OpenCV's importer has no Bias layer)."""
     x, beta = rand(2, 3, 4, 5), rand(3, 4, seed=1)
-    net = tiny({"data": x}, 'layer { name: "b" type: "Bias" bottom: "data" top: "b" '
-                            'bias_param { axis: 1 num_axes: 2 } }', {"b": [beta]})
+    net = tiny(
+        {"data": x},
+        'layer { name: "b" type: "Bias" bottom: "data" top: "b" bias_param { axis: 1 num_axes: 2 } }',
+        {"b": [beta]},
+    )
     check(net, "b", x.astype(np.float64) + beta.reshape(1, 3, 4, 1), opencv=False)
 
 
 def test_bias_two_bottoms(tiny) -> None:
     x, y = rand(2, 3, 4, 5), rand(3, seed=1)
-    net = tiny({"data": x, "shift": y},
-               'layer { name: "b" type: "Bias" bottom: "data" bottom: "shift" top: "b" }')
+    net = tiny(
+        {"data": x, "shift": y}, 'layer { name: "b" type: "Bias" bottom: "data" bottom: "shift" top: "b" }'
+    )
     check(net, "b", x.astype(np.float64) + y.reshape(1, 3, 1, 1), opencv=False)
 
 
@@ -274,10 +346,13 @@ def test_bias_two_bottoms(tiny) -> None:
 def test_lrn_across_channels(tiny, k) -> None:
     """lrn_layer.cpp: x * (k + alpha/n * sum of x^2 over n neighbouring channels)^-beta."""
     x = rand(2, 7, 4, 5) * 2
-    net = tiny({"data": x}, f'layer {{ name: "n" type: "LRN" bottom: "data" top: "n" lrn_param '
-                            f'{{ local_size: 5 alpha: 0.5 beta: 0.75 k: {k} }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "n" type: "LRN" bottom: "data" top: "n" lrn_param '
+        f"{{ local_size: 5 alpha: 0.5 beta: 0.75 k: {k} }} }}",
+    )
     square = np.pad(x.astype(np.float64) ** 2, ((0, 0), (2, 2), (0, 0), (0, 0)))
-    window = sum(square[:, i:i + 7] for i in range(5))
+    window = sum(square[:, i : i + 7] for i in range(5))
     # OpenCV's importer ignores Caffe's `k` (it reads a "bias" parameter, default 1).
     check(net, "n", x * (k + 0.5 / 5 * window) ** -0.75, opencv=k == 1.0)
 
@@ -286,9 +361,12 @@ def test_lrn_within_channel(tiny) -> None:
     """lrn_layer.cpp WITHIN_CHANNEL: x * (1 + alpha * AVE-pool(x^2, size, pad (size-1)/2))^-beta;
     k is not used."""
     x = rand(2, 3, 6, 5) * 2
-    net = tiny({"data": x}, 'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param '
-                            '{ local_size: 3 alpha: 0.5 beta: 0.75 k: 7 '
-                            'norm_region: WITHIN_CHANNEL } }')
+    net = tiny(
+        {"data": x},
+        'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param '
+        "{ local_size: 3 alpha: 0.5 beta: 0.75 k: 7 "
+        "norm_region: WITHIN_CHANNEL } }",
+    )
     mean_square = np_pool(x.astype(np.float64) ** 2, "AVE", (3, 3), (1, 1), (1, 1), (6, 5))
     check(net, "n", x * (1 + 0.5 * mean_square) ** -0.75)
 
@@ -303,8 +381,14 @@ POOLING_CASES = [
     ((5, 5), "kernel_size: 2 stride: 2 pad: 1", (2, 2), (2, 2), (1, 1), (3, 3)),  # last clipped
     ((6, 7), "kernel_size: 3 stride: 2 pad: 1", (3, 3), (2, 2), (1, 1), (4, 4)),  # AVE border
     ((7, 7), "kernel_size: 3 stride: 1 pad: 1", (3, 3), (1, 1), (1, 1), (7, 7)),  # Inception
-    ((7, 6), "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0",
-     (3, 2), (2, 1), (1, 0), (4, 5)),
+    (
+        (7, 6),
+        "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0",
+        (3, 2),
+        (2, 1),
+        (1, 0),
+        (4, 5),
+    ),
     # pad > kernel / 2: torch's pooling refuses it, CaffePool2d does it by hand
     ((7, 7), "kernel_size: 3 stride: 2 pad: 2", (3, 3), (2, 2), (2, 2), (5, 5)),
     ((6, 8), "kernel_size: 3 stride: 2 pad: 2", (3, 3), (2, 2), (2, 2), (4, 5)),  # clipped too
@@ -316,16 +400,22 @@ POOLING_CASES = [
 @pytest.mark.parametrize("size, params, kernel, stride, pad, out_hw", POOLING_CASES)
 def test_pooling(tiny, mode, size, params, kernel, stride, pad, out_hw) -> None:
     x = rand(2, 3, *size)
-    net = tiny({"data": x}, f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
-                            f'pooling_param {{ pool: {mode} {params} }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
+        f"pooling_param {{ pool: {mode} {params} }} }}",
+    )
     assert load_net(net.prototxt).blob_shapes["p"] == (2, 3, *out_hw)
     check(net, "p", np_pool(x, mode, kernel, stride, pad, out_hw))
 
 
 def test_pooling_pad_beyond_half_kernel_uses_caffe_pool(tiny) -> None:
     x = rand(1, 2, 7, 7)
-    net = tiny({"data": x}, 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
-                            'pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 2 } }')
+    net = tiny(
+        {"data": x},
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+        "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 2 } }",
+    )
     module = convert(load_net(net.prototxt))
     assert isinstance(module.p, CaffePool2d)
 
@@ -339,8 +429,11 @@ def test_unpadded_window_starting_past_the_input_is_kept(tiny, mode) -> None:
     match numpy and OpenCV.
     """
     x = rand(1, 2, 6, 6)
-    net = tiny({"data": x}, f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
-                            f'pooling_param {{ pool: {mode} kernel_size: 2 stride: 3 }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
+        f"pooling_param {{ pool: {mode} kernel_size: 2 stride: 3 }} }}",
+    )
     assert load_net(net.prototxt).blob_shapes["p"] == (1, 2, 3, 3)
     got = net.ours("p")[0]
     assert got.shape == (1, 2, 3, 3)
@@ -352,16 +445,22 @@ def test_unpadded_window_starting_past_the_input_is_kept(tiny, mode) -> None:
 @pytest.mark.parametrize("mode", ["MAX", "AVE"])
 def test_global_pooling(tiny, mode) -> None:
     x = rand(2, 3, 5, 6)
-    net = tiny({"data": x}, f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
-                            f'pooling_param {{ pool: {mode} global_pooling: true }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
+        f"pooling_param {{ pool: {mode} global_pooling: true }} }}",
+    )
     reduce = np.max if mode == "MAX" else np.mean
     check(net, "p", reduce(x.astype(np.float64), axis=(2, 3), keepdims=True))
 
 
 def test_stochastic_pooling_is_refused(tiny) -> None:
-    net = tiny({"data": rand(1, 1, 4, 4)}, 'layer { name: "p" type: "Pooling" bottom: "data" '
-                                           'top: "p" pooling_param { pool: STOCHASTIC '
-                                           'kernel_size: 2 stride: 2 } }')
+    net = tiny(
+        {"data": rand(1, 1, 4, 4)},
+        'layer { name: "p" type: "Pooling" bottom: "data" '
+        'top: "p" pooling_param { pool: STOCHASTIC '
+        "kernel_size: 2 stride: 2 } }",
+    )
     with pytest.raises(NetDefinitionError, match="STOCHASTIC"):
         net.ours("p")
 
@@ -369,17 +468,22 @@ def test_stochastic_pooling_is_refused(tiny) -> None:
 # --- Eltwise, Axpy ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params, combine", [
-    ("", lambda a, b, c: a + b + c),
-    ("coeff: 0.5 coeff: -2 coeff: 1.5", lambda a, b, c: 0.5 * a - 2 * b + 1.5 * c),
-    ("operation: PROD", lambda a, b, c: a * b * c),
-    ("operation: MAX", lambda a, b, c: np.maximum(np.maximum(a, b), c)),
-])
+@pytest.mark.parametrize(
+    "params, combine",
+    [
+        ("", lambda a, b, c: a + b + c),
+        ("coeff: 0.5 coeff: -2 coeff: 1.5", lambda a, b, c: 0.5 * a - 2 * b + 1.5 * c),
+        ("operation: PROD", lambda a, b, c: a * b * c),
+        ("operation: MAX", lambda a, b, c: np.maximum(np.maximum(a, b), c)),
+    ],
+)
 def test_eltwise(tiny, params, combine) -> None:
     a, b, c = (rand(2, 3, 4, 5, seed=s).astype(np.float64) for s in range(3))
-    net = tiny({"a": a, "b": b, "c": c},
-               f'layer {{ name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "e" '
-               f'eltwise_param {{ {params} }} }}')
+    net = tiny(
+        {"a": a, "b": b, "c": c},
+        f'layer {{ name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "e" '
+        f"eltwise_param {{ {params} }} }}",
+    )
     check(net, "e", combine(a, b, c))
 
 
@@ -413,26 +517,31 @@ def test_opencv_maps_axpy_with_operands_swapped(tiny) -> None:
 # --- activations, Softmax, Dropout -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer_type, params, function", [
-    ("ReLU", "", lambda x: np.maximum(x, 0)),
-    ("ReLU", "relu_param { negative_slope: 0.1 }", lambda x: np.where(x > 0, x, 0.1 * x)),
-    ("Sigmoid", "", lambda x: 1 / (1 + np.exp(-x))),
-    ("TanH", "", np.tanh),
-    ("Dropout", "dropout_param { dropout_ratio: 0.5 }", lambda x: x),
-])
+@pytest.mark.parametrize(
+    "layer_type, params, function",
+    [
+        ("ReLU", "", lambda x: np.maximum(x, 0)),
+        ("ReLU", "relu_param { negative_slope: 0.1 }", lambda x: np.where(x > 0, x, 0.1 * x)),
+        ("Sigmoid", "", lambda x: 1 / (1 + np.exp(-x))),
+        ("TanH", "", np.tanh),
+        ("Dropout", "dropout_param { dropout_ratio: 0.5 }", lambda x: x),
+    ],
+)
 def test_elementwise_activation(tiny, layer_type, params, function) -> None:
     x = rand(2, 3, 4, 5).astype(np.float64)
-    net = tiny({"data": x}, f'layer {{ name: "f" type: "{layer_type}" bottom: "data" top: "f" '
-                            f'{params} }}')
+    net = tiny({"data": x}, f'layer {{ name: "f" type: "{layer_type}" bottom: "data" top: "f" {params} }}')
     check(net, "f", function(x))
 
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_prelu(tiny, shared) -> None:
     x, slope = rand(2, 3, 4, 5).astype(np.float64), rand(1 if shared else 3, seed=1)
-    net = tiny({"data": x}, f'layer {{ name: "f" type: "PReLU" bottom: "data" top: "f" '
-                            f'prelu_param {{ channel_shared: {str(shared).lower()} }} }}',
-               {"f": [slope]})
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "f" type: "PReLU" bottom: "data" top: "f" '
+        f"prelu_param {{ channel_shared: {str(shared).lower()} }} }}",
+        {"f": [slope]},
+    )
     view = slope.reshape(1, -1, 1, 1)
     check(net, "f", np.where(x > 0, x, view * x))
 
@@ -440,15 +549,20 @@ def test_prelu(tiny, shared) -> None:
 @pytest.mark.parametrize("axis, shape", [(1, (2, 5, 3, 4)), (-1, (2, 5, 3, 4)), (0, (3, 4))])
 def test_softmax_axis(tiny, axis, shape) -> None:
     x = rand(*shape).astype(np.float64) * 3
-    net = tiny({"data": x}, f'layer {{ name: "s" type: "Softmax" bottom: "data" top: "s" '
-                            f'softmax_param {{ axis: {axis} }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "s" type: "Softmax" bottom: "data" top: "s" softmax_param {{ axis: {axis} }} }}',
+    )
     check(net, "s", np_softmax(x, axis))
 
 
 def test_in_place_dropout_relu_chain_is_data_flow(tiny) -> None:
     x = rand(1, 3, 4, 4).astype(np.float64)
-    net = tiny({"data": x}, 'layer { name: "drop" type: "Dropout" bottom: "data" top: "data" }\n'
-                            'layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }')
+    net = tiny(
+        {"data": x},
+        'layer { name: "drop" type: "Dropout" bottom: "data" top: "data" }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }',
+    )
     assert_close(net.ours("data")[0], np.maximum(x, 0))
 
 
@@ -458,23 +572,31 @@ def test_in_place_dropout_relu_chain_is_data_flow(tiny) -> None:
 @pytest.mark.parametrize("axis", [1, 2, -1])
 def test_concat(tiny, axis) -> None:
     a, b = rand(2, 3, 4, 5), rand(2, 3, 4, 5, seed=1)
-    net = tiny({"a": a, "b": b}, f'layer {{ name: "c" type: "Concat" bottom: "a" bottom: "b" '
-                                 f'top: "c" concat_param {{ axis: {axis} }} }}')
+    net = tiny(
+        {"a": a, "b": b},
+        f'layer {{ name: "c" type: "Concat" bottom: "a" bottom: "b" '
+        f'top: "c" concat_param {{ axis: {axis} }} }}',
+    )
     check(net, "c", np.concatenate([a, b], axis).astype(np.float64))
 
 
-@pytest.mark.parametrize("params, shape", [
-    ("shape { dim: 0 dim: -1 }", (2, 240)),
-    ("shape { dim: 0 dim: 0 dim: -1 }", (2, 12, 20)),
-    ("shape { dim: -1 dim: 0 dim: 2 }", (20, 12, 2)),  # 0 copies the axis at its own position
-    ("shape { dim: 6 dim: 2 } axis: 1 num_axes: 1", (2, 6, 2, 4, 5)),
-    ("shape { dim: -1 } axis: 1 num_axes: 2", (2, 48, 5)),
-    ("shape { dim: 1 } axis: -1 num_axes: 0", (2, 12, 4, 5, 1)),
-])
+@pytest.mark.parametrize(
+    "params, shape",
+    [
+        ("shape { dim: 0 dim: -1 }", (2, 240)),
+        ("shape { dim: 0 dim: 0 dim: -1 }", (2, 12, 20)),
+        ("shape { dim: -1 dim: 0 dim: 2 }", (20, 12, 2)),  # 0 copies the axis at its own position
+        ("shape { dim: 6 dim: 2 } axis: 1 num_axes: 1", (2, 6, 2, 4, 5)),
+        ("shape { dim: -1 } axis: 1 num_axes: 2", (2, 48, 5)),
+        ("shape { dim: 1 } axis: -1 num_axes: 0", (2, 12, 4, 5, 1)),
+    ],
+)
 def test_reshape(tiny, params, shape) -> None:
     x = rand(2, 12, 4, 5)
-    net = tiny({"data": x}, f'layer {{ name: "r" type: "Reshape" bottom: "data" top: "r" '
-                            f'reshape_param {{ {params} }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param {{ {params} }} }}',
+    )
     expected = x.reshape(shape).astype(np.float64)
     assert load_net(net.prototxt).blob_shapes["r"] == shape
     assert_close(net.ours("r")[0], expected)
@@ -483,47 +605,61 @@ def test_reshape(tiny, params, shape) -> None:
 
 
 def test_reshape_keeps_batch_dynamic(tiny) -> None:
-    net = tiny({"data": rand(1, 3, 2, 2)}, 'layer { name: "r" type: "Reshape" bottom: "data" '
-                                           'top: "r" reshape_param { shape { dim: 0 dim: -1 } } }')
+    net = tiny(
+        {"data": rand(1, 3, 2, 2)},
+        'layer { name: "r" type: "Reshape" bottom: "data" '
+        'top: "r" reshape_param { shape { dim: 0 dim: -1 } } }',
+    )
     module = convert(load_net(net.prototxt))
     assert module(torch.zeros(5, 3, 2, 2)).shape == (5, 12)
 
 
-@pytest.mark.parametrize("params, shape", [("", (2, 60)), ("axis: 2 end_axis: -1", (2, 3, 20)),
-                                           ("axis: 1 end_axis: 2", (2, 12, 5))])
+@pytest.mark.parametrize(
+    "params, shape",
+    [("", (2, 60)), ("axis: 2 end_axis: -1", (2, 3, 20)), ("axis: 1 end_axis: 2", (2, 12, 5))],
+)
 def test_flatten(tiny, params, shape) -> None:
     x = rand(2, 3, 4, 5)
-    net = tiny({"data": x}, f'layer {{ name: "f" type: "Flatten" bottom: "data" top: "f" '
-                            f'flatten_param {{ {params} }} }}')
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "f" type: "Flatten" bottom: "data" top: "f" flatten_param {{ {params} }} }}',
+    )
     check(net, "f", x.reshape(shape).astype(np.float64))
 
 
-@pytest.mark.parametrize("params, sizes", [("slice_point: 1 slice_point: 3", (1, 2, 2)),
-                                           ("axis: 1", (2, 2, 2)), ("axis: -1", None)])
+@pytest.mark.parametrize(
+    "params, sizes",
+    [("slice_point: 1 slice_point: 3", (1, 2, 2)), ("axis: 1", (2, 2, 2)), ("axis: -1", None)],
+)
 def test_slice(tiny, params, sizes) -> None:
     x = rand(2, 5 if sizes == (1, 2, 2) else 6, 4, 6)
-    net = tiny({"data": x}, f'layer {{ name: "s" type: "Slice" bottom: "data" top: "s0" top: "s1" '
-                            f'top: "s2" slice_param {{ {params} }} }}\n'
-                            'layer { name: "c" type: "Concat" bottom: "s2" bottom: "s0" '
-                            'bottom: "s1" '
-                            'top: "c" concat_param { axis: %d } }' % (3 if sizes is None else 1))
+    net = tiny(
+        {"data": x},
+        f'layer {{ name: "s" type: "Slice" bottom: "data" top: "s0" top: "s1" '
+        f'top: "s2" slice_param {{ {params} }} }}\n'
+        'layer { name: "c" type: "Concat" bottom: "s2" bottom: "s0" '
+        'bottom: "s1" '
+        'top: "c" concat_param { axis: %d } }' % (3 if sizes is None else 1),
+    )
     axis = 3 if sizes is None else 1
     parts = np.split(x.astype(np.float64), np.cumsum(sizes)[:-1] if sizes else 3, axis=axis)
     for got, part in zip(net.ours("s0", "s1", "s2"), parts):
         assert_close(got, part)
     # OpenCV names no top but a layer's first, and needs slice points (it ignores the top count),
     # so it is compared on the reordered concatenation of the slices.
-    check(net, "c", np.concatenate([parts[2], parts[0], parts[1]], axis),
-          opencv="slice_point" in params)
+    check(net, "c", np.concatenate([parts[2], parts[0], parts[1]], axis), opencv="slice_point" in params)
 
 
 def test_split(tiny) -> None:
     """Split tops are the bottom itself: no module, plain data flow."""
     x = rand(2, 3, 4, 5).astype(np.float64)
-    net = tiny({"data": x}, 'layer { name: "split" type: "Split" bottom: "data" top: "a" '
-                            'top: "b" }\n'
-                            'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" '
-                            'top: "sum" eltwise_param { coeff: 1 coeff: 2 } }')
+    net = tiny(
+        {"data": x},
+        'layer { name: "split" type: "Split" bottom: "data" top: "a" '
+        'top: "b" }\n'
+        'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" '
+        'top: "sum" eltwise_param { coeff: 1 coeff: 2 } }',
+    )
     check(net, "sum", 3 * x)
     assert_close(net.ours("b")[0], x)
     module = convert(load_net(net.prototxt, net.caffemodel), ["sum"])
@@ -536,11 +672,14 @@ def test_split(tiny) -> None:
 def test_unsupported_types_are_listed_together(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every offending layer of every type in one error, with the pointer to adding a converter."""
     x = rand(1, 3, 4, 4)
-    net = tiny({"data": x}, 'layer { name: "n1" type: "LRN" bottom: "data" top: "n1" }\n'
-                            'layer { name: "p1" type: "PReLU" bottom: "n1" top: "p1" }\n'
-                            'layer { name: "n2" type: "LRN" bottom: "p1" top: "n2" }\n'
-                            'layer { name: "ok" type: "ReLU" bottom: "n2" top: "ok" }',
-               {"p1": [rand(3)]})
+    net = tiny(
+        {"data": x},
+        'layer { name: "n1" type: "LRN" bottom: "data" top: "n1" }\n'
+        'layer { name: "p1" type: "PReLU" bottom: "n1" top: "p1" }\n'
+        'layer { name: "n2" type: "LRN" bottom: "p1" top: "n2" }\n'
+        'layer { name: "ok" type: "ReLU" bottom: "n2" top: "ok" }',
+        {"p1": [rand(3)]},
+    )
     monkeypatch.delitem(CONVERTERS, "LRN")
     monkeypatch.delitem(CONVERTERS, "PReLU")
     with pytest.raises(UnsupportedLayerError) as info:
@@ -555,7 +694,8 @@ def test_types_without_shape_rule_are_listed_together(tmp_path: Path) -> None:
     text = _input_layer({"data": (1, 3, 4, 4)}) + (
         'layer { name: "pw" type: "Power" bottom: "data" top: "pw" }\n'
         'layer { name: "ex1" type: "Exp" bottom: "pw" top: "ex1" }\n'
-        'layer { name: "ex2" type: "Exp" bottom: "ex1" top: "ex2" }')
+        'layer { name: "ex2" type: "Exp" bottom: "ex1" top: "ex2" }'
+    )
     path = tmp_path / "net.prototxt"
     path.write_text(text)
     with pytest.raises(NetDefinitionError) as info:

@@ -20,15 +20,25 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from prototxt import load_net
 from prototxt.random_weights import random_blobs
 from senet_repro.checkpoints import save_state_dict
-from senet_repro.detection import (CAFFE_IMAGE_MEAN, CAFFE_IMAGE_STD, fasterrcnn_se_resnext50_fpn,
-                                   se_backbone_with_fpn)
+from senet_repro.detection import (
+    CAFFE_IMAGE_MEAN,
+    CAFFE_IMAGE_STD,
+    fasterrcnn_se_resnext50_fpn,
+    se_backbone_with_fpn,
+)
 from senet_repro.models import caffe_layer_map, caffe_to_state_dict, to_timm_state_dict
 
 MODEL = "se_resnext50_32x4d"
-SMALL_DETECTOR = dict(min_size=128, max_size=160, rpn_pre_nms_top_n_train=200,
-                      rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
-                      rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=64,
-                      box_batch_size_per_image=32)
+SMALL_DETECTOR = dict(
+    min_size=128,
+    max_size=160,
+    rpn_pre_nms_top_n_train=200,
+    rpn_post_nms_top_n_train=100,
+    rpn_pre_nms_top_n_test=200,
+    rpn_post_nms_top_n_test=50,
+    rpn_batch_size_per_image=64,
+    box_batch_size_per_image=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +56,13 @@ def test_faster_rcnn_trains_and_infers(converted):
     torch.manual_seed(0)
     model = fasterrcnn_se_resnext50_fpn(weights_backbone=path, num_classes=3, **SMALL_DETECTOR)
     images = [torch.rand(3, 128, 160), torch.rand(3, 128, 160)]
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[30.0, 10.0, 150.0, 90.0], [5.0, 5.0, 40.0, 40.0]]),
-                "labels": torch.tensor([2, 1])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0]]), "labels": torch.tensor([1])},
+        {
+            "boxes": torch.tensor([[30.0, 10.0, 150.0, 90.0], [5.0, 5.0, 40.0, 40.0]]),
+            "labels": torch.tensor([2, 1]),
+        },
+    ]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=1e-3)
     before = model.backbone.body.layer4[0].conv1.weight.detach().clone()
@@ -84,8 +98,9 @@ def test_frozen_batchnorm_holds_the_caffe_statistics(converted, tmp_path):
     """Every BatchNorm of the body is frozen and holds mean/sf, var/sf, gamma, beta of Caffe;
     a checkpoint in timm's layout gives the same backbone."""
     path, blobs = converted
-    timm_path = save_state_dict(to_timm_state_dict(MODEL, torch.load(path, weights_only=True)),
-                                tmp_path / "timm.safetensors")
+    timm_path = save_state_dict(
+        to_timm_state_dict(MODEL, torch.load(path, weights_only=True)), tmp_path / "timm.safetensors"
+    )
     for weights in (path, timm_path):
         body = se_backbone_with_fpn("se_resnext50", weights=weights, rgb_input=False).body
         assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
@@ -116,17 +131,28 @@ def test_rgb_input_reverses_the_stem_channels(converted):
     with torch.no_grad():
         ours, caffe = rgb(x), bgr(x.flip(1))
     assert list(ours) == ["0", "1", "2", "3", "pool"]
-    assert [tuple(v.shape) for v in ours.values()] == [(1, 256, 16, 24), (1, 256, 8, 12),
-                                                         (1, 256, 4, 6), (1, 256, 2, 3), (1, 256, 1, 2)]
+    assert [tuple(v.shape) for v in ours.values()] == [
+        (1, 256, 16, 24),
+        (1, 256, 8, 12),
+        (1, 256, 4, 6),
+        (1, 256, 2, 3),
+        (1, 256, 1, 2),
+    ]
     for key in ours:
-        torch.testing.assert_close(ours[key], caffe[key], rtol=1e-4,
-                                   atol=1e-5 * float(caffe[key].abs().max()))
+        torch.testing.assert_close(
+            ours[key], caffe[key], rtol=1e-4, atol=1e-5 * float(caffe[key].abs().max())
+        )
 
 
 def test_backbone_options(tmp_path):
     """Returned stages, trainable stages, norm layer and extra blocks; bad values are refused."""
-    backbone = se_backbone_with_fpn("se_resnet50", trainable_layers=5, returned_layers=(2, 3, 4),
-                                    norm_layer=nn.BatchNorm2d, extra_blocks=LastLevelP6P7(256, 256))
+    backbone = se_backbone_with_fpn(
+        "se_resnet50",
+        trainable_layers=5,
+        returned_layers=(2, 3, 4),
+        norm_layer=nn.BatchNorm2d,
+        extra_blocks=LastLevelP6P7(256, 256),
+    )
     assert all(p.requires_grad for p in backbone.body.parameters())
     assert isinstance(backbone.body.stem.bn1, nn.BatchNorm2d)
     assert backbone.fpn.inner_blocks[0][0].in_channels == 512
@@ -136,11 +162,14 @@ def test_backbone_options(tmp_path):
     frozen = se_backbone_with_fpn("se_resnet50", trainable_layers=0, returned_layers=(4,))
     assert not any(p.requires_grad for p in frozen.body.parameters())
     assert list(frozen.body) == ["stem", "layer1", "layer2", "layer3", "layer4"]  # no pool/fc
-    folded = save_state_dict({"x": torch.zeros(1)}, tmp_path / "folded.safetensors",
-                             metadata={"normalisation": "torchvision"})
-    for kwargs, message in ((dict(trainable_layers=6), "trainable_layers"),
-                            (dict(returned_layers=(0, 1)), "returned_layers"),
-                            (dict(name="se_bn_inception"), "no four-stage residual layout"),
-                            (dict(weights=folded), "converted with --fold-normalisation")):
+    folded = save_state_dict(
+        {"x": torch.zeros(1)}, tmp_path / "folded.safetensors", metadata={"normalisation": "torchvision"}
+    )
+    for kwargs, message in (
+        (dict(trainable_layers=6), "trainable_layers"),
+        (dict(returned_layers=(0, 1)), "returned_layers"),
+        (dict(name="se_bn_inception"), "no four-stage residual layout"),
+        (dict(weights=folded), "converted with --fold-normalisation"),
+    ):
         with pytest.raises(ValueError, match=message):
             se_backbone_with_fpn(**{"name": "se_resnet50", **kwargs})

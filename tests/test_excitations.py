@@ -15,9 +15,19 @@ from click.testing import CliRunner
 from torch import nn
 
 from senet_repro import imagenet
-from senet_repro.analysis.excitations import (HIGH, LOW, ExcitationError, GateRecorder, SELayer,
-                                              collect_excitations, resolve_class, resolve_classes, se_layers,
-                                              select_layers, summarize)
+from senet_repro.analysis.excitations import (
+    HIGH,
+    LOW,
+    ExcitationError,
+    GateRecorder,
+    SELayer,
+    collect_excitations,
+    resolve_class,
+    resolve_classes,
+    se_layers,
+    select_layers,
+    summarize,
+)
 from senet_repro.analysis.plots import plot_layer, plot_overview
 from senet_repro.cli.analyze_excitations import excitations
 from senet_repro.models import se_bn_inception, se_resnet50
@@ -129,8 +139,8 @@ def test_recorder_gives_exact_constant_gates_and_analytic_input_dependent_ones()
     images = values.view(11, 3, 1, 1).expand(11, 3, 5, 4).contiguous()  # constant maps: exact means
     with GateRecorder(net, layers, 3, CPU) as recorder, torch.inference_mode():
         for start in range(0, 11, 3):
-            net(images[start:start + 3])
-            recorder.add(positions[start:start + 3])
+            net(images[start : start + 3])
+            recorder.add(positions[start : start + 3])
         means = recorder.means()
     assert recorder.counts.tolist() == [4, 3, 3]
     for k in range(3):
@@ -164,9 +174,18 @@ def test_collect_on_images_per_class_per_layer_with_plots(fake: FakeImageNet) ->
         net.fc.bias.zero_()
         net.fc.bias[chosen[0].torchvision_index] = 1.0
     valset = open_valset(fake.layouts["flat"])
-    result = collect_excitations(net, valset, chosen, select_layers(se_layers(net), "all"), preprocess=SMALL,
-                                 per_class=4, device=CPU, batch_size=3, output_order=imagenet.TORCHVISION,
-                                 progress=False)
+    result = collect_excitations(
+        net,
+        valset,
+        chosen,
+        select_layers(se_layers(net), "all"),
+        preprocess=SMALL,
+        per_class=4,
+        device=CPU,
+        batch_size=3,
+        output_order=imagenet.TORCHVISION,
+        progress=False,
+    )
     assert result.images == [4, 4, 4]
     assert result.top1_correct == [4, 0, 0]
     assert result.unreadable == []
@@ -177,7 +196,9 @@ def test_collect_on_images_per_class_per_layer_with_plots(fake: FakeImageNet) ->
         for layer in result.layers:
             want = np.mean([e[layer.path] for e in expected], axis=0)
             np.testing.assert_allclose(result.mean_gates[layer.name][k], want, rtol=1e-6, atol=0)
-    assert np.array_equal(result.mean_gates["layer1.1.se"], np.tile(torch.sigmoid(B2).double().numpy(), (3, 1)))
+    assert np.array_equal(
+        result.mean_gates["layer1.1.se"], np.tile(torch.sigmoid(B2).double().numpy(), (3, 1))
+    )
 
     layer = result.layers[0]
     figure = plot_layer(result, layer)
@@ -200,8 +221,17 @@ def test_unreadable_images_are_left_out_and_listed(fake: FakeImageNet, tmp_path:
     broken = next(p for p, label in zip(valset.paths, valset.labels) if label == choice.caffe_index)
     broken.write_bytes(broken.read_bytes()[:200])
     net = known_net()
-    result = collect_excitations(net, valset, [choice], se_layers(net), preprocess=SMALL, per_class=5,
-                                 device=CPU, batch_size=2, progress=False)
+    result = collect_excitations(
+        net,
+        valset,
+        [choice],
+        se_layers(net),
+        preprocess=SMALL,
+        per_class=5,
+        device=CPU,
+        batch_size=2,
+        progress=False,
+    )
     assert result.images == [4]
     assert [name for name, _ in result.unreadable] == [broken.name]
     assert np.array_equal(result.mean_gates["layer1.1.se"][0], torch.sigmoid(B2).double().numpy())
@@ -219,8 +249,12 @@ def test_summary_definitions() -> None:
 
 
 def test_classes_by_wnid_index_in_either_order_or_name() -> None:
-    assert [c.wnid for c in resolve_classes("goldfish, pug,plane,cliff")] == \
-        ["n01443537", "n02110958", "n03954731", "n09246464"]
+    assert [c.wnid for c in resolve_classes("goldfish, pug,plane,cliff")] == [
+        "n01443537",
+        "n02110958",
+        "n03954731",
+        "n09246464",
+    ]
     assert resolve_class("caffe:0").wnid == "n02119789"  # kit fox, first in the devkit
     assert resolve_class("torchvision:0").wnid == "n01440764"  # tench, first by WordNet id
     tench = resolve_class("n01440764")
@@ -228,15 +262,18 @@ def test_classes_by_wnid_index_in_either_order_or_name() -> None:
     assert resolve_class("Goldfish").wnid == resolve_class("caffe:449").wnid == "n01443537"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("crane", "ambiguous: n02012849 (crane), n03126707 (crane); give the WordNet id"),
-    ("goldfsh", "unknown class name 'goldfsh'; close names: 'goldfish'"),
-    ("1", "caffe:1 (ILSVRC2012 devkit"),
-    ("caffe:1000", "outside 0..999"),
-    ("n00000001", "not one of the 1000 classes"),
-    ("pug,n02110958", "given twice"),
-    (" , ", "no classes given"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("crane", "ambiguous: n02012849 (crane), n03126707 (crane); give the WordNet id"),
+        ("goldfsh", "unknown class name 'goldfsh'; close names: 'goldfish'"),
+        ("1", "caffe:1 (ILSVRC2012 devkit"),
+        ("caffe:1000", "outside 0..999"),
+        ("n00000001", "not one of the 1000 classes"),
+        ("pug,n02110958", "given twice"),
+        (" , ", "no classes given"),
+    ],
+)
 def test_bad_classes_are_refused_with_candidates(spec: str, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         resolve_classes(spec)
@@ -248,42 +285,86 @@ def test_layer_names_and_the_papers_auto_choice() -> None:
     layers = se_layers(model, "se_resnet50")
     assert len(layers) == 16 and layers[0].name == "SE_2_1" and layers[0].caffe == "conv2_1"
     assert [layer.name for layer in select_layers(layers, "auto")] == PAPER_LAYERS
-    assert [layer.name for layer in select_layers(layers, "se_4_6, layer3.5.se,layer3.5,conv4_6,SE_2_1")] == \
-        ["SE_4_6", "SE_2_1"]
+    assert [layer.name for layer in select_layers(layers, "se_4_6, layer3.5.se,layer3.5,conv4_6,SE_2_1")] == [
+        "SE_4_6",
+        "SE_2_1",
+    ]
     with pytest.raises(ExcitationError, match="unknown SE layer 'SE_9_9'; this model's are SE_2_1, SE_2_2"):
         select_layers(layers, "SE_9_9")
     inception = se_layers(se_bn_inception(), "se_bn_inception")
-    assert [layer.name for layer in select_layers(inception, "auto")] == \
-        ["SE_inception_3c", "SE_inception_4e", "SE_inception_5a", "SE_inception_5b"]
-    assert [layer.name for layer in select_layers(se_layers(known_net()), "auto")] == ["layer1.1.se", "layer2.0.se"]
+    assert [layer.name for layer in select_layers(inception, "auto")] == [
+        "SE_inception_3c",
+        "SE_inception_4e",
+        "SE_inception_5a",
+        "SE_inception_5b",
+    ]
+    assert [layer.name for layer in select_layers(se_layers(known_net()), "auto")] == [
+        "layer1.1.se",
+        "layer2.0.se",
+    ]
 
 
 # ----------------------------------------------------------------------------- the command
 
 
 def svg_curve_ids(path: Path) -> list[str]:
-    return [element.get("id") for element in ElementTree.parse(path).iter()
-            if (element.get("id") or "").startswith("gate-curve-")]
+    return [
+        element.get("id")
+        for element in ElementTree.parse(path).iter()
+        if (element.get("id") or "").startswith("gate-curve-")
+    ]
 
 
-def test_command_writes_figures_data_and_a_summary_that_agree(fake: FakeImageNet, resnet_weights: Path,
-                                                              tmp_path: Path) -> None:
+def test_command_writes_figures_data_and_a_summary_that_agree(
+    fake: FakeImageNet, resnet_weights: Path, tmp_path: Path
+) -> None:
     wnids = fake_classes(fake)
     classes = imagenet.imagenet_classes()
     name = classes.name(classes.index(wnids[3]))  # 'cicada' with seed 0: one class has that name
-    keys = [wnids[0], f"caffe:{classes.index(wnids[1])}",
-            f"torchvision:{imagenet.imagenet_classes(imagenet.TORCHVISION).index(wnids[2])}", name]
+    keys = [
+        wnids[0],
+        f"caffe:{classes.index(wnids[1])}",
+        f"torchvision:{imagenet.imagenet_classes(imagenet.TORCHVISION).index(wnids[2])}",
+        name,
+    ]
     out = tmp_path / "figs"
-    result = CliRunner().invoke(excitations, [
-        "--model", "se_resnet50", "--weights", str(resnet_weights), "--data", str(fake.layouts["torchvision"]),
-        "--classes", ",".join(keys), "--per-class", "3", "--out", str(out), "--resize", "40", "--crop", "32",
-        "--workers", "0", "--batch-size", "5"])
+    result = CliRunner().invoke(
+        excitations,
+        [
+            "--model",
+            "se_resnet50",
+            "--weights",
+            str(resnet_weights),
+            "--data",
+            str(fake.layouts["torchvision"]),
+            "--classes",
+            ",".join(keys),
+            "--per-class",
+            "3",
+            "--out",
+            str(out),
+            "--resize",
+            "40",
+            "--crop",
+            "32",
+            "--workers",
+            "0",
+            "--batch-size",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     chosen = wnids[:4]
     names = {path.name for path in out.iterdir()}
-    assert names == {f"{layer}.{ext}" for layer in [*PAPER_LAYERS, "overview"] for ext in ("png", "svg")} | \
-        {"gates.json", "gates.csv", "summary.csv", "summary.txt"}
-    assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in names if name.endswith(".png"))
+    assert names == {f"{layer}.{ext}" for layer in [*PAPER_LAYERS, "overview"] for ext in ("png", "svg")} | {
+        "gates.json",
+        "gates.csv",
+        "summary.csv",
+        "summary.txt",
+    }
+    assert all(
+        (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in names if name.endswith(".png")
+    )
 
     document = json.loads((out / "gates.json").read_text())
     assert [c["wnid"] for c in document["classes"]] == chosen
@@ -305,8 +386,12 @@ def test_command_writes_figures_data_and_a_summary_that_agree(fake: FakeImageNet
         assert all(from_csv[layer["name"], wnid] == layer["mean_gates"][wnid] for wnid in chosen)
         # The summary, recomputed from the JSON's vectors by its own definitions.
         summary = layer["summary"]
-        recomputed = {"spread": gates.std(axis=0).mean(), f"frac_above_{HIGH}": (gates > HIGH).mean(),
-                      f"frac_below_{LOW}": (gates < LOW).mean(), "mean_gate": gates.mean()}
+        recomputed = {
+            "spread": gates.std(axis=0).mean(),
+            f"frac_above_{HIGH}": (gates > HIGH).mean(),
+            f"frac_below_{LOW}": (gates < LOW).mean(),
+            "mean_gate": gates.mean(),
+        }
         for key, value in recomputed.items():
             assert summary[key] == pytest.approx(value, rel=1e-12, abs=1e-15)
             assert float(summary_csv[layer["name"]][key]) == summary[key]
@@ -315,26 +400,44 @@ def test_command_writes_figures_data_and_a_summary_that_agree(fake: FakeImageNet
         assert float(row[3]) == pytest.approx(summary["spread"], abs=5e-5)
         assert float(row[6]) == pytest.approx(summary["mean_gate"], abs=5e-5)
         # One curve per class, in the saved SVG of the layer and in the overview.
-        assert sorted(svg_curve_ids(out / f"{layer['name']}.svg")) == sorted(f"gate-curve-{w}" for w in chosen)
-    assert sorted(svg_curve_ids(out / "overview.svg")) == \
-        sorted(f"gate-curve-{layer}-{w}" for layer in PAPER_LAYERS for w in chosen)
+        assert sorted(svg_curve_ids(out / f"{layer['name']}.svg")) == sorted(
+            f"gate-curve-{w}" for w in chosen
+        )
+    assert sorted(svg_curve_ids(out / "overview.svg")) == sorted(
+        f"gate-curve-{layer}-{w}" for layer in PAPER_LAYERS for w in chosen
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--classes", "crane"], "error: class name 'crane' is ambiguous: n02012849 (crane), n03126707 (crane)"),
-    (["--classes", "goldfish"], "error: no images of goldfish (n01443537) in"),
-    (["--classes", "throne", "--layers", "SE_9_9"], "error: unknown SE layer 'SE_9_9'"),
-    (["--classes", "throne", "--model", "resnet50"], "error: unknown model 'resnet50'"),
-])
-def test_command_bad_input_is_one_line_with_exit_code_2(fake: FakeImageNet, resnet_weights: Path,
-                                                         tmp_path: Path, args: list[str], message: str) -> None:
-    base = {"--model": "se_resnet50", "--weights": str(resnet_weights), "--data": str(fake.layouts["flat"]),
-            "--out": str(tmp_path / "figs"), "--workers": "0", "--crop": "32", "--resize": "40"}
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--classes", "crane"],
+            "error: class name 'crane' is ambiguous: n02012849 (crane), n03126707 (crane)",
+        ),
+        (["--classes", "goldfish"], "error: no images of goldfish (n01443537) in"),
+        (["--classes", "throne", "--layers", "SE_9_9"], "error: unknown SE layer 'SE_9_9'"),
+        (["--classes", "throne", "--model", "resnet50"], "error: unknown model 'resnet50'"),
+    ],
+)
+def test_command_bad_input_is_one_line_with_exit_code_2(
+    fake: FakeImageNet, resnet_weights: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    base = {
+        "--model": "se_resnet50",
+        "--weights": str(resnet_weights),
+        "--data": str(fake.layouts["flat"]),
+        "--out": str(tmp_path / "figs"),
+        "--workers": "0",
+        "--crop": "32",
+        "--resize": "40",
+    }
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
     result = CliRunner().invoke(excitations, [item for pair in base.items() for item in pair])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith(message) and all(line.startswith("  ") or "excitations:" in line
-                                                 for line in lines[:-1])
+    assert lines[-1].startswith(message) and all(
+        line.startswith("  ") or "excitations:" in line for line in lines[:-1]
+    )
     assert not (tmp_path / "figs").exists()

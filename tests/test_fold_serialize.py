@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from caffe_factory import make_random_caffemodel
 from torch import nn
 
-from caffe_factory import make_random_caffemodel
-from converter.calibrate import image_like
 from converter import convert
+from converter.calibrate import image_like
 from converter.fold import fold_batchnorm
 from converter.modules import Affine
 from converter.serialize import load_converted, save_converted
@@ -70,8 +70,10 @@ def test_folding_changes_only_round_off(request: pytest.FixtureRequest, name: st
         assert all(m.affine for m in norms) and (into == "bn") == bool(norms)
         folded32 = float((folded(x).double() - exact).abs().max()) / scale
         folded64 = float((folded.double()(x.double()) - exact).abs().max()) / scale
-        print(f"{name} fold '{into}': |folded64 - e| {folded64:.2e}, |folded32 - e| "
-              f"{folded32:.2e}, |unfolded32 - e| {err32:.2e} (relative to {scale:.3g})")
+        print(
+            f"{name} fold '{into}': |folded64 - e| {folded64:.2e}, |folded32 - e| "
+            f"{folded32:.2e}, |unfolded32 - e| {err32:.2e} (relative to {scale:.3g})"
+        )
         assert folded64 <= err32
         assert folded32 <= FLOAT32_FACTOR * err32
 

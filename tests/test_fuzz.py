@@ -23,17 +23,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prototxt import (CaffeError, CaffeModel, Net, build_net, load_net, parse_caffemodel_buffer,
-                      parse_prototxt_text)
+from prototxt import (
+    CaffeError,
+    CaffeModel,
+    Net,
+    build_net,
+    load_net,
+    parse_caffemodel_buffer,
+    parse_prototxt_text,
+)
 from senet_repro.assets import CaffePair
 
 # protobuf's text parser warns about unknown escapes in strings; that is not an error.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:google.protobuf")
 
 # SENET_FUZZ_EXAMPLES=20000 for a long hunt; the default keeps the suite quick.
-FUZZ = settings(max_examples=int(os.environ.get("SENET_FUZZ_EXAMPLES", "300")),
-                deadline=timedelta(seconds=2),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(os.environ.get("SENET_FUZZ_EXAMPLES", "300")),
+    deadline=timedelta(seconds=2),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # One net that reaches every shape rule (and the TEST-phase filter).
 SEED_PROTOTXT = """\
@@ -83,13 +92,19 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?![\w.])")
 _QUOTED = re.compile(r'"[^"]*"')
 _WORD = re.compile(r"\b[A-Za-z_]\w*\b")
 _NAMES = sorted(set(_QUOTED.findall(SEED_PROTOTXT)))
-_VOCABULARY = sorted(set(_WORD.findall(SEED_PROTOTXT)) | set(_NAMES)
-                     | {"{", "}", ":", '"', "#", "\\", "layer {", "layers {", "\n"})
+_VOCABULARY = sorted(
+    set(_WORD.findall(SEED_PROTOTXT))
+    | set(_NAMES)
+    | {"{", "}", ":", '"', "#", "\\", "layer {", "layers {", "\n"}
+)
 
 # Numbers a mutation puts in: the edge cases first, then anything up to int64/uint64.
-_INTEGERS = st.one_of(st.integers(-1, 3), st.integers(-3, 10),
-                      st.sampled_from([2**31 - 1, 2**31, 2**32, 2**63 - 1]),
-                      st.integers(-2**63, 2**64))
+_INTEGERS = st.one_of(
+    st.integers(-1, 3),
+    st.integers(-3, 10),
+    st.sampled_from([2**31 - 1, 2**31, 2**32, 2**63 - 1]),
+    st.integers(-(2**63), 2**64),
+)
 
 
 # Values that still parse in every numeric field, edge cases (0, 1) first.
@@ -110,8 +125,9 @@ def mutated_bytes(draw: st.DrawFn, seed: bytes) -> bytes:
     """`seed` after 1 to 4 random edits (a truncation is always the last)."""
     data = bytearray(seed)
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "insert", "delete", "overwrite", "duplicate",
-                                     "varint", "truncate"]))
+        kind = draw(
+            st.sampled_from(["flip", "insert", "delete", "overwrite", "duplicate", "varint", "truncate"])
+        )
         pos = draw(st.integers(0, len(data)))
         if kind == "flip" and data:
             index = min(pos, len(data) - 1)
@@ -119,10 +135,10 @@ def mutated_bytes(draw: st.DrawFn, seed: bytes) -> bytes:
         elif kind == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif kind == "delete":
-            del data[pos:pos + draw(st.integers(1, 64))]
+            del data[pos : pos + draw(st.integers(1, 64))]
         elif kind == "overwrite":
             chunk = draw(st.binary(min_size=1, max_size=8))
-            data[pos:pos + len(chunk)] = chunk
+            data[pos : pos + len(chunk)] = chunk
         elif kind == "duplicate":
             end = draw(st.integers(pos, min(len(data), pos + 256)))
             data[pos:pos] = data[pos:end]
@@ -163,10 +179,13 @@ def mutated_text(draw: st.DrawFn, seed: str, semantic: bool = False) -> str:
         else:
             pos = draw(st.integers(0, len(text)))
             if kind == "insert":
-                text = text[:pos] + draw(st.one_of(st.sampled_from(_VOCABULARY),
-                                                   st.text(max_size=8))) + text[pos:]
+                text = (
+                    text[:pos]
+                    + draw(st.one_of(st.sampled_from(_VOCABULARY), st.text(max_size=8)))
+                    + text[pos:]
+                )
             elif kind == "delete":
-                text = text[:pos] + text[pos + draw(st.integers(1, 40)):]
+                text = text[:pos] + text[pos + draw(st.integers(1, 40)) :]
             else:
                 text = text[:pos]
     return text

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from senet_repro import imagenet
-from senet_repro.imagenet import (DEVKIT, TORCHVISION, LabelError, imagenet_classes,
-                                  permutation_devkit_to_torchvision)
+from senet_repro.imagenet import (
+    DEVKIT,
+    TORCHVISION,
+    LabelError,
+    imagenet_classes,
+    permutation_devkit_to_torchvision,
+)
 from senet_repro.validate.fake_imagenet import make_fake_imagenet, write_devkit_archive, write_meta_mat
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,8 +25,10 @@ SENET_LABEL_FILE = REPO_ROOT.parent / "shared" / "senet-caffe" / imagenet.SENET_
 @pytest.fixture(scope="module")
 def senet_labels() -> dict[str, int]:
     if not SENET_LABEL_FILE.is_file():
-        pytest.skip(f"the SENet label file is not at {SENET_LABEL_FILE} "
-                    "(it sits next to the repository, in ../shared/senet-caffe/)")
+        pytest.skip(
+            f"the SENet label file is not at {SENET_LABEL_FILE} "
+            "(it sits next to the repository, in ../shared/senet-caffe/)"
+        )
     return imagenet.read_labels_file(SENET_LABEL_FILE)
 
 
@@ -55,8 +62,11 @@ def test_permutation_from_a_fake_devkit_meta_mat(tmp_path: Path) -> None:
     write_devkit_archive(archive, ground_truth=[490, 1, 1000])
     devkit = imagenet.read_devkit(archive)
     devkit.meta.check_standard()
-    assert devkit.ground_truth == {"ILSVRC2012_val_00000001.JPEG": 489, "ILSVRC2012_val_00000002.JPEG": 0,
-                                   "ILSVRC2012_val_00000003.JPEG": 999}
+    assert devkit.ground_truth == {
+        "ILSVRC2012_val_00000001.JPEG": 489,
+        "ILSVRC2012_val_00000002.JPEG": 0,
+        "ILSVRC2012_val_00000003.JPEG": 999,
+    }
     permutation = permutation_devkit_to_torchvision(devkit.meta)
     assert permutation == imagenet_classes(DEVKIT).permutation_to(imagenet_classes(TORCHVISION))
     assert permutation[489] == 65
@@ -78,8 +88,12 @@ def test_torchvision_parses_our_fake_devkit_archive(tmp_path: Path, monkeypatch:
 def test_a_small_devkit_with_a_known_permutation() -> None:
     """Leaves in ID order n03, n01, n04, n02 -> sorted positions 2, 0, 3, 1; inner nodes skipped."""
     buffer = io.BytesIO()
-    write_meta_mat(buffer, ["n00000003", "n00000001", "n00000004", "n00000002"], ["c", "a", "d", "b"],
-                   internal_nodes=[("n00000009", "root", (1, 2, 3, 4))])
+    write_meta_mat(
+        buffer,
+        ["n00000003", "n00000001", "n00000004", "n00000002"],
+        ["c", "a", "d", "b"],
+        internal_nodes=[("n00000009", "root", (1, 2, 3, 4))],
+    )
     meta = imagenet.read_meta_mat(io.BytesIO(buffer.getvalue()))
     assert meta.wnids == ("n00000003", "n00000001", "n00000004", "n00000002")
     assert permutation_devkit_to_torchvision(meta) == [2, 0, 3, 1]
@@ -89,8 +103,10 @@ def test_a_small_devkit_with_a_known_permutation() -> None:
 
 def test_a_meta_mat_with_gaps_in_the_ids_or_without_synsets_is_refused() -> None:
     from scipy.io import savemat
-    synsets = np.zeros((2, 1), dtype=[(field, object) for field in ("ILSVRC2012_ID", "WNID", "words",
-                                                                    "num_children")])
+
+    synsets = np.zeros(
+        (2, 1), dtype=[(field, object) for field in ("ILSVRC2012_ID", "WNID", "words", "num_children")]
+    )
     synsets[0, 0] = (1.0, "n00000001", "a", 0.0)
     synsets[1, 0] = (3.0, "n00000003", "c", 0.0)
     buffer = io.BytesIO()
@@ -105,13 +121,13 @@ def test_a_meta_mat_with_gaps_in_the_ids_or_without_synsets_is_refused() -> None
 
 def test_joins_that_are_not_bijections_are_refused() -> None:
     with pytest.raises(LabelError, match="maps to torchvision class"):
-        permutation_devkit_to_torchvision(devkit_labels={"a": 0, "b": 0, "c": 1},
-                                          torchvision_labels={"a": 5, "b": 6, "c": 7})
+        permutation_devkit_to_torchvision(
+            devkit_labels={"a": 0, "b": 0, "c": 1}, torchvision_labels={"a": 5, "b": 6, "c": 7}
+        )
     with pytest.raises(LabelError, match="without a partner"):
         permutation_devkit_to_torchvision(devkit_labels={"a": 0, "b": 1}, torchvision_labels={"a": 1})
     with pytest.raises(LabelError, match="bijection"):
-        permutation_devkit_to_torchvision(devkit_labels={"a": 0, "b": 1},
-                                          torchvision_labels={"a": 1, "b": 1})
+        permutation_devkit_to_torchvision(devkit_labels={"a": 0, "b": 1}, torchvision_labels={"a": 1, "b": 1})
     imagenet.check_bijection([1, 2, 0], 3)
     with pytest.raises(LabelError):
         imagenet.check_bijection([0, 0, 1], 3)

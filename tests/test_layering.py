@@ -27,8 +27,9 @@ def test_prototxt_imports_neither_torch_nor_the_upper_packages() -> None:
 
 def test_importing_prototxt_does_not_load_torch() -> None:
     code = "import sys, prototxt; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert result.stdout.strip() == "False"
 
 

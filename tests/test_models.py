@@ -19,15 +19,25 @@ import torch.nn.functional as F
 from prototxt import Net, load_net
 from prototxt.caffe_pb2 import PoolingParameter
 from prototxt.shapes import conv_geometry, pool_geometry
-from senet_repro.models import (ALIASES, SENetWeights, UnknownModelError, caffe_to_state_dict,
-                                from_timm_state_dict, get_model, list_models, timm_model_name,
-                                to_timm_state_dict, weights_for)
+from senet_repro.models import (
+    ALIASES,
+    SENetWeights,
+    UnknownModelError,
+    caffe_to_state_dict,
+    from_timm_state_dict,
+    get_model,
+    list_models,
+    timm_model_name,
+    to_timm_state_dict,
+    weights_for,
+)
 from senet_repro.models.blocks import caffe_avg_pool, caffe_max_pool
 
 PROTOTXT_OF = {member.value.model: member.value.prototxt for member in SENetWeights}
 
 
 # --- Caffe reference semantics --------------------------------------------------------------
+
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int) -> int:
     """Caffe PoolingLayer::Reshape: ceil, then drop a last window starting in the padding."""
@@ -37,8 +47,9 @@ def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int) -> int:
     return out
 
 
-def caffe_pool_axis(x: torch.Tensor, axis: int, kernel: int, stride: int, pad: int,
-                    mode: str) -> tuple[torch.Tensor, list[int]]:
+def caffe_pool_axis(
+    x: torch.Tensor, axis: int, kernel: int, stride: int, pad: int, mode: str
+) -> tuple[torch.Tensor, list[int]]:
     """Pool along one axis as Caffe's loops do; also return Caffe's divisor per output."""
     size = x.shape[axis]
     outputs, divisors = [], []
@@ -52,8 +63,9 @@ def caffe_pool_axis(x: torch.Tensor, axis: int, kernel: int, stride: int, pad: i
     return torch.cat(outputs, axis), divisors
 
 
-def caffe_pool(x: torch.Tensor, kernel: list[int], stride: list[int], pad: list[int],
-               mode: str) -> torch.Tensor:
+def caffe_pool(
+    x: torch.Tensor, kernel: list[int], stride: list[int], pad: list[int], mode: str
+) -> torch.Tensor:
     """Caffe MAX / AVE pooling (both separable over the two spatial axes)."""
     y, rows = caffe_pool_axis(x, 2, kernel[0], stride[0], pad[0], mode)
     y, cols = caffe_pool_axis(y, 3, kernel[1], stride[1], pad[1], mode)
@@ -62,8 +74,9 @@ def caffe_pool(x: torch.Tensor, kernel: list[int], stride: list[int], pad: list[
     return y
 
 
-def run_caffe(net: Net, blobs: dict[str, list[np.ndarray]], data: torch.Tensor,
-              until: str | None = None) -> dict[str, torch.Tensor]:
+def run_caffe(
+    net: Net, blobs: dict[str, list[np.ndarray]], data: torch.Tensor, until: str | None = None
+) -> dict[str, torch.Tensor]:
     """Forward a deploy net with Caffe's layer semantics in `data`'s dtype; returns every top.
 
     Stops before layer `until` if given (e.g. to skip the fixed 7x7 pool5 on small inputs).
@@ -79,14 +92,19 @@ def run_caffe(net: Net, blobs: dict[str, list[np.ndarray]], data: torch.Tensor,
             continue
         if kind == "Convolution":
             geometry = conv_geometry(param)
-            out = F.conv2d(bottoms[0], weights[0], weights[1] if len(weights) > 1 else None,
-                           geometry["stride"], geometry["pad"], geometry["dilation"],
-                           param.convolution_param.group)
+            out = F.conv2d(
+                bottoms[0],
+                weights[0],
+                weights[1] if len(weights) > 1 else None,
+                geometry["stride"],
+                geometry["pad"],
+                geometry["dilation"],
+                param.convolution_param.group,
+            )
         elif kind == "BatchNorm":
             mean, var, factor = blobs[layer.name]
             scale = np.float32(0) if factor[0] == 0 else np.float32(1) / factor[0]  # float32, as Caffe
-            mean, var = (torch.from_numpy(stat * scale).to(data.dtype)[:, None, None]
-                         for stat in (mean, var))
+            mean, var = (torch.from_numpy(stat * scale).to(data.dtype)[:, None, None] for stat in (mean, var))
             out = (bottoms[0] - mean) / torch.sqrt(var + param.batch_norm_param.eps)
         elif kind == "Scale" and len(bottoms) == 2:  # axis 0: bottom[1] is N x C
             out = bottoms[0] * bottoms[1][:, :, None, None]
@@ -149,8 +167,11 @@ def scaled_random_blobs(net: Net, seed: int = 0) -> dict[str, list[np.ndarray]]:
             arrays += [normal(shape, 0.1) for shape in shapes[1:]]
         elif layer.type == "BatchNorm":
             factor = np.float32(rng.uniform(0.5, 2.0))
-            arrays = [normal(shapes[0], 0.1) * factor, uniform(shapes[1], 0.5, 1.5) * factor,
-                      np.full(shapes[2], factor)]
+            arrays = [
+                normal(shapes[0], 0.1) * factor,
+                uniform(shapes[1], 0.5, 1.5) * factor,
+                np.full(shapes[2], factor),
+            ]
         else:  # Scale: gamma, beta
             arrays = [uniform(shapes[0], 0.5, 1.0), normal(shapes[1], 0.1)]
         blobs[layer.name] = arrays
@@ -166,19 +187,24 @@ def caffe_net(senet_prototxts):
         if model not in cache:
             cache[model] = load_net(senet_prototxts[PROTOTXT_OF[model].removesuffix(".prototxt")])
         return cache[model]
+
     return load
 
 
 # --- pooling ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [7, 8, 13, 14, 28, 112])
-@pytest.mark.parametrize("mode, kernel, stride, pad", [
-    ("MAX", 3, 2, 0),  # pool1, pool2, grid-reduction pools
-    ("AVE", 3, 1, 1),  # Inception pool branches
-    ("MAX", 3, 1, 1),  # inception_5b/pool
-    ("AVE", 3, 2, 1),  # not in the release: padding at a ceil-clipped border
-    ("MAX", 3, 2, 1),
-])
+@pytest.mark.parametrize(
+    "mode, kernel, stride, pad",
+    [
+        ("MAX", 3, 2, 0),  # pool1, pool2, grid-reduction pools
+        ("AVE", 3, 1, 1),  # Inception pool branches
+        ("MAX", 3, 1, 1),  # inception_5b/pool
+        ("AVE", 3, 2, 1),  # not in the release: padding at a ceil-clipped border
+        ("MAX", 3, 2, 1),
+    ],
+)
 def test_pooling_matches_caffe(size, mode, kernel, stride, pad):
     x = torch.randn(2, 3, size, size + 1, dtype=torch.float64)
     module = (caffe_max_pool if mode == "MAX" else caffe_avg_pool)(kernel, stride, pad)
@@ -193,6 +219,7 @@ def test_stem_pool_rounds_up_like_caffe():
 
 # --- whole networks against the prototxts ----------------------------------------------------
 
+
 def caffe_weighted(model: str, net: Net) -> tuple[dict[str, list[np.ndarray]], torch.nn.Module]:
     """Random Caffe blobs for `net` and our `model` (eval mode) loaded with them."""
     blobs = scaled_random_blobs(net)
@@ -206,8 +233,10 @@ def caffe_weighted(model: str, net: Net) -> tuple[dict[str, list[np.ndarray]], t
 DEEPER = ("se_resnet101", "se_resnet152", "se_resnext101_32x4d")
 
 
-@pytest.mark.parametrize("model", [pytest.param(model, marks=pytest.mark.slow) if model in DEEPER
-                                   else model for model in list_models()])
+@pytest.mark.parametrize(
+    "model",
+    [pytest.param(model, marks=pytest.mark.slow) if model in DEEPER else model for model in list_models()],
+)
 def test_features_match_caffe_semantics(caffe_net, model):
     """Random Caffe weights: our feature map == the prototxt run with Caffe semantics.
 
@@ -248,9 +277,14 @@ def test_parameter_count_equals_caffe(caffe_net, model):
     assert sum(p.numel() for p in ours.parameters()) == caffe_net(model).learnable_parameters
 
 
-@pytest.mark.parametrize("model, count", [
-    ("se_resnet50", 28_088_024), ("se_resnext50_32x4d", 27_559_896), ("senet154", 115_088_984),
-])
+@pytest.mark.parametrize(
+    "model, count",
+    [
+        ("se_resnet50", 28_088_024),
+        ("se_resnext50_32x4d", 27_559_896),
+        ("senet154", 115_088_984),
+    ],
+)
 def test_parameter_count_equals_timm(model, count):
     with torch.device("meta"):
         ours = get_model(model)
@@ -276,6 +310,7 @@ def test_senet154_dropout_before_classifier():
 
 # --- timm ------------------------------------------------------------------------------------
 
+
 def randomise_batchnorm(model: torch.nn.Module) -> None:
     """Non-trivial running statistics, so BN conversion mistakes show up in the logits."""
     generator = torch.Generator().manual_seed(0)
@@ -287,10 +322,14 @@ def randomise_batchnorm(model: torch.nn.Module) -> None:
             module.bias.data.copy_(0.1 * torch.randn(module.num_features, generator=generator))
 
 
-@pytest.mark.parametrize("model, size", [
-    ("se_resnet50", 64), ("se_resnext50_32x4d", 224),
-    pytest.param("senet154", 64, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "model, size",
+    [
+        ("se_resnet50", 64),
+        ("se_resnext50_32x4d", 224),
+        pytest.param("senet154", 64, marks=pytest.mark.slow),
+    ],
+)
 def test_timm_layout_loads_strictly_and_gives_our_logits(model, size):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -318,9 +357,17 @@ def test_timm_names():
 
 # --- registry and weights descriptions -------------------------------------------------------
 
+
 def test_list_models_and_aliases():
-    assert list_models() == ["se_bn_inception", "se_resnet50", "se_resnet101", "se_resnet152",
-                             "se_resnext50_32x4d", "se_resnext101_32x4d", "senet154"]
+    assert list_models() == [
+        "se_bn_inception",
+        "se_resnet50",
+        "se_resnet101",
+        "se_resnet152",
+        "se_resnext50_32x4d",
+        "se_resnext101_32x4d",
+        "senet154",
+    ]
     assert ALIASES == {"se_resnext50": "se_resnext50_32x4d", "se_resnext101": "se_resnext101_32x4d"}
     with torch.device("meta"):
         alias = get_model("se_resnext50")
@@ -343,6 +390,7 @@ def test_get_model_loads_weights(tmp_path, suffix):
         torch.save(source.state_dict(), path)
     else:
         from safetensors.torch import save_file
+
         save_file(source.state_dict(), str(path))
     loaded = get_model("se_bn_inception", weights=path, num_classes=7)
     assert not loaded.training
@@ -360,4 +408,8 @@ def test_weights_descriptions():
     assert resnext.class_order == "ilsvrc2012_devkit"
     assert resnext.mean_bgr == (104.0, 117.0, 123.0) and resnext.channel_order == "BGR"
     preprocess = resnext.transforms()
-    assert (preprocess.resize, preprocess.crop, tuple(preprocess.mean_bgr)) == (256, 224, (104.0, 117.0, 123.0))
+    assert (preprocess.resize, preprocess.crop, tuple(preprocess.mean_bgr)) == (
+        256,
+        224,
+        (104.0, 117.0, 123.0),
+    )

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from caffe_factory import make_random_caffemodel
-from converter.calibrate import image_like
+
 from converter import convert
+from converter.calibrate import image_like
 from converter.onnx_export import MIN_OPSET, export_onnx, onnx_session
 from prototxt import load_net
 
@@ -21,9 +21,10 @@ LOGIT_TOLERANCE = 1e-4  # max abs difference on logits of scale ~1
 FP16_TOLERANCE = 1e-2  # relative to the logits' scale: float16 keeps ~3 decimal digits
 
 
-@functools.lru_cache(maxsize=None)
-def exported(name: str, prototxt: Path, caffemodel: Path, outputs: tuple[str, ...],
-             directory: Path) -> tuple[torch.nn.Module, Path]:
+@functools.cache
+def exported(
+    name: str, prototxt: Path, caffemodel: Path, outputs: tuple[str, ...], directory: Path
+) -> tuple[torch.nn.Module, Path]:
     """The converted net and its ONNX export `directory/name.onnx` (batch-1 example), once."""
     net = load_net(prototxt, caffemodel)
     module = convert(net, list(outputs))
@@ -47,8 +48,9 @@ def model(request, onnx_dir: Path) -> tuple[torch.nn.Module, Path]:
     prototxts = request.getfixturevalue("senet_prototxts")
     if request.param not in prototxts:
         pytest.skip(f"{request.param}.prototxt is not in ../shared/senet-caffe/")
-    return exported(request.param, *make_random_caffemodel(prototxts[request.param]),
-                    ("classifier",), onnx_dir)
+    return exported(
+        request.param, *make_random_caffemodel(prototxts[request.param]), ("classifier",), onnx_dir
+    )
 
 
 def test_graph_is_valid_and_named_like_caffe(model) -> None:

@@ -6,12 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from prototxt import (PrototxtSyntaxError, caffe_pb2, format_prototxt, parse_prototxt,
-                      parse_prototxt_text, write_prototxt)
+from prototxt import (
+    PrototxtSyntaxError,
+    caffe_pb2,
+    format_prototxt,
+    parse_prototxt,
+    parse_prototxt_text,
+    write_prototxt,
+)
 from senet_repro.assets import CaffePair
 
-SENET_NAMES = ["SE-BN-Inception", "SE-ResNet-50", "SE-ResNet-101", "SE-ResNet-152",
-               "SE-ResNeXt-50", "SE-ResNeXt-101", "SENet-154"]
+SENET_NAMES = [
+    "SE-BN-Inception",
+    "SE-ResNet-50",
+    "SE-ResNet-101",
+    "SE-ResNet-152",
+    "SE-ResNeXt-50",
+    "SE-ResNeXt-101",
+    "SENet-154",
+]
 
 
 @pytest.mark.parametrize("name", SENET_NAMES)
@@ -33,12 +46,14 @@ def _syntax_error(text: str) -> PrototxtSyntaxError:
 
 
 def test_syntax_error_names_file_line_column_and_layer() -> None:
-    text = ('name: "n"\n'
-            'layer {\n'
-            '  name: "conv1"\n'
-            '  type: "Convolution"\n'
-            '  convolution_param { num_output: 64 kernel_size: }\n'
-            '}\n')
+    text = (
+        'name: "n"\n'
+        "layer {\n"
+        '  name: "conv1"\n'
+        '  type: "Convolution"\n'
+        "  convolution_param { num_output: 64 kernel_size: }\n"
+        "}\n"
+    )
     error = _syntax_error(text)
     assert (error.path, error.line, error.column) == ("deploy.prototxt", 5, 51)
     assert error.layer == "conv1"
@@ -66,11 +81,13 @@ def test_layer_name_found_after_the_error_and_past_nested_names() -> None:
 
 
 def test_braces_in_strings_and_comments_do_not_confuse_the_layer_lookup() -> None:
-    text = ('layer { name: "a}" type: "ReLU" }  # }}} layer {\n'
-            'layer: {\n'
-            '  name: "b"  # the colon before { is legal too\n'
-            '  oops: 1\n'
-            '}\n')
+    text = (
+        'layer { name: "a}" type: "ReLU" }  # }}} layer {\n'
+        "layer: {\n"
+        '  name: "b"  # the colon before { is legal too\n'
+        "  oops: 1\n"
+        "}\n"
+    )
     assert _syntax_error(text).layer == "b"
 
 
@@ -110,17 +127,18 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_legacy_input_fields_parse() -> None:
-    net = parse_prototxt_text('input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 224\n'
-                              'input_dim: 224\n')
+    net = parse_prototxt_text('input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 224\ninput_dim: 224\n')
     assert list(net.input) == ["data"] and list(net.input_dim) == [1, 3, 224, 224]
     net = parse_prototxt_text('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }')
     assert [list(shape.dim) for shape in net.input_shape] == [[1, 3, 8, 8]]
 
 
 def test_v1_layers_parse() -> None:
-    net = parse_prototxt_text('layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"'
-                              ' convolution_param { num_output: 4 kernel_size: 3 }'
-                              ' blobs_lr: 1 weight_decay: 1 }')
+    net = parse_prototxt_text(
+        'layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"'
+        " convolution_param { num_output: 4 kernel_size: 3 }"
+        " blobs_lr: 1 weight_decay: 1 }"
+    )
     assert net.layers[0].type == caffe_pb2.V1LayerParameter.CONVOLUTION
 
 

@@ -16,16 +16,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffe_factory import make_random_caffemodel
 from click.testing import CliRunner
 
-from caffe_factory import make_random_caffemodel
-from converter.calibrate import image_like
 from converter import convert
+from converter.calibrate import image_like
 from prototxt import load_net
 from senet_repro import checkpoints, imagenet
 from senet_repro.cli.convert import main
-from senet_repro.models import (CaffeMappingError, caffe_to_state_dict, get_model, load_weights,
-                                timm_model_name, weights_for)
+from senet_repro.models import (
+    CaffeMappingError,
+    caffe_to_state_dict,
+    get_model,
+    load_weights,
+    timm_model_name,
+    weights_for,
+)
 from senet_repro.validate.fake_imagenet import write_devkit_archive, write_meta_mat
 
 LABEL_FILE = Path(__file__).resolve().parent.parent.parent / "shared" / "senet-caffe" / imagenet.SENET_LABELS
@@ -35,11 +41,13 @@ SLOW = ("se_resnet101", "se_resnet152", "se_resnext101_32x4d", "senet154")
 @pytest.fixture(scope="session")
 def caffe_pair(senet_prototxts):
     """model name -> (prototxt, caffemodel) with seeded random calibrated weights, cached."""
+
     def pair(model: str) -> tuple[Path, Path]:
         stem = weights_for(model).prototxt.removesuffix(".prototxt")
         if stem not in senet_prototxts:
             pytest.skip(f"{stem}.prototxt is not in ../shared/senet-caffe/")
         return make_random_caffemodel(senet_prototxts[stem], seed=0)
+
     return pair
 
 
@@ -56,8 +64,10 @@ def run_cli(*args: str | Path):
 
 # --- the central claim, all seven networks ---------------------------------------------------
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m
-                                   for m in ("se_bn_inception", *SLOW)])
+
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in ("se_bn_inception", *SLOW)]
+)
 def test_clean_model_matches_generic_graph(caffe_pair, model):
     """SE-ResNet-50 and SE-ResNeXt-50 are covered through the CLI below."""
     prototxt, caffemodel = caffe_pair(model)
@@ -79,8 +89,9 @@ def test_cli_converts_a_recognised_senet(caffe_pair, tmp_path):
     the generic graph's logits (checked here independently of the CLI's own self-check)."""
     prototxt, caffemodel = caffe_pair("se_resnet50")
     out = tmp_path / "se_resnet50.pth"
-    result = run_cli("caffe2torch", "--caffemodel", caffemodel, "--prototxt", prototxt,
-                     "-o", out, "--safetensors")
+    result = run_cli(
+        "caffe2torch", "--caffemodel", caffemodel, "--prototxt", prototxt, "-o", out, "--safetensors"
+    )
     assert result.exit_code == 0, result.output
     print(result.stdout)
     assert "converted 192 Caffe layers of 'SE-ResNet-50' into se_resnet50" in result.stdout
@@ -109,9 +120,24 @@ def test_cli_timm_layout_torchvision_order_folded(caffe_pair, label_file, tmp_pa
 
     prototxt, caffemodel = caffe_pair("se_resnext50_32x4d")
     out = tmp_path / "se_resnext50.safetensors"
-    result = run_cli("caffe2torch", "--caffemodel", caffemodel, "--prototxt", prototxt,
-                     "--model", "se_resnext50", "-o", out, "--layout", "timm",
-                     "--class-order", "torchvision", "--labels", label_file, "--fold-normalisation")
+    result = run_cli(
+        "caffe2torch",
+        "--caffemodel",
+        caffemodel,
+        "--prototxt",
+        prototxt,
+        "--model",
+        "se_resnext50",
+        "-o",
+        out,
+        "--layout",
+        "timm",
+        "--class-order",
+        "torchvision",
+        "--labels",
+        label_file,
+        "--fold-normalisation",
+    )
     assert result.exit_code == 0, result.output
     print(result.stdout)
     assert "timm.create_model('legacy_seresnext50_32x4d')" in result.stdout
@@ -134,8 +160,9 @@ def test_cli_timm_layout_torchvision_order_folded(caffe_pair, label_file, tmp_pa
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         caffe_order, torchvision_order = ours.eval()(x), theirs(x)
-    torch.testing.assert_close(torchvision_order[:, permutation], caffe_order,
-                               rtol=1e-4, atol=1e-5 * float(caffe_order.abs().max()))
+    torch.testing.assert_close(
+        torchvision_order[:, permutation], caffe_order, rtol=1e-4, atol=1e-5 * float(caffe_order.abs().max())
+    )
 
 
 def test_folding_is_exact_but_for_the_padding_colour(caffe_pair):
@@ -148,8 +175,10 @@ def test_folding_is_exact_but_for_the_padding_colour(caffe_pair):
     changed = [key for key in state_dict if not torch.equal(state_dict[key], folded[key])]
     assert changed == ["stem.conv1.weight", "stem.bn1.running_mean"]
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1)
-                 for v in (checkpoints.TORCHVISION_MEAN, checkpoints.TORCHVISION_STD))
+    mean, std = (
+        torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1)
+        for v in (checkpoints.TORCHVISION_MEAN, checkpoints.TORCHVISION_STD)
+    )
     caffe_mean = torch.tensor(checkpoints.CAFFE_MEAN_BGR, dtype=torch.float64).view(1, 3, 1, 1)
     caffe_input = 255 * image.flip(1) - caffe_mean
     padded_with_torchvision_mean = torch.nn.functional.pad(caffe_input, (3, 3, 3, 3))
@@ -174,6 +203,7 @@ def test_folding_is_exact_but_for_the_padding_colour(caffe_pair):
 
 # --- every blob lands somewhere --------------------------------------------------------------
 
+
 def test_leftover_and_missing_blobs_are_listed(caffe_pair):
     prototxt, caffemodel = caffe_pair("se_resnet50")
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
@@ -188,8 +218,17 @@ def test_leftover_and_missing_blobs_are_listed(caffe_pair):
 def test_cli_reports_a_non_senet_given_as_senet(tiny_model, tmp_path):
     """--model on a foreign net: exit 2, the unmapped layers and empty keys listed, nothing written."""
     out = tmp_path / "x.pth"
-    result = run_cli("caffe2torch", "--model", "se_resnet50", "--prototxt", tiny_model.prototxt,
-                     "--caffemodel", tiny_model.caffemodel, "-o", out)
+    result = run_cli(
+        "caffe2torch",
+        "--model",
+        "se_resnet50",
+        "--prototxt",
+        tiny_model.prototxt,
+        "--caffemodel",
+        tiny_model.caffemodel,
+        "-o",
+        out,
+    )
     assert result.exit_code == 2
     assert "error: Caffe weights and the se_resnet50 state_dict do not correspond" in result.stderr
     assert "conv1 (2 blobs)" in result.stderr and "state_dict keys that got nothing (" in result.stderr
@@ -197,18 +236,31 @@ def test_cli_reports_a_non_senet_given_as_senet(tiny_model, tmp_path):
 
 
 def test_cli_keeps_the_generic_path_for_other_nets(tiny_model, tmp_path):
-    result = run_cli("caffe2torch", "--prototxt", tiny_model.prototxt, "--caffemodel",
-                     tiny_model.caffemodel, "-o", tmp_path / "tiny.safetensors")
+    result = run_cli(
+        "caffe2torch",
+        "--prototxt",
+        tiny_model.prototxt,
+        "--caffemodel",
+        tiny_model.caffemodel,
+        "-o",
+        tmp_path / "tiny.safetensors",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "tiny.safetensors").is_file() and (tmp_path / "tiny.prototxt").is_file()
-    for args, message in ((["-o", tmp_path / "tiny.pth"], "written for the seven SENet networks only"),
-                          (["-o", tmp_path / "t.safetensors", "--layout", "timm",
-                            "--fold-normalisation"],
-                           "--layout, --fold-normalisation apply to the seven SENet networks only"),
-                          (["-o", tmp_path / "t.pth", "--devkit", tmp_path],
-                           "--devkit and --labels give the permutation for --class-order torchvision")):
-        result = run_cli("caffe2torch", "--prototxt", tiny_model.prototxt, "--caffemodel",
-                         tiny_model.caffemodel, *args)
+    for args, message in (
+        (["-o", tmp_path / "tiny.pth"], "written for the seven SENet networks only"),
+        (
+            ["-o", tmp_path / "t.safetensors", "--layout", "timm", "--fold-normalisation"],
+            "--layout, --fold-normalisation apply to the seven SENet networks only",
+        ),
+        (
+            ["-o", tmp_path / "t.pth", "--devkit", tmp_path],
+            "--devkit and --labels give the permutation for --class-order torchvision",
+        ),
+    ):
+        result = run_cli(
+            "caffe2torch", "--prototxt", tiny_model.prototxt, "--caffemodel", tiny_model.caffemodel, *args
+        )
         assert result.exit_code == 2 and message in result.stderr, result.output
 
 
@@ -227,16 +279,20 @@ def test_which_path_caffe2torch_takes(senet_prototxts, tiny_model):
 def test_options_that_do_not_fit_the_network(caffe_pair, tmp_path):
     prototxt, caffemodel = caffe_pair("se_bn_inception")
     for args, message in (
-            (["--layout", "timm", "-o", tmp_path / "a.pth"], "se_bn_inception has no timm counterpart"),
-            (["--model", "se_bn_inception", "-o", tmp_path / "a.pt2"], "written as .pth or .safetensors"),
-            (["--model", "se_bn_inception", "--fold", "bn", "-o", tmp_path / "a.pth"],
-             "--fold apply to the generic graph only")):
+        (["--layout", "timm", "-o", tmp_path / "a.pth"], "se_bn_inception has no timm counterpart"),
+        (["--model", "se_bn_inception", "-o", tmp_path / "a.pt2"], "written as .pth or .safetensors"),
+        (
+            ["--model", "se_bn_inception", "--fold", "bn", "-o", tmp_path / "a.pth"],
+            "--fold apply to the generic graph only",
+        ),
+    ):
         result = run_cli("caffe2torch", "--caffemodel", caffemodel, "--prototxt", prototxt, *args)
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert list(tmp_path.iterdir()) == []
 
 
 # --- class order -----------------------------------------------------------------------------
+
 
 def test_permutation_from_every_source_agrees(label_file, tmp_path):
     archive = tmp_path / imagenet.DEVKIT_ARCHIVE
@@ -290,4 +346,6 @@ def test_save_state_dict_writes_only_complete_files(tmp_path):
     assert torch.equal(load_weights(path)["a"], state_dict["a"])
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]  # no temporary left behind
     assert checkpoints.output_paths(tmp_path / "x.pth", safetensors=True) == [
-        tmp_path / "x.pth", tmp_path / "x.safetensors"]
+        tmp_path / "x.pth",
+        tmp_path / "x.safetensors",
+    ]

@@ -12,18 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 from google.protobuf import text_format
 
-from cli_assertions import assert_one_line_error
 from converter.calibrate import image_like
-from prototxt import (caffe_pb2, load_net, parse_prototxt, portable_net, read_caffemodel,
-                      write_caffemodel)
+from prototxt import caffe_pb2, load_net, parse_prototxt, portable_net, read_caffemodel, write_caffemodel
 from senet_repro import export_caffe as export_module
 from senet_repro.cli.convert import main
 from senet_repro.export_caffe import caffe_net, export_caffe, random_state_dict
-from senet_repro.models import (caffe_to_state_dict, get_model, list_models, state_dict_to_caffe,
-                                weights_for)
+from senet_repro.models import caffe_to_state_dict, get_model, list_models, state_dict_to_caffe, weights_for
 
 SMALL = ["se_bn_inception", "se_resnet50", "se_resnext50_32x4d"]
 LARGE = ["se_resnet101", "se_resnet152", "se_resnext101_32x4d", "senet154"]
@@ -54,12 +52,14 @@ def _field_text(layer: caffe_pb2.LayerParameter, name: str) -> str:
 def _field_diff(ours: caffe_pb2.LayerParameter, original: caffe_pb2.LayerParameter) -> list[str]:
     """Per-field differences of two layers, fields named as in the prototxt."""
     fields = {d.name for d, _ in ours.ListFields()} | {d.name for d, _ in original.ListFields()}
-    return [f"  {name}: ours {_field_text(ours, name)!r}, release {_field_text(original, name)!r}"
-            for name in sorted(fields) if _field_text(ours, name) != _field_text(original, name)]
+    return [
+        f"  {name}: ours {_field_text(ours, name)!r}, release {_field_text(original, name)!r}"
+        for name in sorted(fields)
+        if _field_text(ours, name) != _field_text(original, name)
+    ]
 
 
-def _net_differences(ours: caffe_pb2.NetParameter,
-                     original: caffe_pb2.NetParameter) -> list[str]:
+def _net_differences(ours: caffe_pb2.NetParameter, original: caffe_pb2.NetParameter) -> list[str]:
     """Readable differences: net fields, layer order, then layer by layer, field by field."""
     problems = []
     head_ours, head_original = caffe_pb2.NetParameter(), caffe_pb2.NetParameter()
@@ -67,16 +67,19 @@ def _net_differences(ours: caffe_pb2.NetParameter,
     head_original.CopyFrom(original)
     del head_ours.layer[:], head_original.layer[:]
     if head_ours != head_original:
-        problems.append(f"net fields: ours {_one_line(head_ours)!r}, "
-                        f"release {_one_line(head_original)!r}")
+        problems.append(f"net fields: ours {_one_line(head_ours)!r}, release {_one_line(head_original)!r}")
     names_ours = [layer.name for layer in ours.layer]
     names_original = [layer.name for layer in original.layer]
     if names_ours != names_original:
-        first = next((i for i, (a, b) in enumerate(zip(names_ours, names_original)) if a != b),
-                     min(len(names_ours), len(names_original)))
-        problems.append(f"layer order differs first at index {first}: ours "
-                        f"{names_ours[first:first + 3]}, release {names_original[first:first + 3]} "
-                        f"({len(names_ours)} vs {len(names_original)} layers)")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(names_ours, names_original)) if a != b),
+            min(len(names_ours), len(names_original)),
+        )
+        problems.append(
+            f"layer order differs first at index {first}: ours "
+            f"{names_ours[first : first + 3]}, release {names_original[first : first + 3]} "
+            f"({len(names_ours)} vs {len(names_original)} layers)"
+        )
         return problems
     for mine, theirs in zip(ours.layer, original.layer):
         if mine != theirs:
@@ -99,8 +102,7 @@ def test_prototxt_equals_the_release(senet_prototxts: dict[str, Path], model: st
 
 
 @pytest.mark.parametrize("model", list_models())
-def test_portable_prototxt_equals_the_rewritten_release(senet_prototxts: dict[str, Path],
-                                                        model: str) -> None:
+def test_portable_prototxt_equals_the_rewritten_release(senet_prototxts: dict[str, Path], model: str) -> None:
     original = portable_net(parse_prototxt(_release(senet_prototxts, model)))
     ours = caffe_net(model, portable=True)
     assert not _net_differences(ours, original)
@@ -137,8 +139,7 @@ def _release_blobs(path: Path, seed: int) -> dict[str, list[np.ndarray]]:
 
 
 @pytest.mark.parametrize("model", LARGE_SLOW)
-def test_round_trip_is_byte_identical(senet_prototxts: dict[str, Path], tmp_path: Path,
-                                      model: str) -> None:
+def test_round_trip_is_byte_identical(senet_prototxts: dict[str, Path], tmp_path: Path, model: str) -> None:
     """Original-layout caffemodel -> state_dict -> caffemodel: the same bytes in every blob."""
     prototxt = _release(senet_prototxts, model)
     source = tmp_path / "release.caffemodel"
@@ -205,8 +206,9 @@ def inception_state_dict() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_cli_writes_given_weights(tmp_path: Path, inception_state_dict: dict[str, torch.Tensor],
-                                  suffix: str) -> None:
+def test_cli_writes_given_weights(
+    tmp_path: Path, inception_state_dict: dict[str, torch.Tensor], suffix: str
+) -> None:
     weights = tmp_path / f"w{suffix}"
     if suffix == ".safetensors":
         from safetensors.torch import save_file
@@ -221,24 +223,35 @@ def test_cli_writes_given_weights(tmp_path: Path, inception_state_dict: dict[str
         f"se_bn_inception (weights from {weights})",
         f"wrote {out / 'SE-BN-Inception.prototxt'}",
         f"wrote {out / 'SE-BN-Inception.caffemodel'} "
-        f"({(out / 'SE-BN-Inception.caffemodel').stat().st_size / 1e6:.1f} MB)"]
-    assert sorted(path.name for path in out.iterdir()) == ["SE-BN-Inception.caffemodel",
-                                                           "SE-BN-Inception.prototxt"]
+        f"({(out / 'SE-BN-Inception.caffemodel').stat().st_size / 1e6:.1f} MB)",
+    ]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "SE-BN-Inception.caffemodel",
+        "SE-BN-Inception.prototxt",
+    ]
     written = read_caffemodel(out / "SE-BN-Inception.caffemodel").blobs
     expected = state_dict_to_caffe("se_bn_inception", inception_state_dict)
     assert list(written) == list(expected)
     for layer, arrays in expected.items():
         assert all(a.tobytes() == b.tobytes() for a, b in zip(arrays, written[layer])), layer
-    assert all(written[name][2].tolist() == [1.0]
-               for name in written if name.endswith("/bn"))
+    assert all(written[name][2].tolist() == [1.0] for name in written if name.endswith("/bn"))
     assert parse_prototxt(out / "SE-BN-Inception.prototxt") == caffe_net("se_bn_inception")
     assert (out / "SE-BN-Inception.prototxt").read_text().startswith("# mean_value: 104, 117, 123\n")
 
 
 def _bad_weights(tmp_path: Path, kind: str) -> Path:
-    path = tmp_path / {"garbage-pth": "w.pth", "garbage-safetensors": "w.safetensors",
-                       "empty": "w.pth", "missing": "absent.pth", "directory": "weights",
-                       "not-a-state-dict": "w.pth", "other-model": "w.pth"}[kind]
+    path = (
+        tmp_path
+        / {
+            "garbage-pth": "w.pth",
+            "garbage-safetensors": "w.safetensors",
+            "empty": "w.pth",
+            "missing": "absent.pth",
+            "directory": "weights",
+            "not-a-state-dict": "w.pth",
+            "other-model": "w.pth",
+        }[kind]
+    )
     if kind.startswith("garbage"):
         path.write_bytes(b"this is not a weights file")
     elif kind == "empty":
@@ -250,13 +263,29 @@ def _bad_weights(tmp_path: Path, kind: str) -> Path:
     elif kind == "other-model":
         with torch.device("meta"):
             keys = get_model("se_resnet50").state_dict()
-        torch.save({key: torch.zeros(value.shape) for key, value in keys.items()
-                    if key.startswith("stem.") or key.startswith("fc.")}, path)
+        torch.save(
+            {
+                key: torch.zeros(value.shape)
+                for key, value in keys.items()
+                if key.startswith("stem.") or key.startswith("fc.")
+            },
+            path,
+        )
     return path
 
 
-@pytest.mark.parametrize("kind", ["garbage-pth", "garbage-safetensors", "empty", "missing",
-                                  "directory", "not-a-state-dict", "other-model"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "garbage-pth",
+        "garbage-safetensors",
+        "empty",
+        "missing",
+        "directory",
+        "not-a-state-dict",
+        "other-model",
+    ],
+)
 @pytest.mark.parametrize("out_exists", [False, True])
 def test_cli_bad_weights(tmp_path: Path, kind: str, out_exists: bool) -> None:
     weights = _bad_weights(tmp_path, kind)
@@ -270,8 +299,9 @@ def test_cli_bad_weights(tmp_path: Path, kind: str, out_exists: bool) -> None:
 
 def test_cli_bad_model(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert_one_line_error(_invoke("--model", "se_resnet51", "-o", out),
-                           "unknown model 'se_resnet51'", "se_resnext50_32x4d")
+    assert_one_line_error(
+        _invoke("--model", "se_resnet51", "-o", out), "unknown model 'se_resnet51'", "se_resnext50_32x4d"
+    )
     assert not out.exists()
 
 
@@ -281,16 +311,19 @@ def test_cli_bad_output_and_seed(tmp_path: Path) -> None:
     assert_one_line_error(_invoke("--model", "se_resnet50", "-o", a_file), "not a directory")
     assert a_file.read_text() == "keep me"
     out = tmp_path / "out"
-    assert_one_line_error(_invoke("--model", "se_resnet50", "-o", out, "--seed", "-1"),
-                           "non-negative")
+    assert_one_line_error(_invoke("--model", "se_resnet50", "-o", out, "--seed", "-1"), "non-negative")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("out_exists", [False, True])
-def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     inception_state_dict: dict[str, torch.Tensor],
-                                     out_exists: bool) -> None:
+def test_failed_write_leaves_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    inception_state_dict: dict[str, torch.Tensor],
+    out_exists: bool,
+) -> None:
     """A write that fails half-way (disk full, say) removes what it staged."""
+
     def failing_write(path: Path, *args: object) -> None:
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")

@@ -20,9 +20,14 @@ def natural_jpeg(height: int, width: int, seed: int = 0, quality: int = 90) -> b
     """JPEG bytes of a photo-like image: smooth structure, edges and noise, 4:2:0 chroma."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    pixels = np.stack([(x * 0.7 + 40 * np.sin(y / 9)) % 256,
-                       (y * 0.9 + 50 * np.cos(x / 13)) % 256,
-                       128 + 100 * np.sign(np.sin(x / 17) * np.cos(y / 11))], axis=-1)
+    pixels = np.stack(
+        [
+            (x * 0.7 + 40 * np.sin(y / 9)) % 256,
+            (y * 0.9 + 50 * np.cos(x / 13)) % 256,
+            128 + 100 * np.sign(np.sin(x / 17) * np.cos(y / 11)),
+        ],
+        axis=-1,
+    )
     pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
@@ -64,13 +69,14 @@ def reference_preprocess(jpeg: bytes, resize: int = 256, crop: int = 224) -> np.
         numerator = wy @ rgb[:, :, c] @ wx.T
         resized[:, :, c] = (2 * numerator + dy * dx) // (2 * dy * dx)
     top, left = (new_h - crop) // 2, (new_w - crop) // 2
-    cropped = resized[top:top + crop, left:left + crop]
+    cropped = resized[top : top + crop, left : left + crop]
     return (cropped[:, :, ::-1] - MEAN_BGR).transpose(2, 0, 1).astype(np.float32)
 
 
 def decode(jpeg: bytes) -> torch.Tensor:
     """torchvision's libjpeg-turbo decode, as the harness uses it."""
     from torchvision.io import ImageReadMode, decode_jpeg
+
     with quiet_torchvision_io():
         return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
@@ -100,10 +106,12 @@ def test_decoders_agree_and_resize_is_within_one_grey_level_of_opencv() -> None:
     new_h, new_w = preprocess.resized_size(375, 500)
     top, left = preprocess.crop_offset(new_h, new_w)
     resized = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    caffe = (resized[top:top + 224, left:left + 224].astype(np.float32) - MEAN_BGR).transpose(2, 0, 1)
+    caffe = (resized[top : top + 224, left : left + 224].astype(np.float32) - MEAN_BGR).transpose(2, 0, 1)
     difference = np.abs(preprocess(decode(jpeg)).numpy() - caffe)
-    print(f"vs OpenCV INTER_LINEAR: max {difference.max():.0f} grey level, "
-          f"{(difference > 0).mean():.1%} of values differ")
+    print(
+        f"vs OpenCV INTER_LINEAR: max {difference.max():.0f} grey level, "
+        f"{(difference > 0).mean():.1%} of values differ"
+    )
     assert difference.max() <= 1
     assert (difference > 0).mean() < 0.25
 

@@ -20,10 +20,22 @@ from converter.onnx_export import export_onnx
 from senet_repro import imagenet
 from senet_repro.cli.validate import main as validate_cli
 from senet_repro.transforms import CaffePreprocess
-from senet_repro.validate import (EvalOptions, EvalResult, TorchBackend, ValidateError, correct_at_k,
-                                  evaluate, load_backend, open_valset)
-from senet_repro.validate.fake_imagenet import (FakeImageNet, expected_errors, known_answer_net,
-                                                make_fake_imagenet)
+from senet_repro.validate import (
+    EvalOptions,
+    EvalResult,
+    TorchBackend,
+    ValidateError,
+    correct_at_k,
+    evaluate,
+    load_backend,
+    open_valset,
+)
+from senet_repro.validate.fake_imagenet import (
+    FakeImageNet,
+    expected_errors,
+    known_answer_net,
+    make_fake_imagenet,
+)
 from senet_repro.validate.runner import _decode_on_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,15 +56,26 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeImageNet:
 @pytest.fixture(scope="module")
 def known_onnx(fake: FakeImageNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The known-answer network exported to ONNX (input 'data', dynamic batch)."""
-    return export_onnx(known_answer_net(fake, RANKS), tmp_path_factory.mktemp("onnx") / "known.onnx",
-                       torch.zeros(2, 3, 224, 224), output_names=["classifier"])
+    return export_onnx(
+        known_answer_net(fake, RANKS),
+        tmp_path_factory.mktemp("onnx") / "known.onnx",
+        torch.zeros(2, 3, 224, 224),
+        output_names=["classifier"],
+    )
 
 
-def run(net: torch.nn.Module, data: Path, *, workers: int = 0, strict: bool = False,
-        label_map: list[int] | None = None) -> EvalResult:
+def run(
+    net: torch.nn.Module,
+    data: Path,
+    *,
+    workers: int = 0,
+    strict: bool = False,
+    label_map: list[int] | None = None,
+) -> EvalResult:
     options = EvalOptions(batch_size=4, workers=workers, progress=False, keep_predictions=True, strict=strict)
-    return evaluate(TorchBackend(net, CPU), open_valset(data), CaffePreprocess(), options=options,
-                    label_map=label_map)
+    return evaluate(
+        TorchBackend(net, CPU), open_valset(data), CaffePreprocess(), options=options, label_map=label_map
+    )
 
 
 def counts(result: EvalResult) -> tuple[int, int, int]:
@@ -71,8 +94,10 @@ def test_each_layout_is_recognised_with_the_same_images_and_labels(fake: FakeIma
 
 def test_three_layouts_give_identical_and_exactly_expected_results(fake: FakeImageNet) -> None:
     net = known_answer_net(fake, RANKS)
-    results = {name: run(net, folder, workers=2 if name == "torchvision" else 0)
-               for name, folder in fake.layouts.items()}
+    results = {
+        name: run(net, folder, workers=2 if name == "torchvision" else 0)
+        for name, folder in fake.layouts.items()
+    }
     for name, result in results.items():
         assert counts(result) == (25, TOP1_WRONG, TOP5_WRONG), name
         assert result.top1_error == pytest.approx(20.0) and result.top5_error == pytest.approx(4.0)
@@ -86,7 +111,8 @@ def test_a_wrong_label_order_is_caught(fake: FakeImageNet) -> None:
     unmapped = run(net, fake.layouts["flat"])
     assert counts(unmapped) != (25, TOP1_WRONG, TOP5_WRONG)
     permutation = imagenet.imagenet_classes(imagenet.DEVKIT).permutation_to(
-        imagenet.imagenet_classes(imagenet.TORCHVISION))
+        imagenet.imagenet_classes(imagenet.TORCHVISION)
+    )
     mapped = run(net, fake.layouts["flat"], label_map=permutation)
     assert counts(mapped) == (25, TOP1_WRONG, TOP5_WRONG)
 
@@ -107,10 +133,12 @@ def test_flat_folder_with_the_devkit_ground_truth_or_the_devkit(fake: FakeImageN
     assert imagenet.DEVKIT_ARCHIVE in by_devkit.label_source
 
 
-def test_torchvision_root_with_meta_bin_is_the_one_torchvision_reads(fake: FakeImageNet, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchvision_root_with_meta_bin_is_the_one_torchvision_reads(
+    fake: FakeImageNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torchvision parses the fake devkit into meta.bin; we read that root, and so does torchvision."""
     import torchvision.datasets.imagenet as tv_imagenet
+
     monkeypatch.setattr(tv_imagenet, "_verify_archive", lambda *args: None)  # the md5 is the real archive's
     root = tmp_path / "tv"
     shutil.copytree(fake.layouts["torchvision"], root)
@@ -210,9 +238,22 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    common = ["--model", "se_resnext50", "--backend", "onnxruntime", "--weights", str(known_onnx),
-              "--data", str(fake.layouts["torchvision"]), "--device", "cpu", "--workers", "0",
-              "--batch-size", "8"]
+    common = [
+        "--model",
+        "se_resnext50",
+        "--backend",
+        "onnxruntime",
+        "--weights",
+        str(known_onnx),
+        "--data",
+        str(fake.layouts["torchvision"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+    ]
     code, out, err = invoke(*common, "--report", str(report), "--check", "--tolerance", "2")
     assert code == 0, err
     assert "20.00 %     20.97 %     -0.97 pp" in out and "4.00 %      5.54 %     -1.54 pp" in out
@@ -227,17 +268,30 @@ def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_pa
     assert code == 1 and "FAIL" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "no ImageNet validation set found"),
-    (["--check"], "--check needs published figures"),
-    (["--model", "resnet9000"], "unknown model"),
-    (["--classes", "unicorn"], "class name 'unicorn' is unknown"),
-    (["--resize", "200"], "at most resize"),
-])
-def test_cli_bad_input_is_one_line_with_exit_code_2(known_onnx: Path, tmp_path: Path, args: list[str],
-                                                    message: str) -> None:
-    code, _, err = invoke("--backend", "onnxruntime", "--weights", str(known_onnx), "--data", str(tmp_path),
-                          "--device", "cpu", *args)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no ImageNet validation set found"),
+        (["--check"], "--check needs published figures"),
+        (["--model", "resnet9000"], "unknown model"),
+        (["--classes", "unicorn"], "class name 'unicorn' is unknown"),
+        (["--resize", "200"], "at most resize"),
+    ],
+)
+def test_cli_bad_input_is_one_line_with_exit_code_2(
+    known_onnx: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, _, err = invoke(
+        "--backend",
+        "onnxruntime",
+        "--weights",
+        str(known_onnx),
+        "--data",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        *args,
+    )
     assert code == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -245,19 +299,38 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(known_onnx: Path, tmp_path: 
 def test_cli_unloadable_weights(fake: FakeImageNet, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not an onnx file")
-    code, _, err = invoke("--backend", "onnxruntime", "--weights", str(garbage), "--data",
-                          str(fake.layouts["flat"]), "--device", "cpu")
+    code, _, err = invoke(
+        "--backend",
+        "onnxruntime",
+        "--weights",
+        str(garbage),
+        "--data",
+        str(fake.layouts["flat"]),
+        "--device",
+        "cpu",
+    )
     assert code == 2 and "onnxruntime cannot load it" in err and "Traceback" not in err
 
 
-def test_cli_reports_unreadable_images_and_strict_fails(fake: FakeImageNet, known_onnx: Path,
-                                                        tmp_path: Path) -> None:
+def test_cli_reports_unreadable_images_and_strict_fails(
+    fake: FakeImageNet, known_onnx: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "flat"
     shutil.copytree(fake.layouts["flat"], data)
     victim = fake.images[3].name
     (data / victim).write_bytes((data / victim).read_bytes()[:200])
-    common = ["--backend", "onnxruntime", "--weights", str(known_onnx), "--data", str(data),
-              "--device", "cpu", "--workers", "0"]
+    common = [
+        "--backend",
+        "onnxruntime",
+        "--weights",
+        str(known_onnx),
+        "--data",
+        str(data),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     code, out, err = invoke(*common)
     assert code == 0 and f"unreadable: {victim}" in err
     assert [line.split()[-1] for line in out.splitlines() if line.startswith("unreadable")] == ["1"]
@@ -266,15 +339,39 @@ def test_cli_reports_unreadable_images_and_strict_fails(fake: FakeImageNet, know
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_count_exactly_like_one(fake: FakeImageNet, known_onnx: Path,
-                                                       tmp_path: Path) -> None:
+def test_torchrun_two_processes_count_exactly_like_one(
+    fake: FakeImageNet, known_onnx: Path, tmp_path: Path
+) -> None:
     """25 images on 2 gloo ranks: disjoint shards of 13 and 12, all-reduced, same counts as 1 process."""
-    args = ["--backend", "onnxruntime", "--weights", str(known_onnx), "--data", str(fake.layouts["flat"]),
-            "--device", "cpu", "--workers", "0", "--batch-size", "4", "--report"]
+    args = [
+        "--backend",
+        "onnxruntime",
+        "--weights",
+        str(known_onnx),
+        "--data",
+        str(fake.layouts["flat"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--report",
+    ]
     code, _, err = invoke(*args, str(tmp_path / "one.json"))
     assert code == 0, err
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "senet_repro.cli.validate", *args, str(tmp_path / "two.json")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "senet_repro.cli.validate",
+        *args,
+        str(tmp_path / "two.json"),
+    ]
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -305,11 +402,12 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
     state_dict = tmp_path / "se_resnet50.pth"
     torch.save(caffe_to_state_dict("se_resnet50", blobs), state_dict)
     graph = load_backend("graph", weights=caffemodel, prototxt=deploy, device=CPU)
-    onnx_path = export_onnx(graph.module, tmp_path / "se_resnet50.onnx",
-                                      torch.zeros(1, 3, 224, 224))
-    backends = {"torch": load_backend("torch", model="se_resnet50", weights=state_dict, device=CPU),
-                "graph": graph,
-                "onnxruntime": load_backend("onnxruntime", weights=onnx_path, device=CPU)}
+    onnx_path = export_onnx(graph.module, tmp_path / "se_resnet50.onnx", torch.zeros(1, 3, 224, 224))
+    backends = {
+        "torch": load_backend("torch", model="se_resnet50", weights=state_dict, device=CPU),
+        "graph": graph,
+        "onnxruntime": load_backend("onnxruntime", weights=onnx_path, device=CPU),
+    }
 
     batch = CaffePreprocess().normalize(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
     logits = {name: backend(batch) for name, backend in backends.items()}
@@ -320,8 +418,10 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
 
     valset = open_valset(fake.layouts["flat"]).subset(limit=2)
     options = EvalOptions(batch_size=2, workers=0, progress=False, keep_predictions=True)
-    results = {name: evaluate(backend, valset, CaffePreprocess(), options=options)
-               for name, backend in backends.items()}
+    results = {
+        name: evaluate(backend, valset, CaffePreprocess(), options=options)
+        for name, backend in backends.items()
+    }
     for name, result in results.items():
         assert counts(result) == counts(results["graph"]), name
         top1 = {image: top[0] for image, top in result.predictions.items()}
@@ -336,4 +436,3 @@ def test_gpu_decode_and_cuda_give_the_cpu_counts(fake: FakeImageNet) -> None:
         options = EvalOptions(batch_size=8, workers=2, progress=False, gpu_decode=gpu_decode)
         result = evaluate(TorchBackend(net, torch.device("cuda")), valset, CaffePreprocess(), options=options)
         assert counts(result) == (25, TOP1_WRONG, TOP5_WRONG), gpu_decode
-

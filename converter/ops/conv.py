@@ -20,9 +20,16 @@ def convolution(layer: Layer) -> nn.Module:
     g = conv_geometry(layer.param)
     in_channels = layer.bottom_shapes[0][1]
     cls = nn.Conv2d if layer.type == "Convolution" else nn.ConvTranspose2d
-    module = cls(in_channels, p.num_output, tuple(g["kernel"]), stride=tuple(g["stride"]),
-                 padding=tuple(g["pad"]), dilation=tuple(g["dilation"]), groups=p.group,
-                 bias=p.bias_term)
+    module = cls(
+        in_channels,
+        p.num_output,
+        tuple(g["kernel"]),
+        stride=tuple(g["stride"]),
+        padding=tuple(g["pad"]),
+        dilation=tuple(g["dilation"]),
+        groups=p.group,
+        bias=p.bias_term,
+    )
     if has_weights(layer):
         module.weight.data = blob(layer, 0)
         if p.bias_term:

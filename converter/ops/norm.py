@@ -22,8 +22,9 @@ def batch_norm(layer: Layer) -> nn.Module:
     """
     shape = layer.bottom_shapes[0]
     if not 2 <= len(shape) <= 4:
-        raise NetDefinitionError(f"BatchNorm of a {len(shape)}-D input is not supported "
-                                 "(2-D to 4-D only)", layer=layer.name)
+        raise NetDefinitionError(
+            f"BatchNorm of a {len(shape)}-D input is not supported (2-D to 4-D only)", layer=layer.name
+        )
     channels = shape[1]
     cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
     module = cls(channels, eps=layer.param.batch_norm_param.eps, affine=False)
@@ -61,8 +62,7 @@ def bias(layer: Layer) -> nn.Module:
     p = layer.param.bias_param
     ndim = len(layer.bottom_shapes[0])
     if len(layer.bottoms) == 2:
-        return modules.BiasBy(ndim, canonical_axis(p.axis, ndim, layer.param),
-                              len(layer.bottom_shapes[1]))
+        return modules.BiasBy(ndim, canonical_axis(p.axis, ndim, layer.param), len(layer.bottom_shapes[1]))
     shape = layer.blob_shapes[0]
     start = canonical_axis(p.axis, ndim, layer.param)
     module = modules.Affine(shape, ndim, start, scale=False, bias=True)

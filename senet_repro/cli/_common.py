@@ -14,8 +14,7 @@ from prototxt import CaffeError
 F = TypeVar("F", bound=Callable)
 
 # Errors that mean "your input is wrong", as opposed to a bug in this program.
-USER_ERRORS: tuple[type[BaseException], ...] = (CaffeError, FileNotFoundError, ValueError,
-                                                KeyError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (CaffeError, FileNotFoundError, ValueError, KeyError, OSError)
 
 
 class UserError(click.ClickException):
@@ -23,7 +22,7 @@ class UserError(click.ClickException):
 
     exit_code = 2
 
-    def show(self, file=None) -> None:  # noqa: D102 - click's hook
+    def show(self, file=None) -> None:
         click.echo(f"error: {self.format_message()}", err=True, file=file or sys.stderr)
 
 

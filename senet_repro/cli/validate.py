@@ -17,8 +17,20 @@ import torch.distributed as dist
 
 from senet_repro import imagenet
 from senet_repro.transforms import CaffePreprocess
-from senet_repro.validate import (BACKENDS, LAYOUTS, Backend, EvalOptions, EvalResult, ValidateError, ValSet,
-                                  configure_precision, evaluate, init_distributed, load_backend, open_valset)
+from senet_repro.validate import (
+    BACKENDS,
+    LAYOUTS,
+    Backend,
+    EvalOptions,
+    EvalResult,
+    ValidateError,
+    ValSet,
+    configure_precision,
+    evaluate,
+    init_distributed,
+    load_backend,
+    open_valset,
+)
 
 from ._common import user_errors
 
@@ -39,6 +51,7 @@ def _weights_description(model: str | None) -> CaffeWeights | None:
     if model is None:
         return None
     from senet_repro.models import weights_for
+
     return weights_for(model)
 
 
@@ -91,14 +104,21 @@ def _environment(device: torch.device, world_size: int) -> dict:
     import numpy
     import onnxruntime
     import torchvision
+
     from senet_repro import __version__
+
     return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "senet_repro": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "senet_repro": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        "device": _device_name(device), "world_size": world_size,
+        "device": _device_name(device),
+        "world_size": world_size,
     }
 
 
@@ -106,10 +126,14 @@ def _verdict(result: EvalResult, published: Published | None, tolerance: float) 
     """A short verdict and whether it passes (None: nothing to compare with)."""
     if published is None:
         return "no published figures to compare with", None
-    passed = (abs(result.top1_error - published.top1_error) <= tolerance
-              and abs(result.top5_error - published.top5_error) <= tolerance)
-    verdict = (f"{'PASS' if passed else 'FAIL'}: {'within' if passed else 'further than'} "
-               f"{tolerance:g} pp of published")
+    passed = (
+        abs(result.top1_error - published.top1_error) <= tolerance
+        and abs(result.top5_error - published.top5_error) <= tolerance
+    )
+    verdict = (
+        f"{'PASS' if passed else 'FAIL'}: {'within' if passed else 'further than'} "
+        f"{tolerance:g} pp of published"
+    )
     if result.images != imagenet.NUM_VAL_IMAGES:
         verdict += f" (partial run: {result.images} of {imagenet.NUM_VAL_IMAGES} images, indicative only)"
     return verdict, passed
@@ -121,43 +145,79 @@ def _table(result: EvalResult, published: Published | None, verdict: str) -> str
             return f"{name:<14}{measured:>10.2f} %{'-':>12}{'-':>13}"
         return f"{name:<14}{measured:>10.2f} %{reference:>10.2f} %{measured - reference:>+10.2f} pp"
 
-    lines = [f"{'':<14}{'measured':>12}{'published':>12}{'difference':>13}",
-             row("top-1 error", result.top1_error, published and published.top1_error),
-             row("top-5 error", result.top5_error, published and published.top5_error),
-             f"{'images':<14}{result.images:>10d}",
-             f"{'unreadable':<14}{len(result.unreadable):>10d}",
-             f"{'images/s':<14}{result.images_per_second:>10.1f}",
-             f"{'verdict':<14}{verdict}"]
+    lines = [
+        f"{'':<14}{'measured':>12}{'published':>12}{'difference':>13}",
+        row("top-1 error", result.top1_error, published and published.top1_error),
+        row("top-5 error", result.top5_error, published and published.top5_error),
+        f"{'images':<14}{result.images:>10d}",
+        f"{'unreadable':<14}{len(result.unreadable):>10d}",
+        f"{'images/s':<14}{result.images_per_second:>10.1f}",
+        f"{'verdict':<14}{verdict}",
+    ]
     return "\n".join(lines)
 
 
-def _report(path: Path, *, args: dict, backend: Backend, valset: ValSet, preprocess: CaffePreprocess,
-            class_order: str, result: EvalResult, published: Published | None, verdict: str,
-            device: torch.device, weights: Path) -> None:
+def _report(
+    path: Path,
+    *,
+    args: dict,
+    backend: Backend,
+    valset: ValSet,
+    preprocess: CaffePreprocess,
+    class_order: str,
+    result: EvalResult,
+    published: Published | None,
+    verdict: str,
+    device: torch.device,
+    weights: Path,
+) -> None:
     report = {
         "command": sys.argv,
-        "model": args["model"], "backend": backend.name, "backend_description": backend.description,
+        "model": args["model"],
+        "backend": backend.name,
+        "backend_description": backend.description,
         "weights": {"path": str(weights), "sha256": _sha256(weights), "bytes": weights.stat().st_size},
         "prototxt": str(args["prototxt"]) if args["prototxt"] else None,
-        "data": {"root": str(valset.root), "layout": valset.layout, "label_source": valset.label_source,
-                 "images": len(valset), "limit": args["limit"], "classes": args["classes"]},
-        "preprocessing": {"resize": preprocess.resize, "crop": preprocess.crop,
-                          "mean_bgr": list(preprocess.mean_bgr), "interpolation": preprocess.interpolation,
-                          "decoder": "nvjpeg (GPU)" if args["gpu_decode"] and device.type == "cuda"
-                          else "libjpeg-turbo (torchvision.io)"},
+        "data": {
+            "root": str(valset.root),
+            "layout": valset.layout,
+            "label_source": valset.label_source,
+            "images": len(valset),
+            "limit": args["limit"],
+            "classes": args["classes"],
+        },
+        "preprocessing": {
+            "resize": preprocess.resize,
+            "crop": preprocess.crop,
+            "mean_bgr": list(preprocess.mean_bgr),
+            "interpolation": preprocess.interpolation,
+            "decoder": "nvjpeg (GPU)"
+            if args["gpu_decode"] and device.type == "cuda"
+            else "libjpeg-turbo (torchvision.io)",
+        },
         "class_order": class_order,
         "precision": {"amp": args["amp"], "tf32": args["tf32"]},
-        "results": {"images": result.images, "top1_correct": result.top1_correct,
-                    "top5_correct": result.top5_correct, "top1_error": result.top1_error,
-                    "top5_error": result.top5_error, "seconds": result.seconds,
-                    "images_per_second": result.images_per_second,
-                    "unreadable": [{"file": name, "error": message} for name, message in result.unreadable]},
-        "published": None if published is None else {"top1_error": published.top1_error,
-                                                      "top5_error": published.top5_error},
-        "difference": None if published is None else {
+        "results": {
+            "images": result.images,
+            "top1_correct": result.top1_correct,
+            "top5_correct": result.top5_correct,
+            "top1_error": result.top1_error,
+            "top5_error": result.top5_error,
+            "seconds": result.seconds,
+            "images_per_second": result.images_per_second,
+            "unreadable": [{"file": name, "error": message} for name, message in result.unreadable],
+        },
+        "published": None
+        if published is None
+        else {"top1_error": published.top1_error, "top5_error": published.top5_error},
+        "difference": None
+        if published is None
+        else {
             "top1_error": result.top1_error - published.top1_error,
-            "top5_error": result.top5_error - published.top5_error},
-        "tolerance": args["tolerance"], "verdict": verdict,
+            "top5_error": result.top5_error - published.top5_error,
+        },
+        "tolerance": args["tolerance"],
+        "verdict": verdict,
         "environment": _environment(device, result.world_size),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +228,12 @@ def _protocol(args: dict) -> tuple[CaffePreprocess, Published | None, str]:
     """Preprocessing, published figures (None when not comparable) and class order of the run."""
     description = _weights_description(args["model"])
     base = description.transforms() if description is not None else CaffePreprocess()
-    preprocess = CaffePreprocess(resize=args["resize"] or base.resize, crop=args["crop"] or base.crop,
-                                 mean_bgr=base.mean_bgr, interpolation=base.interpolation)
+    preprocess = CaffePreprocess(
+        resize=args["resize"] or base.resize,
+        crop=args["crop"] or base.crop,
+        mean_bgr=base.mean_bgr,
+        interpolation=base.interpolation,
+    )
     published = None
     if description is not None and (preprocess.resize, preprocess.crop) == (base.resize, base.crop):
         published = Published(description.top1_err, description.top5_err)
@@ -181,8 +245,15 @@ def _protocol(args: dict) -> tuple[CaffePreprocess, Published | None, str]:
 
 def _backend(args: dict, device: torch.device) -> Backend:
     try:
-        return load_backend(args["backend"], weights=args["weights"], device=device, model=args["model"],
-                            prototxt=args["prototxt"], output=args["output_blob"], amp=args["amp"])
+        return load_backend(
+            args["backend"],
+            weights=args["weights"],
+            device=device,
+            model=args["model"],
+            prototxt=args["prototxt"],
+            output=args["output_blob"],
+            amp=args["amp"],
+        )
     except ValueError:  # ValidateError and the model zoo's errors already say what is wrong
         raise
     except Exception as exc:  # loaders of three libraries, each with its own error types
@@ -191,38 +262,67 @@ def _backend(args: dict, device: torch.device) -> Backend:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", help="Network name (e.g. se_resnext50): its published errors, preprocessing and "
-                              "class order. Required for --backend torch.")
-@click.option("--weights", required=True, type=_FILE,
-              help="Converted state_dict (torch), caffemodel (graph) or .onnx (onnxruntime).")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="ImageNet val: torchvision root, ImageFolder tree, or flat folder with a labels file.")
+@click.option(
+    "--model",
+    help="Network name (e.g. se_resnext50): its published errors, preprocessing and "
+    "class order. Required for --backend torch.",
+)
+@click.option(
+    "--weights",
+    required=True,
+    type=_FILE,
+    help="Converted state_dict (torch), caffemodel (graph) or .onnx (onnxruntime).",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="ImageNet val: torchvision root, ImageFolder tree, or flat folder with a labels file.",
+)
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--prototxt", type=_FILE, help="Deploy prototxt for --backend graph.")
-@click.option("--output-blob", help="Output to score (graph: blob name, default the input of a final "
-                                    "Softmax; onnxruntime: output name, default the first).")
-@click.option("--labels", type=_FILE, help="Labels file for a flat folder (ILSVRC2017_val.txt or the devkit "
-                                           "ground truth); found automatically next to the images.")
+@click.option(
+    "--output-blob",
+    help="Output to score (graph: blob name, default the input of a final "
+    "Softmax; onnxruntime: output name, default the first).",
+)
+@click.option(
+    "--labels",
+    type=_FILE,
+    help="Labels file for a flat folder (ILSVRC2017_val.txt or the devkit "
+    "ground truth); found automatically next to the images.",
+)
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), help="Default: cuda when available.")
 @click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Data loader processes (default: min(8, CPUs)).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images (sorted by file name).")
-@click.option("--classes", help="Only these classes: a number K (K classes evenly spaced in the devkit "
-                                "order) or comma-separated wnids / class names.")
+@click.option(
+    "--classes",
+    help="Only these classes: a number K (K classes evenly spaced in the devkit "
+    "order) or comma-separated wnids / class names.",
+)
 @click.option("--resize", type=click.IntRange(1), help="Shorter side (default: the model's, 256).")
 @click.option("--crop", type=click.IntRange(1), help="Centre crop (default: the model's, 224).")
-@click.option("--class-order", type=click.Choice(imagenet.CLASS_ORDERS),
-              help="Class order of the network's outputs (default: the model's, devkit).")
+@click.option(
+    "--class-order",
+    type=click.Choice(imagenet.CLASS_ORDERS),
+    help="Class order of the network's outputs (default: the model's, devkit).",
+)
 @click.option("--tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPU (default: strict fp32).")
 @click.option("--amp", is_flag=True, help="Autocast to float16 (GPU) / bfloat16 (CPU).")
-@click.option("--gpu-decode", is_flag=True, help="Decode JPEGs with nvJPEG on the GPU (may differ from "
-                                                 "libjpeg-turbo by a grey level).")
+@click.option(
+    "--gpu-decode",
+    is_flag=True,
+    help="Decode JPEGs with nvJPEG on the GPU (may differ from libjpeg-turbo by a grey level).",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 2).")
-@click.option("--check", is_flag=True,
-              help="Exit 1 when an error is further than --tolerance from published.")
-@click.option("--tolerance", type=click.FloatRange(0), default=0.1, show_default=True,
-              help="Percentage points.")
+@click.option(
+    "--check", is_flag=True, help="Exit 1 when an error is further than --tolerance from published."
+)
+@click.option(
+    "--tolerance", type=click.FloatRange(0), default=0.1, show_default=True, help="Percentage points."
+)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write everything as JSON.")
 @user_errors
 def main(**args) -> None:
@@ -250,12 +350,15 @@ def main(**args) -> None:
     if args["workers"] is not None:
         options.workers = args["workers"]
     if distributed.is_main:
-        click.echo(f"senet-validate: {args['model'] or args['weights'].name} on {_device_name(device)} "
-                   f"x{distributed.world_size}, {backend.description}; {len(valset)} images "
-                   f"({valset.layout} layout, labels from {valset.label_source}), class order {class_order}",
-                   err=True)
-    result = evaluate(backend, valset, preprocess, label_map=label_map, options=options,
-                      distributed=distributed)
+        click.echo(
+            f"senet-validate: {args['model'] or args['weights'].name} on {_device_name(device)} "
+            f"x{distributed.world_size}, {backend.description}; {len(valset)} images "
+            f"({valset.layout} layout, labels from {valset.label_source}), class order {class_order}",
+            err=True,
+        )
+    result = evaluate(
+        backend, valset, preprocess, label_map=label_map, options=options, distributed=distributed
+    )
     if distributed.world_size > 1:
         dist.destroy_process_group()
     verdict, passed = _verdict(result, published, args["tolerance"])
@@ -264,9 +367,19 @@ def main(**args) -> None:
             click.echo(f"unreadable: {name}: {message}", err=True)
         click.echo(_table(result, published, verdict))
         if args["report"]:
-            _report(args["report"], args=args, backend=backend, valset=valset, preprocess=preprocess,
-                    class_order=class_order, result=result, published=published, verdict=verdict,
-                    device=device, weights=args["weights"])
+            _report(
+                args["report"],
+                args=args,
+                backend=backend,
+                valset=valset,
+                preprocess=preprocess,
+                class_order=class_order,
+                result=result,
+                published=published,
+                verdict=verdict,
+                device=device,
+                weights=args["weights"],
+            )
     if args["check"] and not passed:
         sys.exit(1)
 

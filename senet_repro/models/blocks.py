@@ -46,8 +46,9 @@ def caffe_avg_pool(kernel_size: int = 3, stride: int = 1, padding: int = 1) -> n
 class ConvBNReLU(nn.Module):
     """Convolution (no bias) -> BatchNorm -> ReLU: one Caffe conv/bn/scale/relu group."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, padding: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self.bn = batch_norm(out_channels)
@@ -90,8 +91,9 @@ class Projection(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                              padding=kernel_size // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False
+        )
         self.bn = batch_norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,15 +114,25 @@ class SEBottleneck(nn.Module):
     which is `se(residual) + shortcut` here.
     """
 
-    def __init__(self, in_channels: int, reduce_channels: int, mid_channels: int,
-                 out_channels: int, *, stride: int, groups: int, stride_on_1x1: bool,
-                 downsample: nn.Module | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        reduce_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        groups: int,
+        stride_on_1x1: bool,
+        downsample: nn.Module | None,
+    ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_on_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, reduce_channels, 1, stride_1x1, bias=False)
         self.bn1 = batch_norm(reduce_channels)
-        self.conv2 = nn.Conv2d(reduce_channels, mid_channels, 3, stride_3x3, padding=1,
-                               groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(
+            reduce_channels, mid_channels, 3, stride_3x3, padding=1, groups=groups, bias=False
+        )
         self.bn2 = batch_norm(mid_channels)
         self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
         self.bn3 = batch_norm(out_channels)

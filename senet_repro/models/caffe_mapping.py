@@ -37,9 +37,15 @@ class CaffeMappingError(ValueError):
     The full lists are kept as attributes; the message shows the first few of each.
     """
 
-    def __init__(self, model: str, *, unused_layers: Sequence[str] = (),
-                 missing_keys: Sequence[str] = (), mismatched: Sequence[str] = (),
-                 unexpected_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        unused_layers: Sequence[str] = (),
+        missing_keys: Sequence[str] = (),
+        mismatched: Sequence[str] = (),
+        unexpected_keys: Sequence[str] = (),
+    ) -> None:
         self.model = model
         self.unused_layers = list(unused_layers)
         self.missing_keys = list(missing_keys)
@@ -47,10 +53,11 @@ class CaffeMappingError(ValueError):
         self.unexpected_keys = list(unexpected_keys)
         parts = [f"Caffe weights and the {model} state_dict do not correspond:"]
         for title, items in (
-                ("Caffe layers with blobs that land nowhere", self.unused_layers),
-                ("state_dict keys that got nothing", self.missing_keys),
-                ("blobs that do not fit", self.mismatched),
-                ("state_dict keys with no Caffe layer", self.unexpected_keys)):
+            ("Caffe layers with blobs that land nowhere", self.unused_layers),
+            ("state_dict keys that got nothing", self.missing_keys),
+            ("blobs that do not fit", self.mismatched),
+            ("state_dict keys with no Caffe layer", self.unexpected_keys),
+        ):
             if items:
                 shown = ", ".join(items[:_SHOWN])
                 more = f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
@@ -99,8 +106,9 @@ def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     return np.array(array, dtype=np.float32)  # a copy: the caller may hold read-only views
 
 
-def caffe_to_state_dict(model_name: str,
-                        blobs: Mapping[str, Sequence[np.ndarray]]) -> dict[str, torch.Tensor]:
+def caffe_to_state_dict(
+    model_name: str, blobs: Mapping[str, Sequence[np.ndarray]]
+) -> dict[str, torch.Tensor]:
     """State_dict for `model_name` from Caffe blobs (layer name -> its blobs, Caffe order).
 
     Raises `CaffeMappingError` listing Caffe layers with blobs that map nowhere,
@@ -126,8 +134,9 @@ def caffe_to_state_dict(model_name: str,
         values = [_fit(array, shapes[key]) for array, key in zip(arrays, keys)]
         for index, (value, array, key) in enumerate(zip(values, arrays, keys)):
             if value is None:
-                mismatched.append(f"{layer} blob {index}: shape {tuple(np.shape(array))}, "
-                                  f"expected {shapes[key]} for {key}")
+                mismatched.append(
+                    f"{layer} blob {index}: shape {tuple(np.shape(array))}, expected {shapes[key]} for {key}"
+                )
         if kind == BATCHNORM:
             factor = np.asarray(arrays[2]).reshape(-1)
             if factor.size != 1:
@@ -144,8 +153,7 @@ def caffe_to_state_dict(model_name: str,
             state_dict[key] = torch.zeros(shape, dtype=torch.long)
     missing = [key for key in shapes if key not in state_dict]
     if unused or missing or mismatched:
-        raise CaffeMappingError(model, unused_layers=unused, missing_keys=missing,
-                                mismatched=mismatched)
+        raise CaffeMappingError(model, unused_layers=unused, missing_keys=missing, mismatched=mismatched)
     return {key: state_dict[key] for key in shapes}
 
 
@@ -153,8 +161,9 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float32).numpy().copy()
 
 
-def state_dict_to_caffe(model_name: str,
-                        state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[np.ndarray]]:
+def state_dict_to_caffe(
+    model_name: str, state_dict: Mapping[str, torch.Tensor]
+) -> dict[str, list[np.ndarray]]:
     """Caffe blobs (layer name -> float32 arrays, Caffe order) from a state_dict.
 
     BatchNorm layers get a scale factor of 1.0; `num_batches_tracked` is
@@ -165,13 +174,16 @@ def state_dict_to_caffe(model_name: str,
     keys_of = {layer: _keys(kind, module, shapes) for layer, (kind, module) in layers.items()}
     used = [key for keys in keys_of.values() for key in keys]  # model order, for messages
     missing = [key for key in used if key not in state_dict]
-    mismatched = [f"{key}: shape {tuple(state_dict[key].shape)}, expected {shapes[key]}"
-                  for key in used if key in state_dict and tuple(state_dict[key].shape) != shapes[key]]
-    unexpected = [key for key in state_dict
-                  if key not in shapes and not key.endswith("num_batches_tracked")]
+    mismatched = [
+        f"{key}: shape {tuple(state_dict[key].shape)}, expected {shapes[key]}"
+        for key in used
+        if key in state_dict and tuple(state_dict[key].shape) != shapes[key]
+    ]
+    unexpected = [key for key in state_dict if key not in shapes and not key.endswith("num_batches_tracked")]
     if missing or mismatched or unexpected:
-        raise CaffeMappingError(model, missing_keys=missing, mismatched=mismatched,
-                                unexpected_keys=unexpected)
+        raise CaffeMappingError(
+            model, missing_keys=missing, mismatched=mismatched, unexpected_keys=unexpected
+        )
     blobs: dict[str, list[np.ndarray]] = {}
     for layer, keys in keys_of.items():
         blobs[layer] = [_to_numpy(state_dict[key]) for key in keys]
@@ -187,7 +199,9 @@ def _evidence(layers: Any) -> tuple[set[str], dict[str, int], dict[str, tuple[in
         return set(layers), {}, shapes
     if hasattr(layers, "layers"):  # a prototxt.Net, or a NetParameter (layer + V1 layers)
         current = getattr(layers, "layer", None)
-        layers = list(layers.layers) + (list(current) if current is not None and not callable(current) else [])
+        layers = list(layers.layers) + (
+            list(current) if current is not None and not callable(current) else []
+        )
     names, groups, shapes = set(), {}, {}
     for item in layers:
         if isinstance(item, str):
@@ -212,8 +226,11 @@ def _consistent(model: str, groups: Mapping[str, int], shapes: Mapping[str, tupl
     for layer, (kind, module) in CAFFE_LAYERS[model].items():
         if layer in groups and meta.get_submodule(module).groups != groups[layer]:
             return False
-        if kind in (CONVOLUTION, INNER_PRODUCT) and layer in shapes \
-                and _squeezed(shapes[layer]) != _squeezed(expected[f"{module}.weight"]):
+        if (
+            kind in (CONVOLUTION, INNER_PRODUCT)
+            and layer in shapes
+            and _squeezed(shapes[layer]) != _squeezed(expected[f"{module}.weight"])
+        ):
             return False
     return True
 
@@ -232,6 +249,7 @@ def recognise_model(layers: Any) -> str:
     names, groups, shapes = _evidence(layers)
     fitting = [model for model, table in CAFFE_LAYERS.items() if names.issuperset(table)]
     if not fitting:
+
         def coverage(model: str) -> float:
             return len(names.intersection(CAFFE_LAYERS[model])) / len(CAFFE_LAYERS[model])
 
@@ -240,15 +258,20 @@ def recognise_model(layers: Any) -> str:
         raise ValueError(
             f"not one of the SENet Caffe networks ({', '.join(CAFFE_LAYERS)}); closest is "
             f"{closest}, which lacks {len(absent)} of its {len(CAFFE_LAYERS[closest])} layers "
-            f"with weights, e.g. {', '.join(absent[:5])}")
+            f"with weights, e.g. {', '.join(absent[:5])}"
+        )
     candidates = [model for model in fitting if _consistent(model, groups, shapes)]
     if not candidates:
-        raise ValueError(f"the layer names fit {', '.join(fitting)}, but the convolution "
-                         "groups or weight shapes fit none of them")
+        raise ValueError(
+            f"the layer names fit {', '.join(fitting)}, but the convolution "
+            "groups or weight shapes fit none of them"
+        )
     largest = max(len(CAFFE_LAYERS[model]) for model in candidates)
     best = [model for model in candidates if len(CAFFE_LAYERS[model]) == largest]
     if len(best) > 1:
-        raise ValueError(f"ambiguous: the layer names fit {' and '.join(best)} alike; pass the "
-                         "prototxt layers (with their convolution groups) or the caffemodel "
-                         "blobs to tell them apart")
+        raise ValueError(
+            f"ambiguous: the layer names fit {' and '.join(best)} alike; pass the "
+            "prototxt layers (with their convolution groups) or the caffemodel "
+            "blobs to tell them apart"
+        )
     return best[0]

@@ -41,8 +41,10 @@ def _conv_bn(caffe: str, conv: str, bn: str) -> dict[str, tuple[str, str]]:
 
 def _se(caffe_prefix: str, module: str) -> dict[str, tuple[str, str]]:
     """The SE pair of 1x1 convolutions with bias."""
-    return {f"{caffe_prefix}_1x1_down": (CONVOLUTION, f"{module}.se.fc1"),
-            f"{caffe_prefix}_1x1_up": (CONVOLUTION, f"{module}.se.fc2")}
+    return {
+        f"{caffe_prefix}_1x1_down": (CONVOLUTION, f"{module}.se.fc1"),
+        f"{caffe_prefix}_1x1_up": (CONVOLUTION, f"{module}.se.fc2"),
+    }
 
 
 def _residual_names(model: str) -> dict[str, tuple[str, str]]:
@@ -60,8 +62,7 @@ def _residual_names(model: str) -> dict[str, tuple[str, str]]:
                 names |= _conv_bn(f"{caffe}_{suffix}", f"{module}.conv{index}", f"{module}.bn{index}")
             names |= _se(caffe, module)
             if block == 0:
-                names |= _conv_bn(f"{caffe}_1x1_proj", f"{module}.downsample.conv",
-                                  f"{module}.downsample.bn")
+                names |= _conv_bn(f"{caffe}_1x1_proj", f"{module}.downsample.conv", f"{module}.downsample.bn")
     names["classifier"] = (INNER_PRODUCT, "fc")
     return names
 
@@ -91,7 +92,9 @@ def _inception_names() -> dict[str, tuple[str, str]]:
     return names
 
 
-CAFFE_LAYERS: Mapping[str, LayerMap] = MappingProxyType({
-    "se_bn_inception": MappingProxyType(_inception_names()),
-    **{model: MappingProxyType(_residual_names(model)) for model in SPECS},
-})
+CAFFE_LAYERS: Mapping[str, LayerMap] = MappingProxyType(
+    {
+        "se_bn_inception": MappingProxyType(_inception_names()),
+        **{model: MappingProxyType(_residual_names(model)) for model in SPECS},
+    }
+)

@@ -34,34 +34,56 @@ class SEInceptionBlock(nn.Module):
     pool), then gated by SE.
     """
 
-    def __init__(self, in_channels: int, *, ch1x1: int | None, ch3x3_reduce: int, ch3x3: int,
-                 ch_double3x3_reduce: int, ch_double3x3: int, pool: str | None,
-                 pool_proj: int | None, stride: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        ch1x1: int | None,
+        ch3x3_reduce: int,
+        ch3x3: int,
+        ch_double3x3_reduce: int,
+        ch_double3x3: int,
+        pool: str | None,
+        pool_proj: int | None,
+        stride: int = 1,
+    ) -> None:
         super().__init__()
         reduction = stride == 2
-        if reduction != (ch1x1 is None) or reduction != (pool_proj is None) \
-                or reduction != (pool is None) or pool not in (None, "avg", "max"):
-            raise ValueError("a stride-2 block has no 1x1 branch, pool kind or pool projection; "
-                             "a stride-1 block has all three (pool 'avg' or 'max')")
+        if (
+            reduction != (ch1x1 is None)
+            or reduction != (pool_proj is None)
+            or reduction != (pool is None)
+            or pool not in (None, "avg", "max")
+        ):
+            raise ValueError(
+                "a stride-2 block has no 1x1 branch, pool kind or pool projection; "
+                "a stride-1 block has all three (pool 'avg' or 'max')"
+            )
         self.branch1x1 = None if ch1x1 is None else ConvBNReLU(in_channels, ch1x1, 1)
-        self.branch3x3 = nn.Sequential(OrderedDict(
-            reduce=ConvBNReLU(in_channels, ch3x3_reduce, 1),
-            conv=ConvBNReLU(ch3x3_reduce, ch3x3, 3, stride, padding=1),
-        ))
-        self.branch_double3x3 = nn.Sequential(OrderedDict(
-            reduce=ConvBNReLU(in_channels, ch_double3x3_reduce, 1),
-            conv_a=ConvBNReLU(ch_double3x3_reduce, ch_double3x3, 3, padding=1),
-            conv_b=ConvBNReLU(ch_double3x3, ch_double3x3, 3, stride, padding=1),
-        ))
+        self.branch3x3 = nn.Sequential(
+            OrderedDict(
+                reduce=ConvBNReLU(in_channels, ch3x3_reduce, 1),
+                conv=ConvBNReLU(ch3x3_reduce, ch3x3, 3, stride, padding=1),
+            )
+        )
+        self.branch_double3x3 = nn.Sequential(
+            OrderedDict(
+                reduce=ConvBNReLU(in_channels, ch_double3x3_reduce, 1),
+                conv_a=ConvBNReLU(ch_double3x3_reduce, ch_double3x3, 3, padding=1),
+                conv_b=ConvBNReLU(ch_double3x3, ch_double3x3, 3, stride, padding=1),
+            )
+        )
         if reduction:
             self.branch_pool = nn.Sequential(OrderedDict(pool=caffe_max_pool(3, 2)))
             pool_out = in_channels
         else:
             pool_layer = caffe_avg_pool(3, 1, 1) if pool == "avg" else caffe_max_pool(3, 1, 1)
-            self.branch_pool = nn.Sequential(OrderedDict(
-                pool=pool_layer,
-                proj=ConvBNReLU(in_channels, pool_proj, 1),
-            ))
+            self.branch_pool = nn.Sequential(
+                OrderedDict(
+                    pool=pool_layer,
+                    proj=ConvBNReLU(in_channels, pool_proj, 1),
+                )
+            )
             pool_out = pool_proj
         self.out_channels = (ch1x1 or 0) + ch3x3 + ch_double3x3 + pool_out
         self.se = SEModule(self.out_channels, self.out_channels // 16)

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from .inception import se_bn_inception
-from .senet import (se_resnet50, se_resnet101, se_resnet152, se_resnext50_32x4d,
-                    se_resnext101_32x4d, senet154)
+from .senet import se_resnet50, se_resnet101, se_resnet152, se_resnext50_32x4d, se_resnext101_32x4d, senet154
 
 # Canonical names in the order of the SENet README table.
 _MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -53,7 +52,8 @@ def resolve_name(name: str) -> str:
     if key not in _MODELS:
         aliases = ", ".join(f"{alias} -> {target}" for alias, target in ALIASES.items())
         raise UnknownModelError(
-            f"unknown model {name!r}; valid names: {', '.join(_MODELS)} (aliases: {aliases})")
+            f"unknown model {name!r}; valid names: {', '.join(_MODELS)} (aliases: {aliases})"
+        )
     return key
 
 
@@ -75,7 +75,7 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         state_dict = _read_state_dict(path)
-    except Exception as exc:  # noqa: BLE001 - see the docstring
+    except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = reason.removeprefix(f"{path}: ")
         if isinstance(exc, OSError) and exc.strerror:
@@ -84,7 +84,8 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             reason = "not a weights-only PyTorch file"
         raise ValueError(f"{path}: cannot read a state_dict from it ({reason})") from None
     if not isinstance(state_dict, Mapping) or not all(
-            isinstance(value, torch.Tensor) for value in state_dict.values()):
+        isinstance(value, torch.Tensor) for value in state_dict.values()
+    ):
         raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors)")
     return dict(state_dict)
 

@@ -75,8 +75,7 @@ class SENet(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
 
     @staticmethod
-    def _make_stage(spec: SENetSpec, in_channels: int, planes: int, depth: int,
-                    stride: int) -> nn.Sequential:
+    def _make_stage(spec: SENetSpec, in_channels: int, planes: int, depth: int, stride: int) -> nn.Sequential:
         out_channels = 4 * planes
         # Caffe: stride-1 stage -> 1x1 projection (only the width changes);
         # strided stages -> `proj_kernel` x `proj_kernel` projection.
@@ -84,16 +83,18 @@ class SENet(nn.Module):
         blocks = []
         for block_index in range(depth):
             first = block_index == 0
-            blocks.append(SEBottleneck(
-                in_channels if first else out_channels,
-                spec.reduce_mult * planes,
-                spec.mid_mult * planes,
-                out_channels,
-                stride=stride if first else 1,
-                groups=spec.groups,
-                stride_on_1x1=spec.stride_on_1x1,
-                downsample=Projection(in_channels, out_channels, proj_kernel, stride) if first else None,
-            ))
+            blocks.append(
+                SEBottleneck(
+                    in_channels if first else out_channels,
+                    spec.reduce_mult * planes,
+                    spec.mid_mult * planes,
+                    out_channels,
+                    stride=stride if first else 1,
+                    groups=spec.groups,
+                    stride_on_1x1=spec.stride_on_1x1,
+                    downsample=Projection(in_channels, out_channels, proj_kernel, stride) if first else None,
+                )
+            )
         return nn.Sequential(*blocks)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,9 @@ def timm_model_name(model_name: str) -> str:
     """The timm model name for one of our networks, e.g. `legacy_seresnet50`."""
     model = resolve_name(model_name)
     if model not in TIMM_NAMES:
-        raise ValueError(f"{model} has no timm counterpart; timm's legacy SENets are "
-                         f"{', '.join(TIMM_NAMES.values())}")
+        raise ValueError(
+            f"{model} has no timm counterpart; timm's legacy SENets are {', '.join(TIMM_NAMES.values())}"
+        )
     return TIMM_NAMES[model]
 
 
@@ -58,19 +59,17 @@ def _rename(key: str, rules: tuple[tuple[str, str, bool], ...]) -> str:
         if not anchored:
             key = key.replace(old, new)
         elif key.startswith(old):
-            key = new + key[len(old):]
+            key = new + key[len(old) :]
     return key
 
 
-def to_timm_state_dict(model_name: str,
-                       state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_timm_state_dict(model_name: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our state_dict under timm's keys, for `timm.create_model(timm_model_name(...))`."""
     timm_model_name(model_name)
     return {_rename(key, _RULES): value for key, value in state_dict.items()}
 
 
-def from_timm_state_dict(model_name: str,
-                         state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_timm_state_dict(model_name: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A timm legacy SENet state_dict under our keys."""
     timm_model_name(model_name)
     return {_rename(key, _REVERSE): value for key, value in state_dict.items()}

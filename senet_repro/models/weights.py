@@ -58,23 +58,58 @@ class CaffeWeights:
 class SENetWeights(Enum):
     """The seven released caffemodels; attribute access falls through to `CaffeWeights`."""
 
-    SE_BN_INCEPTION = CaffeWeights("se_bn_inception", "SE-BN-Inception", "SE-BN-Inception.prototxt",
-                                   "SE-BN-Inception.caffemodel", 46, 23.62, 7.04)
-    SE_RESNET50 = CaffeWeights("se_resnet50", "SE-ResNet-50", "SE-ResNet-50.prototxt",
-                               "SE-ResNet-50.caffemodel", 107, 22.37, 6.36)
-    SE_RESNET101 = CaffeWeights("se_resnet101", "SE-ResNet-101", "SE-ResNet-101.prototxt",
-                                "SE-ResNet-101.caffemodel", 189, 21.75, 5.72)
-    SE_RESNET152 = CaffeWeights("se_resnet152", "SE-ResNet-152", "SE-ResNet-152.prototxt",
-                                "SE-ResNet-152.caffemodel", 256, 21.34, 5.54)
-    SE_RESNEXT50_32X4D = CaffeWeights("se_resnext50_32x4d", "SE-ResNeXt-50 (32 x 4d)",
-                                      "SE-ResNeXt-50.prototxt", "SE-ResNeXt-50.caffemodel",
-                                      105, 20.97, 5.54)
-    SE_RESNEXT101_32X4D = CaffeWeights("se_resnext101_32x4d", "SE-ResNeXt-101 (32 x 4d)",
-                                       "SE-ResNeXt-101.prototxt", "SE-ResNeXt-101.caffemodel",
-                                       187, 19.81, 4.96)
+    SE_BN_INCEPTION = CaffeWeights(
+        "se_bn_inception",
+        "SE-BN-Inception",
+        "SE-BN-Inception.prototxt",
+        "SE-BN-Inception.caffemodel",
+        46,
+        23.62,
+        7.04,
+    )
+    SE_RESNET50 = CaffeWeights(
+        "se_resnet50", "SE-ResNet-50", "SE-ResNet-50.prototxt", "SE-ResNet-50.caffemodel", 107, 22.37, 6.36
+    )
+    SE_RESNET101 = CaffeWeights(
+        "se_resnet101",
+        "SE-ResNet-101",
+        "SE-ResNet-101.prototxt",
+        "SE-ResNet-101.caffemodel",
+        189,
+        21.75,
+        5.72,
+    )
+    SE_RESNET152 = CaffeWeights(
+        "se_resnet152",
+        "SE-ResNet-152",
+        "SE-ResNet-152.prototxt",
+        "SE-ResNet-152.caffemodel",
+        256,
+        21.34,
+        5.54,
+    )
+    SE_RESNEXT50_32X4D = CaffeWeights(
+        "se_resnext50_32x4d",
+        "SE-ResNeXt-50 (32 x 4d)",
+        "SE-ResNeXt-50.prototxt",
+        "SE-ResNeXt-50.caffemodel",
+        105,
+        20.97,
+        5.54,
+    )
+    SE_RESNEXT101_32X4D = CaffeWeights(
+        "se_resnext101_32x4d",
+        "SE-ResNeXt-101 (32 x 4d)",
+        "SE-ResNeXt-101.prototxt",
+        "SE-ResNeXt-101.caffemodel",
+        187,
+        19.81,
+        4.96,
+    )
     # Released as SENet.caffemodel (its prototxt's net name is "SENet").
-    SENET154 = CaffeWeights("senet154", "SENet-154", "SENet-154.prototxt", "SENet.caffemodel",
-                            440, 18.68, 4.47)
+    SENET154 = CaffeWeights(
+        "senet154", "SENet-154", "SENet-154.prototxt", "SENet.caffemodel", 440, 18.68, 4.47
+    )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

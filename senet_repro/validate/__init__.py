@@ -13,12 +13,26 @@ from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, load_
 from .data import LAYOUTS, ValImages, ValSet, open_valset, read_image
 from .errors import ValidateError
 from .metrics import TopKCounter, correct_at_k
-from .runner import (Distributed, EvalOptions, EvalResult, configure_precision, evaluate,
-                     init_distributed)
+from .runner import Distributed, EvalOptions, EvalResult, configure_precision, evaluate, init_distributed
 
 __all__ = [
-    "BACKENDS", "Backend", "Distributed", "EvalOptions", "EvalResult", "LAYOUTS",
-    "OnnxRuntimeBackend", "TorchBackend", "TopKCounter", "ValImages", "ValSet", "ValidateError",
-    "configure_precision", "correct_at_k", "evaluate", "init_distributed", "load_backend",
-    "open_valset", "read_image",
+    "BACKENDS",
+    "Backend",
+    "Distributed",
+    "EvalOptions",
+    "EvalResult",
+    "LAYOUTS",
+    "OnnxRuntimeBackend",
+    "TorchBackend",
+    "TopKCounter",
+    "ValImages",
+    "ValSet",
+    "ValidateError",
+    "configure_precision",
+    "correct_at_k",
+    "evaluate",
+    "init_distributed",
+    "load_backend",
+    "open_valset",
+    "read_image",
 ]

@@ -37,8 +37,15 @@ class Backend(Protocol):
 class TorchBackend:
     """An nn.Module in eval mode; channels-last on CUDA, optional autocast."""
 
-    def __init__(self, module: nn.Module, device: torch.device, *, amp: bool = False,
-                 channels_last: bool | None = None, name: str = "torch") -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        *,
+        amp: bool = False,
+        channels_last: bool | None = None,
+        name: str = "torch",
+    ) -> None:
         self.name = name
         self.device = device
         self.amp = amp
@@ -65,9 +72,11 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], device: torch.device, *,
-                 output: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], device: torch.device, *, output: str | None = None
+    ) -> None:
         import onnxruntime as ort
+
         providers: list = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
@@ -78,8 +87,9 @@ class OnnxRuntimeBackend:
             raise ValidateError(f"{path}: onnxruntime cannot load it: {reason}") from None
         inputs = {i.name: i.type for i in self.session.get_inputs()}
         if "data" not in inputs:
-            raise ValidateError(f"{path}: expected an input named 'data' (as senet-convert exports), "
-                                f"found {list(inputs)}")
+            raise ValidateError(
+                f"{path}: expected an input named 'data' (as senet-convert exports), found {list(inputs)}"
+            )
         if inputs["data"] not in _ONNX_FLOATS:
             raise ValidateError(f"{path}: input 'data' is {inputs['data']}, expected float or float16")
         self.input_dtype = _ONNX_FLOATS[inputs["data"]]
@@ -108,13 +118,21 @@ class OnnxRuntimeBackend:
 def _logits_blob(prototxt: Path) -> str | None:
     """The blob before a final Softmax: ranking on logits avoids ties of underflowed probabilities."""
     from prototxt import load_net
+
     last = load_net(prototxt).layers[-1]
     return last.bottoms[0] if last.type == "Softmax" else None
 
 
-def load_backend(kind: str, *, weights: str | os.PathLike[str], device: torch.device,
-                 model: str | None = None, prototxt: str | os.PathLike[str] | None = None,
-                 output: str | None = None, amp: bool = False) -> Backend:
+def load_backend(
+    kind: str,
+    *,
+    weights: str | os.PathLike[str],
+    device: torch.device,
+    model: str | None = None,
+    prototxt: str | os.PathLike[str] | None = None,
+    output: str | None = None,
+    amp: bool = False,
+) -> Backend:
     """Build backend `kind` from a weights file (.pth/.safetensors, .caffemodel or .onnx)."""
     weights = Path(weights)
     if not weights.is_file():
@@ -123,6 +141,7 @@ def load_backend(kind: str, *, weights: str | os.PathLike[str], device: torch.de
         if model is None:
             raise ValidateError("the torch backend needs --model (which network the weights belong to)")
         from senet_repro.models import get_model
+
         return TorchBackend(get_model(model, weights=weights), device, amp=amp)
     if kind == "graph":
         if prototxt is None:

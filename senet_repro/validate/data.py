@@ -62,15 +62,17 @@ class ValSet:
             keep = [i for i in keep if self.labels[i] in wanted]
         if limit is not None:
             keep = keep[:limit]
-        return dataclasses.replace(self, paths=tuple(self.paths[i] for i in keep),
-                                   labels=tuple(self.labels[i] for i in keep))
+        return dataclasses.replace(
+            self, paths=tuple(self.paths[i] for i in keep), labels=tuple(self.labels[i] for i in keep)
+        )
 
 
 def _images_in(folder: Path) -> list[Path]:
     """Image files in `folder` (scandir: no stat per file, which matters for 50,000 on NFS)."""
     with os.scandir(folder) as entries:
-        return [Path(e.path) for e in entries
-                if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+        return [
+            Path(e.path) for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+        ]
 
 
 def _class_folders(folder: Path) -> list[Path]:
@@ -120,11 +122,16 @@ def _open_torchvision(root: Path) -> ValSet | None:
     meta.check_standard()
     valset = _sorted(_folder_samples(folders), "torchvision", root, f"folder names ({source})")
     if ground_truth is not None:
-        wrong = [path.name for path, label in zip(valset.paths, valset.labels)
-                 if ground_truth.get(path.name, label) != label]
+        wrong = [
+            path.name
+            for path, label in zip(valset.paths, valset.labels)
+            if ground_truth.get(path.name, label) != label
+        ]
         if wrong:
-            raise ValidateError(f"{root}/val: {len(wrong)} image(s) sit in a folder that contradicts the "
-                                f"devkit ground truth, e.g. {wrong[0]}; the val folder was sorted wrongly")
+            raise ValidateError(
+                f"{root}/val: {len(wrong)} image(s) sit in a folder that contradicts the "
+                f"devkit ground truth, e.g. {wrong[0]}; the val folder was sorted wrongly"
+            )
     return valset
 
 
@@ -156,16 +163,22 @@ def _open_flat(root: Path, labels_file: Path | None) -> ValSet | None:
         images = [p for p in _images_in(folder) if imagenet.val_image_number(p.name) is not None]
         if not images:
             continue
-        found = ((imagenet.read_labels_file(labels_file), str(labels_file)) if labels_file
-                 else _find_labels(folder) or (_find_labels(root) if folder != root else None))
+        found = (
+            (imagenet.read_labels_file(labels_file), str(labels_file))
+            if labels_file
+            else _find_labels(folder) or (_find_labels(root) if folder != root else None)
+        )
         if found is None:
-            raise ValidateError(f"{folder} holds ILSVRC2012_val_*.JPEG files but no labels: put "
-                                f"{' or '.join(_LABEL_FILES)} or the devkit next to them, or pass --labels")
+            raise ValidateError(
+                f"{folder} holds ILSVRC2012_val_*.JPEG files but no labels: put "
+                f"{' or '.join(_LABEL_FILES)} or the devkit next to them, or pass --labels"
+            )
         labels, source = found
         unlabelled = [p.name for p in images if p.name not in labels]
         if unlabelled:
-            raise ValidateError(f"{source} has no label for {len(unlabelled)} image(s), "
-                                f"e.g. {sorted(unlabelled)[0]}")
+            raise ValidateError(
+                f"{source} has no label for {len(unlabelled)} image(s), e.g. {sorted(unlabelled)[0]}"
+            )
         return _sorted(((p, labels[p.name]) for p in images), "flat", folder, source)
     return None
 
@@ -199,7 +212,8 @@ def open_valset(root: str | Path, *, layout: str = "auto", labels_file: str | Pa
         f"no ImageNet validation set {'in the ' + layout + ' layout ' if layout != 'auto' else ''}found in "
         f"{root}: expected val/<wnid>/*.JPEG with the devkit ({imagenet.DEVKIT_ARCHIVE} or meta.bin) "
         f"[torchvision], val/<wnid>/*.JPEG or <wnid>/*.JPEG [imagefolder], or ILSVRC2012_val_*.JPEG "
-        f"with {' or '.join(_LABEL_FILES)} [flat]")
+        f"with {' or '.join(_LABEL_FILES)} [flat]"
+    )
 
 
 @contextlib.contextmanager
@@ -241,8 +255,9 @@ class ValImages(Dataset):
     so one bad file never stops a worker.
     """
 
-    def __init__(self, valset: ValSet, preprocess: CaffePreprocess, indices: Sequence[int],
-                 *, raw: bool = False) -> None:
+    def __init__(
+        self, valset: ValSet, preprocess: CaffePreprocess, indices: Sequence[int], *, raw: bool = False
+    ) -> None:
         self.valset = valset
         self.preprocess = preprocess
         self.indices = list(indices)
@@ -259,15 +274,21 @@ class ValImages(Dataset):
             image = read_bytes(path) if self.raw else self.preprocess.resize_crop(read_image(path))
             return image, label, index, ""
         except (OSError, RuntimeError, ValueError) as exc:
-            blank = torch.zeros(0 if self.raw else (3, self.preprocess.crop, self.preprocess.crop),
-                                dtype=torch.uint8)
+            blank = torch.zeros(
+                0 if self.raw else (3, self.preprocess.crop, self.preprocess.crop), dtype=torch.uint8
+            )
             return blank, label, index, short_error(exc) or "unreadable"
 
 
-def collate(batch: list[tuple[torch.Tensor, int, int, str]]
-            ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor, list[str]]:
+def collate(
+    batch: list[tuple[torch.Tensor, int, int, str]],
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor, list[str]]:
     """Stack crops (or keep raw byte tensors as a list); labels and indices as int64."""
     images, labels, indices, errors = zip(*batch)
     same_shape = all(image.shape == images[0].shape for image in images) and images[0].dim() == 3
-    return (torch.stack(images) if same_shape else list(images), torch.tensor(labels),
-            torch.tensor(indices), list(errors))
+    return (
+        torch.stack(images) if same_shape else list(images),
+        torch.tensor(labels),
+        torch.tensor(indices),
+        list(errors),
+    )

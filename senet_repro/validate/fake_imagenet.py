@@ -72,24 +72,54 @@ class FakeImageNet:
         return [classes.index(image.wnid) for image in self.images]
 
 
-def write_meta_mat(target: Path | IO[bytes], wnids: Sequence[str], words: Sequence[str], *,
-                   internal_nodes: Sequence[tuple[str, str, Sequence[int]]] = ()) -> None:
+def write_meta_mat(
+    target: Path | IO[bytes],
+    wnids: Sequence[str],
+    words: Sequence[str],
+    *,
+    internal_nodes: Sequence[tuple[str, str, Sequence[int]]] = (),
+) -> None:
     """A devkit meta.mat: struct array `synsets` (N x 1) with the devkit's eight fields.
 
     Leaves get ILSVRC2012_ID 1..len(wnids) in the given order and num_children 0; each
     internal node gets the next ID and its children.
     """
     from scipy.io import savemat
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
-              "wordnet_height", "num_train_images"]
+
+    fields = [
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    ]
     synsets = np.zeros((len(wnids) + len(internal_nodes), 1), dtype=[(f, object) for f in fields])
     for i, (wnid, text) in enumerate(zip(wnids, words)):
-        synsets[i, 0] = (float(i + 1), wnid, text, f"fake gloss of {text}", 0.0, np.zeros((1, 0)),
-                         0.0, 1300.0)
+        synsets[i, 0] = (
+            float(i + 1),
+            wnid,
+            text,
+            f"fake gloss of {text}",
+            0.0,
+            np.zeros((1, 0)),
+            0.0,
+            1300.0,
+        )
     for j, (wnid, text, children) in enumerate(internal_nodes):
         child_ids = np.asarray([children], dtype=np.float64)
-        synsets[len(wnids) + j, 0] = (float(len(wnids) + j + 1), wnid, text, f"fake gloss of {text}",
-                                      float(len(children)), child_ids, 1.0 + j, 0.0)
+        synsets[len(wnids) + j, 0] = (
+            float(len(wnids) + j + 1),
+            wnid,
+            text,
+            f"fake gloss of {text}",
+            float(len(children)),
+            child_ids,
+            1.0 + j,
+            0.0,
+        )
     savemat(target, {"synsets": synsets})
 
 
@@ -98,8 +128,10 @@ def write_devkit_archive(path: Path, ground_truth: Sequence[int]) -> None:
     classes = imagenet.imagenet_classes(imagenet.DEVKIT)
     meta = io.BytesIO()
     write_meta_mat(meta, classes.wnids, classes.words, internal_nodes=_INTERNAL_NODES)
-    members = {imagenet.META_MAT: meta.getvalue(),
-               imagenet.GROUND_TRUTH: "".join(f"{i}\n" for i in ground_truth).encode()}
+    members = {
+        imagenet.META_MAT: meta.getvalue(),
+        imagenet.GROUND_TRUTH: "".join(f"{i}\n" for i in ground_truth).encode(),
+    }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for name, data in members.items():
@@ -117,8 +149,9 @@ def _jpeg(grey: int, size: tuple[int, int], greyscale: bool) -> bytes:
     return out.getvalue()
 
 
-def make_fake_imagenet(root: str | Path, *, num_classes: int = 5, images_per_class: int = 5,
-                       seed: int = 0) -> FakeImageNet:
+def make_fake_imagenet(
+    root: str | Path, *, num_classes: int = 5, images_per_class: int = 5, seed: int = 0
+) -> FakeImageNet:
     """Write the miniature set under `root` in the three layouts and describe it."""
     root = Path(root)
     total = num_classes * images_per_class
@@ -140,14 +173,18 @@ def make_fake_imagenet(root: str | Path, *, num_classes: int = 5, images_per_cla
             shutil.rmtree(folder)
     for k, image in enumerate(images):
         data = _jpeg(code_grey(image.code), image.size, greyscale=k % 7 == 3)
-        for target in (layouts["torchvision"] / "val" / image.wnid,
-                       layouts["imagefolder"] / "val" / image.wnid, layouts["flat"]):
+        for target in (
+            layouts["torchvision"] / "val" / image.wnid,
+            layouts["imagefolder"] / "val" / image.wnid,
+            layouts["flat"],
+        ):
             target.mkdir(parents=True, exist_ok=True)
             (target / image.name).write_bytes(data)
     ground_truth = [image.devkit_index + 1 for image in images]
     write_devkit_archive(layouts["torchvision"] / imagenet.DEVKIT_ARCHIVE, ground_truth)
     (layouts["flat"] / imagenet.SENET_LABELS).write_text(
-        "".join(f"{image.name} {image.devkit_index}\n" for image in images))
+        "".join(f"{image.name} {image.devkit_index}\n" for image in images)
+    )
     (layouts["flat"] / Path(imagenet.GROUND_TRUTH).name).write_text("".join(f"{i}\n" for i in ground_truth))
     return FakeImageNet(root, tuple(images), layouts)
 
@@ -170,8 +207,14 @@ class KnownAnswerNet(nn.Module):
         return self.table[code]
 
 
-def known_answer_net(fake: FakeImageNet, ranks: Sequence[int], *, order: str = imagenet.DEVKIT,
-                     num_classes: int = imagenet.NUM_CLASSES, seed: int = 0) -> KnownAnswerNet:
+def known_answer_net(
+    fake: FakeImageNet,
+    ranks: Sequence[int],
+    *,
+    order: str = imagenet.DEVKIT,
+    num_classes: int = imagenet.NUM_CLASSES,
+    seed: int = 0,
+) -> KnownAnswerNet:
     """A net (classes in `order`) under which image k's true class has exactly ranks[k] classes above it.
 
     Scores are distinct within a row, so top-k never depends on tie-breaking.
@@ -207,8 +250,11 @@ def demo_ranks(count: int) -> list[int]:
 @click.option("--classes", "num_classes", default=5, show_default=True, help="Number of classes.")
 @click.option("--per-class", default=4, show_default=True, help="Images per class.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--known-answer-onnx", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the known-answer network (demo_ranks) as ONNX here.")
+@click.option(
+    "--known-answer-onnx",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the known-answer network (demo_ranks) as ONNX here.",
+)
 def main(out: Path, num_classes: int, per_class: int, seed: int, known_answer_onnx: Path | None) -> None:
     """Write a miniature ImageNet validation set to OUT in the three layouts."""
     fake = make_fake_imagenet(out, num_classes=num_classes, images_per_class=per_class, seed=seed)
@@ -216,11 +262,17 @@ def main(out: Path, num_classes: int, per_class: int, seed: int, known_answer_on
         click.echo(f"{name:12s} {folder}")
     if known_answer_onnx is not None:
         ranks = demo_ranks(len(fake.images))
-        export_onnx(known_answer_net(fake, ranks), known_answer_onnx, torch.zeros(2, 3, 224, 224),
-                    output_names=["classifier"])
+        export_onnx(
+            known_answer_net(fake, ranks),
+            known_answer_onnx,
+            torch.zeros(2, 3, 224, 224),
+            output_names=["classifier"],
+        )
         top1, top5 = expected_errors(ranks)
-        click.echo(f"{known_answer_onnx}: expected top-1 error {100 * top1 / len(ranks):.2f} %, "
-                   f"top-5 error {100 * top5 / len(ranks):.2f} %")
+        click.echo(
+            f"{known_answer_onnx}: expected top-1 error {100 * top1 / len(ranks):.2f} %, "
+            f"top-5 error {100 * top5 / len(ranks):.2f} %"
+        )
 
 
 if __name__ == "__main__":

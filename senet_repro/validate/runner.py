@@ -97,14 +97,16 @@ class EvalResult:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _decode_on_device(raw: list[torch.Tensor], errors: list[str], device: torch.device,
-                      preprocess: CaffePreprocess) -> torch.Tensor:
+def _decode_on_device(
+    raw: list[torch.Tensor], errors: list[str], device: torch.device, preprocess: CaffePreprocess
+) -> torch.Tensor:
     """nvJPEG-decode a batch of file bytes and crop on the GPU; non-JPEGs fall back to the CPU.
 
     nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so pixels may differ by
     a grey level or two from the CPU path; that is why this is opt-in.
     """
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
     crops = [torch.zeros(3, preprocess.crop, preprocess.crop, dtype=torch.uint8, device=device)] * len(raw)
     todo = [i for i, message in enumerate(errors) if not message]
     with quiet_torchvision_io():
@@ -129,10 +131,17 @@ def _decode_on_device(raw: list[torch.Tensor], errors: list[str], device: torch.
 
 def _loader(dataset: ValImages, options: EvalOptions, device: torch.device) -> DataLoader:
     workers = options.workers
-    return DataLoader(dataset, batch_size=options.batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate, pin_memory=device.type == "cuda",
-                      worker_init_fn=_worker_init if workers else None,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
 
 def _worker_init(_: int) -> None:
@@ -152,9 +161,15 @@ def _worker_init(_: int) -> None:
     libc.mallopt(_M_MMAP_THRESHOLD, 1 << 25)  # 32 MiB, glibc's ceiling
 
 
-def evaluate(backend: Backend, valset: ValSet, preprocess: CaffePreprocess, *,
-             label_map: Sequence[int] | None = None, options: EvalOptions | None = None,
-             distributed: Distributed | None = None) -> EvalResult:
+def evaluate(
+    backend: Backend,
+    valset: ValSet,
+    preprocess: CaffePreprocess,
+    *,
+    label_map: Sequence[int] | None = None,
+    options: EvalOptions | None = None,
+    distributed: Distributed | None = None,
+) -> EvalResult:
     """Top-1/top-5 counts of `backend` on `valset`; labels go through `label_map`.
 
     `label_map[devkit index]` is the class index in the network's output order (None:
@@ -171,8 +186,13 @@ def evaluate(backend: Backend, valset: ValSet, preprocess: CaffePreprocess, *,
     seen: list[int] = []
     predictions: dict[str, list[int]] = {}
 
-    progress = tqdm(total=len(shard), unit="img", dynamic_ncols=True, leave=False,
-                    disable=None if options.progress and distributed.is_main else True)  # None: TTY only
+    progress = tqdm(
+        total=len(shard),
+        unit="img",
+        dynamic_ncols=True,
+        leave=False,
+        disable=None if options.progress and distributed.is_main else True,
+    )  # None: TTY only
     start = time.perf_counter()
     for images, labels, indices, errors in _loader(dataset, options, device):
         if dataset.raw:
@@ -196,16 +216,33 @@ def evaluate(backend: Backend, valset: ValSet, preprocess: CaffePreprocess, *,
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     progress.close()
-    return _combine(counter.counts, seconds, unreadable, seen,
-                    predictions if options.keep_predictions else None, len(valset), distributed)
+    return _combine(
+        counter.counts,
+        seconds,
+        unreadable,
+        seen,
+        predictions if options.keep_predictions else None,
+        len(valset),
+        distributed,
+    )
 
 
-def _combine(counts: torch.Tensor, seconds: float, unreadable: list[tuple[str, str]], seen: list[int],
-             predictions: dict[str, list[int]] | None, total: int, distributed: Distributed) -> EvalResult:
+def _combine(
+    counts: torch.Tensor,
+    seconds: float,
+    unreadable: list[tuple[str, str]],
+    seen: list[int],
+    predictions: dict[str, list[int]] | None,
+    total: int,
+    distributed: Distributed,
+) -> EvalResult:
     """Sum the counts of all ranks and check that the shards covered the set exactly once."""
     if distributed.world_size > 1:
-        backend_device = torch.device("cuda", torch.cuda.current_device()) \
-            if dist.get_backend() == "nccl" else torch.device("cpu")
+        backend_device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
         counts = counts.to(backend_device)
         dist.all_reduce(counts)
         longest = torch.tensor([seconds], dtype=torch.float64, device=backend_device)
@@ -219,6 +256,7 @@ def _combine(counts: torch.Tensor, seconds: float, unreadable: list[tuple[str, s
             predictions = {name: top for part in gathered for name, top in part[2].items()}
     images, top1, top5 = (int(v) for v in counts.tolist())
     if images != len(seen) or sorted(seen) != list(range(total)):
-        raise RuntimeError(f"sharding error: {len(seen)} images processed, {len(set(seen))} distinct, "
-                           f"{total} in the set")
+        raise RuntimeError(
+            f"sharding error: {len(seen)} images processed, {len(set(seen))} distinct, {total} in the set"
+        )
     return EvalResult(images, top1, top5, unreadable, seconds, distributed.world_size, predictions)
