@@ -29,6 +29,7 @@ and `CAFFE_IMAGE_STD` as `image_mean` / `image_std` and the transform computes
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -143,6 +144,19 @@ def se_backbone_with_fpn(
     )
 
 
+def _faster_rcnn_keywords() -> set[str]:
+    """The keywords `FasterRCNN` and its `GeneralizedRCNNTransform` name in their signatures."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        name
+        for function in (FasterRCNN.__init__, GeneralizedRCNNTransform.__init__)
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind in named and name not in ("self", "backbone", "num_classes")
+    }
+
+
 def fasterrcnn_se_resnext50_fpn(
     weights_backbone: str | os.PathLike[str] | None = None,
     *,
@@ -154,7 +168,15 @@ def fasterrcnn_se_resnext50_fpn(
 
     `kwargs` go to `FasterRCNN` (e.g. `min_size`, `max_size`, RPN/ROI settings);
     `image_mean` / `image_std` default to the Caffe preprocessing for 0..1 RGB images.
+    Any other keyword is a TypeError: torchvision passes unknown ones on to its
+    transform, which ignores them, so `weights=` would silently give a random backbone.
     """
+    unknown = sorted(set(kwargs) - _faster_rcnn_keywords())
+    if unknown:
+        hint = "; the backbone's checkpoint is weights_backbone=" if "weights" in unknown else ""
+        raise TypeError(
+            f"fasterrcnn_se_resnext50_fpn() got unexpected keyword argument(s) {', '.join(unknown)}{hint}"
+        )
     backbone = se_backbone_with_fpn(
         "se_resnext50_32x4d", weights_backbone, trainable_layers=trainable_backbone_layers
     )
