@@ -31,9 +31,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) bench/run_all.py
 
-# Regenerates prototxt/caffe_pb2.py from prototxt/caffe.proto.
+# Regenerates prototxt/caffe_pb2.py and its typed stub caffe_pb2.pyi from prototxt/caffe.proto.
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprototxt --python_out=prototxt prototxt/caffe.proto
+	$(PY) -m grpc_tools.protoc -Iprototxt --python_out=prototxt --pyi_out=prototxt prototxt/caffe.proto
 
 clean:
 	rm -rf $(VENV) demo-out build *.egg-info

@@ -82,26 +82,11 @@ _V1_TYPES = {
     "WINDOW_DATA": "WindowData",
     "THRESHOLD": "Threshold",
 }
-# Parameter fields that V1 and current layers share by name.
-_V1_SHARED_PARAMS = (
-    "accuracy_param",
-    "concat_param",
-    "convolution_param",
-    "data_param",
-    "dropout_param",
-    "eltwise_param",
-    "image_data_param",
-    "inner_product_param",
-    "lrn_param",
-    "memory_data_param",
-    "pooling_param",
-    "relu_param",
-    "sigmoid_param",
-    "softmax_param",
-    "slice_param",
-    "tanh_param",
-    "transform_param",
-    "loss_param",
+# Parameter fields that V1 and current layers share by name (and message type).
+_V1_SHARED_PARAMS = tuple(
+    field.name
+    for field in caffe_pb2.V1LayerParameter.DESCRIPTOR.fields
+    if field.name.endswith("_param") and field.name in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
 )
 
 
@@ -194,6 +179,12 @@ class Net:
 
 def upgrade_v1_layer(old: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:
     """Convert a pre-2015 V1 layer to the current LayerParameter."""
+    if old.HasField("layer"):
+        raise NetDefinitionError(
+            "a V0 layer definition (Caffe before 2014); upgrade the file with Caffe's "
+            "tools/upgrade_net_proto_text first",
+            layer=old.name or old.layer.name,
+        )
     type_name = caffe_pb2.V1LayerParameter.LayerType.Name(old.type)
     new = caffe_pb2.LayerParameter(
         name=old.name,
@@ -266,21 +257,41 @@ def _data_layer_input(layer: caffe_pb2.LayerParameter) -> tuple[str, Shape] | No
     return None
 
 
+def _caffe_rounding(pooling: caffe_pb2.PoolingParameter, layer: str) -> None:
+    """The fork field `ceil_mode` as BVLC's `round_mode` (false is FLOOR), in place."""
+    rounding = pooling.CEIL if pooling.ceil_mode else pooling.FLOOR
+    if pooling.HasField("round_mode") and pooling.round_mode != rounding:
+        raise NetDefinitionError(
+            f"ceil_mode: {str(pooling.ceil_mode).lower()} contradicts "
+            f"round_mode: {pooling.RoundMode.Name(pooling.round_mode)}",
+            layer=layer,
+        )
+    pooling.round_mode = rounding
+    pooling.ClearField("ceil_mode")
+
+
 def _deploy_form(layer: caffe_pb2.LayerParameter, notes: list[str]) -> caffe_pb2.LayerParameter:
-    """The layer as a deploy net has it: no phase, BatchNorm on its stored statistics.
+    """The layer as a deploy net has it: no phase, BatchNorm on its stored statistics,
+    BVLC's fields for fork fields that mean the same (`ceil_mode`).
 
     A caffemodel embeds the training net, whose BatchNorm layers may say
     `use_global_stats: false`; inference always uses the stored statistics.
     """
-    if not layer.HasField("phase") and not (
-        layer.type == "BatchNorm"
-        and layer.batch_norm_param.HasField("use_global_stats")
-        and not layer.batch_norm_param.use_global_stats
+    if (
+        not layer.HasField("phase")
+        and not layer.pooling_param.HasField("ceil_mode")
+        and not (
+            layer.type == "BatchNorm"
+            and layer.batch_norm_param.HasField("use_global_stats")
+            and not layer.batch_norm_param.use_global_stats
+        )
     ):
         return layer
     deploy = caffe_pb2.LayerParameter()
     deploy.CopyFrom(layer)
     deploy.ClearField("phase")
+    if deploy.pooling_param.HasField("ceil_mode"):
+        _caffe_rounding(deploy.pooling_param, deploy.name)
     if deploy.type == "BatchNorm" and deploy.batch_norm_param.HasField("use_global_stats"):
         if not deploy.batch_norm_param.use_global_stats:
             deploy.batch_norm_param.use_global_stats = True

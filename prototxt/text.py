@@ -17,6 +17,25 @@ from . import caffe_pb2
 from .atomic import atomic_writer
 from .errors import PrototxtSyntaxError
 
+# Fields that forks of Caffe define and BVLC does not, and caffe.proto does not
+# declare: (message, field) -> the fork, named in the error (the fork fields we
+# read are declared in caffe.proto, each with its fork).
+FORK_FIELDS: dict[tuple[str, str], str] = {
+    ("LayerParameter", "upsample_param"): "SegNet (alexgkendall/caffe-segnet)",
+    ("LayerParameter", "bn_param"): "SegNet (alexgkendall/caffe-segnet) and yjxiong/caffe (BN layer)",
+    ("LayerParameter", "interp_param"): "DeepLab v2 (deeplab-public-ver2) and PSPNet (hszhao/PSPNet)",
+    ("LayerParameter", "psroi_pooling_param"): "R-FCN (daijifeng001/caffe-rfcn)",
+    ("LayerParameter", "smooth_l1_loss_param"): "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
+    ("LayerParameter", "video_data_param"): "SSD (weiliu89/caffe, branch ssd)",
+    ("LayerParameter", "engine"): "Intel Caffe (intel/caffe)",
+    ("LayerParameter", "quantization_param"): "Ristretto (pmgysel/caffe)",
+    ("ConvolutionParameter", "cudnn_convolution_algo_seeker"): "NVIDIA Caffe (NVIDIA/caffe)",
+    ("BatchNormParameter", "scale_filler"): "NVIDIA Caffe (NVIDIA/caffe)",
+    ("BatchNormParameter", "bias_filler"): "NVIDIA Caffe (NVIDIA/caffe)",
+    ("BatchNormParameter", "engine"): "NVIDIA Caffe (NVIDIA/caffe)",
+}
+_UNKNOWN_FIELD = re.compile(r'^Message type "caffe\.(\w+)" has no field named "(\w+)"\.?$')
+
 # Tokens of protobuf text format, enough to follow braces: strings, comments,
 # braces, identifiers, and any other single character.
 _TOKEN = re.compile(
@@ -62,6 +81,18 @@ def _enclosing_layer(text: str, line: int | None, column: int | None) -> str | N
     return name if inside else None
 
 
+def _explain(message: str) -> str:
+    """protobuf's "no field named" message, with the fork that defines the field."""
+    unknown = _UNKNOWN_FIELD.match(message)
+    if not unknown:
+        return message
+    owner, name = unknown.groups()
+    fork = FORK_FIELDS.get((owner, name))
+    if fork:
+        return f"unknown field '{name}' in {owner}: defined by the fork {fork}, not by BVLC Caffe"
+    return f"unknown field '{name}' in {owner}: in neither BVLC Caffe nor a known fork"
+
+
 def parse_prototxt_text(text: str, *, source: str = "<string>") -> caffe_pb2.NetParameter:
     """Parse prototxt text into a NetParameter; `source` names it in errors."""
     net = caffe_pb2.NetParameter()
@@ -71,7 +102,7 @@ def parse_prototxt_text(text: str, *, source: str = "<string>") -> caffe_pb2.Net
         line, column = exc.GetLine(), exc.GetColumn()
         message = str(exc)
         # protobuf prefixes "line:column : "; we print our own location.
-        message = re.sub(r"^\d+:\d+\s*:\s*", "", message)
+        message = _explain(re.sub(r"^\d+:\d+\s*:\s*", "", message))
         raise PrototxtSyntaxError(
             message, path=source, line=line, column=column, layer=_enclosing_layer(text, line, column)
         ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,22 @@ from prototxt import caffe_pb2, load_net, parse_prototxt_text, write_caffemodel
 from senet_repro.assets import CaffePair, fetch_nsfw_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SENET_CAFFE_DIR = REPO_ROOT.parent / "shared" / "senet-caffe"
+# The shared data sits next to the repository; SENET_REPRO_SHARED points elsewhere (a worktree).
+SHARED_DIR = Path(os.environ.get("SENET_REPRO_SHARED", REPO_ROOT.parent / "shared"))
+SENET_CAFFE_DIR = SHARED_DIR / "senet-caffe"
+CAFFE_ZOO_DIR = SHARED_DIR / "caffe-zoo"
+BVLC_CAFFE_TARBALL = SHARED_DIR / "caffe-reference" / "bvlc-caffe-9b89154.tar.gz"
+
+
+def require_shared(path: Path, what: str) -> Path:
+    """`path` from ../shared; skips when it is absent, but fails on CI (CI=true)."""
+    if path.exists():
+        return path
+    message = f"{what} is not at {path} (../shared, next to the repository)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
 
 # A small net with every kind of blob a classification net has (convolution with
 # bias, BatchNorm statistics, Scale with bias, InnerProduct), ~1 kB as a caffemodel.

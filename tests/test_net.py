@@ -17,7 +17,7 @@ from prototxt import (
     read_caffemodel,
     write_caffemodel,
 )
-from prototxt.net import Net
+from prototxt.net import Net, upgrade_v1_layer
 from senet_repro.assets import CaffePair
 
 # Learnable parameters (convolution, Scale and InnerProduct blobs; not BatchNorm
@@ -117,6 +117,15 @@ def test_senet154_axpy_and_dropout(senet: dict[str, Net]) -> None:
 def test_pooling_rounds_up() -> None:
     assert _pool("pool: MAX kernel_size: 3 stride: 2") == (1, 1, 56, 56)
     assert _pool("pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR") == (1, 1, 55, 55)
+
+
+def test_fork_ceil_mode_is_caffes_rounding() -> None:
+    """`ceil_mode` (BVLC PR #3057, DenseNet/ResNeXt/DPN releases): false rounds down."""
+    assert _pool("pool: MAX kernel_size: 3 stride: 2 ceil_mode: false") == (1, 1, 55, 55)
+    assert _pool("pool: MAX kernel_size: 3 stride: 2 ceil_mode: true") == (1, 1, 56, 56)
+    assert _pool("pool: MAX kernel_size: 3 stride: 2 ceil_mode: false round_mode: FLOOR") == (1, 1, 55, 55)
+    with pytest.raises(NetDefinitionError, match="ceil_mode: false contradicts round_mode: CEIL"):
+        _pool("pool: MAX kernel_size: 3 stride: 2 ceil_mode: false round_mode: CEIL")
 
 
 def test_pooling_clips_a_last_window_that_starts_in_the_padding() -> None:
@@ -280,6 +289,17 @@ def test_flatten_and_slice() -> None:
 
 
 # --- inputs and phases -----------------------------------------------------------------------
+
+
+def test_v1_layers_keep_every_shared_parameter() -> None:
+    proto = parse_prototxt_text('layers { name: "pow" type: POWER power_param { power: 2 shift: 1 } }')
+    layer = upgrade_v1_layer(proto.layers[0])
+    assert layer.type == "Power" and (layer.power_param.power, layer.power_param.shift) == (2, 1)
+
+
+def test_v0_layers_are_refused_with_the_upgrade_tool_named() -> None:
+    with pytest.raises(NetDefinitionError, match="V0 layer definition.*upgrade_net_proto_text"):
+        _net('layers { layer { name: "c" type: "conv" num_output: 2 } bottom: "x0" top: "y" }', (1, 2, 3, 3))
 
 
 def test_legacy_inputs() -> None:

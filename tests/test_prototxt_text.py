@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import BVLC_CAFFE_TARBALL, CAFFE_ZOO_DIR, SENET_CAFFE_DIR, require_shared
+from google.protobuf.descriptor import FieldDescriptor
 
 from prototxt import (
     PrototxtSyntaxError,
@@ -65,7 +69,14 @@ def test_syntax_error_names_file_line_column_and_layer() -> None:
 def test_unknown_field_is_an_error_with_its_name() -> None:
     error = _syntax_error('layer { name: "relu" type: "ReLU"\n  negative_slop: 0.1 }\n')
     assert (error.line, error.column, error.layer) == (2, 3, "relu")
-    assert 'no field named "negative_slop"' in str(error)
+    assert "unknown field 'negative_slop' in LayerParameter: in neither BVLC Caffe nor a" in str(error)
+
+
+def test_a_fork_field_we_do_not_read_names_its_fork() -> None:
+    error = _syntax_error('layer { name: "up" type: "Upsample"\n upsample_param { scale: 2 } }')
+    assert (error.line, error.layer) == (2, "up")
+    assert "unknown field 'upsample_param' in LayerParameter: defined by the fork SegNet" in str(error)
+    assert "\n" not in str(error)
 
 
 def test_unknown_enum_value() -> None:
@@ -159,3 +170,92 @@ def test_format_and_write_round_trip(tiny_model: CaffePair, tmp_path: Path) -> N
 def test_senet_format_round_trip(senet_prototxts: dict[str, Path]) -> None:
     net = parse_prototxt(senet_prototxts["SE-BN-Inception"])
     assert parse_prototxt_text(format_prototxt(net)) == net
+
+
+# --- the whole schema: BVLC's caffe.proto and the forks' fields -------------------------------
+
+_FIELD = re.compile(r"^\s*(optional|repeated|required)\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)")
+_SCALARS = {
+    "float": FieldDescriptor.TYPE_FLOAT,
+    "double": FieldDescriptor.TYPE_DOUBLE,
+    "int32": FieldDescriptor.TYPE_INT32,
+    "int64": FieldDescriptor.TYPE_INT64,
+    "uint32": FieldDescriptor.TYPE_UINT32,
+    "uint64": FieldDescriptor.TYPE_UINT64,
+    "bool": FieldDescriptor.TYPE_BOOL,
+    "string": FieldDescriptor.TYPE_STRING,
+    "bytes": FieldDescriptor.TYPE_BYTES,
+}
+
+
+def _bvlc_fields() -> dict[tuple[str, str], tuple[str, str, int]]:
+    """(message, field) -> (label, type, number) of every field in BVLC's caffe.proto."""
+    tarball = require_shared(BVLC_CAFFE_TARBALL, "the BVLC Caffe source tarball")
+    with tarfile.open(tarball) as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith("src/caffe/proto/caffe.proto"))
+        text = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
+    fields: dict[tuple[str, str], tuple[str, str, int]] = {}
+    scopes: list[str] = []  # the enclosing message (and enum) names
+    for line in text.splitlines():
+        code = line.split("//")[0]
+        if opened := re.match(r"^\s*(?:message|enum)\s+(\w+)\s*{", code):
+            scopes.append(opened.group(1))
+        elif found := _FIELD.match(code):
+            label, kind, name, number = found.groups()
+            fields[(".".join(scopes), name)] = (label, kind, int(number))
+        scopes = scopes[: len(scopes) - code.count("}")]
+    return fields
+
+
+def test_every_bvlc_field_is_declared_with_caffes_number_and_type() -> None:
+    fields = _bvlc_fields()
+    assert len(fields) == 423  # every field of the 9b89154 file: the parser missed none
+    for (message, name), (label, kind, number) in fields.items():
+        descriptor = caffe_pb2.DESCRIPTOR.message_types_by_name[message.split(".")[0]]
+        for nested in message.split(".")[1:]:
+            descriptor = descriptor.nested_types_by_name[nested]
+        field = descriptor.fields_by_name.get(name)
+        assert field is not None, f"{message}.{name} missing"
+        assert field.number == number, f"{message}.{name}"
+        assert (field.is_repeated, field.is_required) == (label == "repeated", label == "required"), name
+        expected = _SCALARS.get(kind)
+        if expected is not None:
+            assert field.type == expected, f"{message}.{name}"
+        else:
+            target = field.message_type or field.enum_type
+            assert target is not None and target.name == kind.split(".")[-1], f"{message}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("message", "name", "number"),
+    [
+        # weiliu89/caffe at branch ssd, src/caffe/proto/caffe.proto.
+        ("LayerParameter", "permute_param", 202),
+        ("LayerParameter", "prior_box_param", 203),
+        ("LayerParameter", "detection_output_param", 204),
+        ("LayerParameter", "norm_param", 206),
+        ("DetectionOutputParameter", "nms_param", 4),
+        ("DetectionOutputParameter", "code_type", 6),
+        ("DetectionOutputParameter", "keep_top_k", 7),
+        ("DetectionOutputParameter", "variance_encoded_in_target", 8),
+        ("DetectionOutputParameter", "confidence_threshold", 9),
+        ("PriorBoxParameter", "offset", 13),
+    ],
+)
+def test_ssd_fork_fields_carry_the_forks_numbers(message: str, name: str, number: int) -> None:
+    assert caffe_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name[name].number == number
+
+
+def _shared_prototxts() -> list[Path]:
+    zoo = sorted(CAFFE_ZOO_DIR.rglob("*.prototxt")) if CAFFE_ZOO_DIR.is_dir() else []
+    senet = sorted(SENET_CAFFE_DIR.glob("*.prototxt")) if SENET_CAFFE_DIR.is_dir() else []
+    return zoo + senet
+
+
+def test_every_shared_prototxt_parses() -> None:
+    """The public zoo's deploy and train/val nets and the SENets: BVLC and fork fields."""
+    require_shared(CAFFE_ZOO_DIR, "the public Caffe model-zoo prototxts")
+    paths = _shared_prototxts()
+    assert any(path.parent.name == "places365" for path in paths)
+    for path in paths:
+        assert parse_prototxt(path).layer, path
