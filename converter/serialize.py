@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import fx, nn
 
 from prototxt import Net, load_net, write_prototxt
-from prototxt.atomic import atomic_path
+from prototxt.atomic import atomic_path, atomic_paths
 
 from .fold import fold_batchnorm
 from .graph import convert
@@ -25,6 +25,17 @@ from .graph import convert
 
 def prototxt_beside(path: Path) -> Path:
     return path.with_suffix(".prototxt")
+
+
+def written_by_save(path: str | os.PathLike[str]) -> list[Path]:
+    """The files `save_converted(..., path, ...)` writes: a `.safetensors` has its prototxt beside it."""
+    target = Path(path)
+    return [target, prototxt_beside(target)] if target.suffix == ".safetensors" else [target]
+
+
+def read_by_load(path: str | os.PathLike[str]) -> list[Path]:
+    """The files `load_converted(path)` reads besides `path` itself."""
+    return written_by_save(path)[1:]
 
 
 def save_converted(
@@ -47,10 +58,11 @@ def save_converted(
             "outputs": ",".join(module.caffe_outputs),
             "fold": getattr(module, "caffe_fold", "none"),
         }
-        with atomic_path(target) as tmp:
-            save_file(state, tmp, metadata=metadata)
-        write_prototxt(net.to_proto(), prototxt_beside(target))
-        return [target, prototxt_beside(target)]
+        written = written_by_save(target)
+        with atomic_paths(written) as (tensors, prototxt):  # both appear together
+            save_file(state, tensors, metadata=metadata)
+            write_prototxt(net.to_proto(), prototxt)
+        return written
     raise ValueError(f"{target}: the output must end in .pt2 or .safetensors")
 
 

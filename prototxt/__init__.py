@@ -9,6 +9,7 @@ from .errors import (
     CaffeError,
     CaffemodelFormatError,
     NetDefinitionError,
+    OutputError,
     PrototxtSyntaxError,
     WeightsMismatchError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "Layer",
     "Net",
     "NetDefinitionError",
+    "OutputError",
     "PrototxtSyntaxError",
     "WeightsMismatchError",
     "attach_weights",

@@ -1,19 +1,39 @@
 """Write files so that a failure never leaves a half-written result behind.
 
-Everything the toolkit writes goes to a temporary file in the target's folder
-first and is renamed over the target only once complete (rename is atomic on
-POSIX). The final file gets ordinary permissions (0666 minus the umask), not
-the 0600 of a temporary file.
+Everything the toolkit writes goes to a hidden temporary file in the target's
+folder first and is renamed over the target only once complete (rename is
+atomic on POSIX). Targets are resolved first: a symlink is written through (its
+target is replaced, the link stays), and anything that is not a regular file
+(a directory, device, FIFO or socket) is refused instead of being replaced by
+a regular file. A replaced file keeps its permission bits; a new one gets
+0666 minus the umask, not the 0600 of a temporary file. Temporary files are
+removed on exceptions, Ctrl-C and SIGTERM/SIGHUP alike.
+
+`same_file` and `check_writable` are the checks the command-line tools make on
+every output before they start (see `senet_repro.cli._common.guard_outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import stat
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import BinaryIO
+
+from .errors import OutputError
+
+StrPath = str | os.PathLike[str]
+
+# Temporary files not yet renamed into place, removed by the signal handler.
+_pending: set[str] = set()
+_previous_handlers: dict[int, object] = {}
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _umask() -> int:
@@ -22,30 +42,135 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path to write; it replaces `path` if the block succeeds.
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
-    For writers that want a file name (torch.export.save, safetensors, ONNX).
+
+def resolve_target(path: StrPath) -> Path:
+    """The file a write to `path` must replace: symlinks followed; only regular files or nothing.
+
+    Raises `OutputError` for a directory, device, FIFO or socket, and for a parent
+    that exists but is not a directory.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
-    )
-    os.close(fd)
+    target = Path(os.path.realpath(path))
     try:
-        yield tmp_name
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except NotADirectoryError:
+        raise OutputError(f"{path}: cannot write it, a parent of it is a file, not a folder") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        link = f" (a symlink to {target})" if Path(path).is_symlink() else ""
+        raise OutputError(f"{path}{link}: is {_kind(mode)}; refusing to replace it with a regular file")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot write it, {parent} is a file, not a folder")
+            break
+    return target
+
+
+def check_writable(path: StrPath, *, force: bool) -> None:
+    """Refuse an output that is not a regular file, or an existing file without `force`."""
+    target = resolve_target(path)
+    if target.exists() and not force:
+        raise OutputError(f"{path}: exists; refusing to replace a file without --force")
+
+
+def same_file(a: StrPath, b: StrPath) -> bool:
+    """Whether `a` and `b` are one file: same path after symlinks, or same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _remove_pending_and_reraise(signum: int, frame: FrameType | None) -> None:
+    for name in list(_pending):
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    _pending.clear()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    signal.signal(signum, previous)  # type: ignore[arg-type]
+    os.kill(os.getpid(), signum)
+
+
+def _track(name: str) -> None:
+    """Register a temporary file; the first one installs the cleanup on SIGTERM/SIGHUP."""
+    if not _pending and threading.current_thread() is threading.main_thread():
+        for signum in _TERMINATING:
+            previous = signal.getsignal(signum)
+            if previous is not signal.SIG_IGN:  # a process told to ignore it keeps ignoring it
+                _previous_handlers[signum] = signal.SIG_DFL if previous is None else previous
+                signal.signal(signum, _remove_pending_and_reraise)
+    _pending.add(name)
+
+
+def _untrack(name: str) -> None:
+    _pending.discard(name)
+    if not _pending and threading.current_thread() is threading.main_thread():
+        for signum, previous in _previous_handlers.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+        _previous_handlers.clear()
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_paths(paths: Iterable[StrPath]) -> Iterator[list[str]]:
+    """Yield temporary paths to write; they replace `paths` together once the block succeeds.
+
+    For writers that want a file name (torch.export.save, safetensors, ONNX) and for
+    results made of several files, which appear only once all are complete.
+    """
+    targets = [resolve_target(path) for path in paths]
+    temporaries: list[str] = []
+    try:
+        for target in targets:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise OutputError(f"{target}: cannot create its folder") from None
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
+            )
+            os.close(fd)
+            _track(name)
+            temporaries.append(name)
+        yield list(temporaries)
+        for target, name in zip(targets, temporaries):
+            try:
+                mode = stat.S_IMODE(target.stat().st_mode)
+            except FileNotFoundError:
+                mode = 0o666 & ~_umask()
+            os.chmod(name, mode)
+            os.replace(name, resolve_target(target))
+            _untrack(name)
+    finally:
+        for name in temporaries:
+            if name in _pending:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+                _untrack(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: StrPath) -> Iterator[str]:
+    """Yield a temporary path to write; it replaces `path` if the block succeeds."""
+    with atomic_paths([path]) as (name,):
+        yield name
+
+
+@contextlib.contextmanager
+def atomic_writer(path: StrPath) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces `path` only once it is completely written."""
     with atomic_path(path) as tmp_name, open(tmp_name, "wb") as handle:
         yield handle

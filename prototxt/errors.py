@@ -7,6 +7,10 @@ Every failure caused by the content of a user's file is one of these, so callers
 from __future__ import annotations
 
 
+class OutputError(ValueError):
+    """An output path the toolkit must not write: an input, a special file, an existing file."""
+
+
 class CaffeError(ValueError):
     """Base class: something is wrong with a Caffe file or net definition."""
 

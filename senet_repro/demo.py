@@ -118,7 +118,11 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
 
 
 def _cli(command: click.Command, args: list[str]) -> None:
-    """Run one of our CLI commands in-process, as a user would from the shell."""
+    """Run one of our CLI commands in-process, as a user would from the shell.
+
+    With --force: the files are the demo's own, under --out, replaced by a rerun.
+    """
+    args = [*args, "--force"]
     click.echo("$ " + " ".join([command.name or "", *args]))
     command.main(args, standalone_mode=False)
 
@@ -146,7 +150,10 @@ def senet_pipeline(
     paths: dict[str, Path] = {"pth": work / f"{model}.pth", "onnx": work / f"{model}.onnx"}
 
     def torch2caffe() -> str:
-        _cli(convert_cli.torch2caffe, ["--model", model, "-o", str(work / "caffe"), "--portable"])
+        _cli(
+            convert_cli.torch2caffe,
+            ["--model", model, "--random-weights", "-o", str(work / "caffe"), "--portable"],
+        )
         paths["prototxt"] = next((work / "caffe").glob("*.portable.prototxt"))
         paths["caffemodel"] = next((work / "caffe").glob("*.caffemodel"))
         return f"wrote {paths['prototxt']} and {paths['caffemodel']} (seeded random weights)"
@@ -286,7 +293,7 @@ def senet_pipeline(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo-out"),
     show_default=True,
-    help="Where the demo writes its files.",
+    help="Where the demo writes its files (replacing those of an earlier run).",
 )
 def main(caffemodel: Path | None, prototxt: Path | None, model: str | None, out: Path) -> None:
     """Run the senet-repro pipeline end to end and print a report."""

@@ -41,8 +41,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,6 +48,7 @@ import torch
 from torch import nn
 
 from prototxt import build_net, caffe_pb2, portable_net, write_caffemodel, write_prototxt
+from prototxt.atomic import atomic_paths
 
 from .models import (
     caffe_layer_map,
@@ -323,9 +322,9 @@ def export_caffe(
     Axpy) even when `portable` asks for the portable prototxt: Caffe and OpenCV
     match blobs by layer name, so one caffemodel serves both prototxts. Files
     are named as in the release (`SE-ResNet-50.prototxt`, `SENet.caffemodel`,
-    `.portable.prototxt` for the portable form). Both are written to a staging
-    folder and only then moved into place, so a failure while writing leaves nothing
-    behind.
+    `.portable.prototxt` for the portable form). Both are written to temporary
+    files and only then renamed into place, so a failure while writing leaves
+    nothing behind.
     """
     model = resolve_name(model_name)
     directory = Path(out_dir)
@@ -335,28 +334,28 @@ def export_caffe(
         state_dict = random_state_dict(model, seed)
     blobs = state_dict_to_caffe(model, state_dict)
     release = caffe_net(model)
-    info = weights_for(model)
-    prototxt_name = info.prototxt.replace(".prototxt", ".portable.prototxt") if portable else info.prototxt
+    prototxt, caffemodel = (directory / name for name in release_file_names(model, portable))
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".torch2caffe.", dir=directory))
     try:
-        write_prototxt(
-            portable_net(release) if portable else release, staging / prototxt_name, header=_header(model)
-        )
-        write_caffemodel(staging / info.caffemodel, release, blobs)
-        # Two renames cannot be one atomic step; a file already moved stays (deleting it
-        # would also lose the earlier file it replaced).
-        for name in (info.caffemodel, prototxt_name):
-            os.replace(staging / name, directory / name)
+        # Both files appear together, only once both are complete.
+        with atomic_paths([prototxt, caffemodel]) as (prototxt_tmp, caffemodel_tmp):
+            write_prototxt(
+                portable_net(release) if portable else release, prototxt_tmp, header=_header(model)
+            )
+            write_caffemodel(caffemodel_tmp, release, blobs)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
-    staging.rmdir()
-    return directory / prototxt_name, directory / info.caffemodel
+    return prototxt, caffemodel
 
 
-__all__ = ["INPUT_SHAPE", "caffe_net", "export_caffe", "random_state_dict"]
+def release_file_names(model_name: str, portable: bool = False) -> tuple[str, str]:
+    """The release's prototxt and caffemodel names (`.portable.prototxt` for the portable form)."""
+    info = weights_for(resolve_name(model_name))
+    prototxt = info.prototxt.replace(".prototxt", ".portable.prototxt") if portable else info.prototxt
+    return prototxt, info.caffemodel
+
+
+__all__ = ["INPUT_SHAPE", "caffe_net", "export_caffe", "random_state_dict", "release_file_names"]

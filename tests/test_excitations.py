@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_assertions import assert_one_line_error
 from click.testing import CliRunner
 from torch import nn
 
@@ -441,3 +442,16 @@ def test_command_bad_input_is_one_line_with_exit_code_2(
         line.startswith("  ") or "excitations:" in line for line in lines[:-1]
     )
     assert not (tmp_path / "figs").exists()
+
+
+def test_command_never_replaces_existing_results_without_force(
+    fake: FakeImageNet, resnet_weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "gates.json").write_text("earlier results")
+    args = ["--model", "se_resnet50", "--weights", str(resnet_weights), "--data", str(fake.layouts["flat"])]
+    args += ["--classes", "throne", "--out", str(out), "--workers", "0", "--crop", "32", "--resize", "40"]
+    assert_one_line_error(CliRunner().invoke(excitations, args), "gates.json", "exists", "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["gates.json"]
+    assert (out / "gates.json").read_text() == "earlier results"

@@ -166,7 +166,7 @@ def _invoke(*args: str | Path) -> Result:
 def test_portable_prototxt_runs_in_opencv(tmp_path: Path, model: str) -> None:
     """OpenCV on `torch2caffe --portable` output agrees with our model (relative 1e-4)."""
     cv2 = pytest.importorskip("cv2")
-    result = _invoke("--model", model, "-o", tmp_path, "--portable")
+    result = _invoke("--model", model, "--random-weights", "-o", tmp_path, "--portable")
     assert result.exit_code == 0, result.output
     info = weights_for(model)
     prototxt = tmp_path / info.prototxt.replace(".prototxt", ".portable.prototxt")
@@ -300,7 +300,9 @@ def test_cli_bad_weights(tmp_path: Path, kind: str, out_exists: bool) -> None:
 def test_cli_bad_model(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_one_line_error(
-        _invoke("--model", "se_resnet51", "-o", out), "unknown model 'se_resnet51'", "se_resnext50_32x4d"
+        _invoke("--model", "se_resnet51", "--random-weights", "-o", out),
+        "unknown model 'se_resnet51'",
+        "se_resnext50_32x4d",
     )
     assert not out.exists()
 
@@ -308,10 +310,14 @@ def test_cli_bad_model(tmp_path: Path) -> None:
 def test_cli_bad_output_and_seed(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
-    assert_one_line_error(_invoke("--model", "se_resnet50", "-o", a_file), "not a directory")
+    assert_one_line_error(
+        _invoke("--model", "se_resnet50", "--random-weights", "-o", a_file), "not a directory"
+    )
     assert a_file.read_text() == "keep me"
     out = tmp_path / "out"
-    assert_one_line_error(_invoke("--model", "se_resnet50", "-o", out, "--seed", "-1"), "non-negative")
+    assert_one_line_error(
+        _invoke("--model", "se_resnet50", "--random-weights", "-o", out, "--seed", "-1"), "non-negative"
+    )
     assert not out.exists()
 
 

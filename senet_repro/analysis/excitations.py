@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from prototxt.atomic import atomic_paths
 from senet_repro import imagenet
 from senet_repro.models.blocks import SEModule
 from senet_repro.models.caffe_names import CAFFE_LAYERS
@@ -465,7 +467,6 @@ def format_summary(summaries: Sequence[LayerSummary]) -> str:
 
 def write_results(result: ExcitationResult, out: Path, meta: dict[str, object]) -> list[Path]:
     """gates.json (everything), gates.csv (one row per layer, class, channel), summary.csv and .txt."""
-    out.mkdir(parents=True, exist_ok=True)
     summaries = result.summary()
     classes = [
         {
@@ -493,24 +494,35 @@ def write_results(result: ExcitationResult, out: Path, meta: dict[str, object]) 
         "layers": layers,
         "unreadable": [{"file": name, "error": message} for name, message in result.unreadable],
     }
-    paths = [out / "gates.json", out / "gates.csv", out / "summary.csv", out / "summary.txt"]
-    paths[0].write_text(json.dumps(document, indent=1) + "\n")
-    with paths[1].open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["layer", "module", "wnid", "class", "channel", "mean_gate"])
-        for layer in result.layers:
-            for c, row in zip(result.classes, result.mean_gates[layer.name]):
-                writer.writerows(
-                    [layer.name, layer.path, c.wnid, c.name, channel, repr(float(value))]
-                    for channel, value in enumerate(row)
-                )
-    with paths[2].open("w", newline="") as file:
-        rows = [s.as_row() for s in summaries]
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(
-            {key: repr(value) if isinstance(value, float) else value for key, value in row.items()}
-            for row in rows
-        )
-    paths[3].write_text(format_summary(summaries) + "\n")
+    gates, summary = io.StringIO(newline=""), io.StringIO(newline="")
+    writer = csv.writer(gates)
+    writer.writerow(["layer", "module", "wnid", "class", "channel", "mean_gate"])
+    for layer in result.layers:
+        for c, row in zip(result.classes, result.mean_gates[layer.name]):
+            writer.writerows(
+                [layer.name, layer.path, c.wnid, c.name, channel, repr(float(value))]
+                for channel, value in enumerate(row)
+            )
+    rows = [s.as_row() for s in summaries]
+    dict_writer = csv.DictWriter(summary, fieldnames=list(rows[0]))
+    dict_writer.writeheader()
+    dict_writer.writerows(
+        {key: repr(value) if isinstance(value, float) else value for key, value in row.items()}
+        for row in rows
+    )
+    texts = [
+        json.dumps(document, indent=1) + "\n",
+        gates.getvalue(),
+        summary.getvalue(),
+        format_summary(summaries) + "\n",
+    ]
+    paths = result_paths(out)
+    with atomic_paths(paths) as temporaries:
+        for name, text in zip(temporaries, texts):
+            Path(name).write_text(text, encoding="utf-8")
     return paths
+
+
+def result_paths(out: Path) -> list[Path]:
+    """The files `write_results` writes."""
+    return [out / "gates.json", out / "gates.csv", out / "summary.csv", out / "summary.txt"]

@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from prototxt.atomic import atomic_path
+
 from .excitations import ExcitationResult, SELayer
 
 FORMATS = ("png", "svg")
@@ -101,17 +103,32 @@ def plot_overview(result: ExcitationResult, title: str = "") -> Figure:
     return figure
 
 
+def _stem_paths(stem: Path) -> list[Path]:
+    return [stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS]
+
+
 def save_figure(figure: Figure, stem: Path) -> list[Path]:
-    """`stem`.png (150 dpi) and `stem`.svg."""
-    paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS]
+    """`stem`.png (150 dpi) and `stem`.svg, each written atomically."""
+    paths = _stem_paths(stem)
     for path in paths:
-        figure.savefig(path, dpi=150, metadata={"Date": None} if path.suffix == ".svg" else None)
+        with atomic_path(path) as tmp:
+            figure.savefig(
+                tmp,
+                format=path.suffix[1:],
+                dpi=150,
+                metadata={"Date": None} if path.suffix == ".svg" else None,
+            )
     return paths
+
+
+def figure_paths(layers: list[SELayer], out: Path) -> list[Path]:
+    """The files `write_figures` writes for `layers`."""
+    stems = [file_stem(layer.name) for layer in layers] + ["overview"]
+    return [path for stem in stems for path in _stem_paths(out / stem)]
 
 
 def write_figures(result: ExcitationResult, out: Path, title: str = "") -> list[Path]:
     """A figure per layer (<layer>.png/.svg) and the overview (overview.png/.svg) in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for layer in result.layers:
         paths += save_figure(plot_layer(result, layer), out / file_stem(layer.name))

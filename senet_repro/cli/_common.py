@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TypeVar
 
 import click
 
-from prototxt import CaffeError
+from prototxt import CaffeError, OutputError
+from prototxt.atomic import check_writable, same_file
 
 F = TypeVar("F", bound=Callable)
 
@@ -40,3 +42,53 @@ def user_errors(command: F) -> F:
             raise UserError(message) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class OutputPath(click.Path):
+    """A path option the command writes; every other path option is an input `guard_outputs` protects."""
+
+
+# No click-side checks: `guard_outputs` reports every problem in one line.
+OUTPUT = OutputPath(path_type=Path)
+
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Replace output files that already exist (never an input, a directory or a special file).",
+)
+
+
+def _given_inputs() -> list[Path]:
+    """The values of the running command's input path options and arguments."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return []
+    found: list[Path] = []
+    for param in context.command.params:
+        if not isinstance(param.type, click.Path) or isinstance(param.type, OutputPath):
+            continue
+        value = context.params.get(param.name or "")
+        values = value if isinstance(value, tuple | list) else [value]
+        found += [Path(v) for v in values if v is not None]
+    return found
+
+
+def guard_outputs(outputs: Iterable[Path], *, force: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, every output that would replace something it must not.
+
+    The policy of every command: an output is never one of the inputs (the
+    command's path options and arguments, plus `inputs` it reads besides, compared
+    after symlinks and by inode, so hard links count), never a directory, device,
+    FIFO or socket, and never an existing file unless --force is given.
+    """
+    sources = [*_given_inputs(), *inputs]
+    checked: list[Path] = []
+    for output in outputs:
+        for source in sources:
+            if same_file(output, source):
+                raise OutputError(f"{output}: is also an input ({source}); refusing to replace an input")
+        for other in checked:
+            if same_file(output, other):
+                raise OutputError(f"{output}: written twice (also as {other})")
+        check_writable(output, force=force)
+        checked.append(output)

@@ -13,16 +13,17 @@ from senet_repro.analysis.excitations import (
     collect_excitations,
     format_summary,
     resolve_classes,
+    result_paths,
     se_layers,
     select_layers,
     write_results,
 )
-from senet_repro.analysis.plots import write_figures
+from senet_repro.analysis.plots import figure_paths, write_figures
 from senet_repro.models import get_model, weights_for
 from senet_repro.transforms import CaffePreprocess
 from senet_repro.validate import LAYOUTS, ValidateError, configure_precision, open_valset
 
-from ._common import user_errors
+from ._common import OUTPUT, force_option, guard_outputs, user_errors
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -69,7 +70,7 @@ def _device(name: str | None) -> torch.device:
 @click.option(
     "--out",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUTPUT,
     help="Folder for the figures, gates.json/.csv and summary.csv/.txt.",
 )
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True)
@@ -83,6 +84,7 @@ def _device(name: str | None) -> torch.device:
 )
 @click.option("--resize", type=click.IntRange(1), help="Shorter side (default: the model's, 256).")
 @click.option("--crop", type=click.IntRange(1), help="Centre crop (default: the model's, 224).")
+@force_option
 @user_errors
 def excitations(
     model: str,
@@ -99,6 +101,7 @@ def excitations(
     workers: int,
     resize: int | None,
     crop: int | None,
+    force: bool,
 ) -> None:
     """Average the SE gates over --per-class images of each class and plot them per channel (paper, Fig. 6).
 
@@ -113,6 +116,9 @@ def excitations(
     valset = open_valset(data, layout=layout, labels_file=labels)
     network = get_model(model, weights=weights)
     layers = select_layers(se_layers(network, model), layer_spec)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+    guard_outputs(result_paths(out) + figure_paths(layers, out), force=force)
     target = _device(device)
     configure_precision(target, tf32=False)
     click.echo(

@@ -9,7 +9,7 @@ import click
 
 from prototxt import Net, load_net
 
-from ._common import user_errors
+from ._common import OUTPUT, force_option, guard_outputs, user_errors
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -127,7 +127,7 @@ def _input_shape(net: Net) -> tuple[int, ...]:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT,
     required=True,
     help="SENet: OUT.pth or OUT.safetensors, a state_dict of the clean model. Any other "
     "net (or --generic): OUT.pt2 (torch.export) or OUT.safetensors (+ OUT.prototxt).",
@@ -187,6 +187,7 @@ def _input_shape(net: Net) -> tuple[int, ...]:
     help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.",
 )
 @_outputs_option
+@force_option
 @user_errors
 def caffe2torch(
     prototxt: Path | None,
@@ -202,6 +203,7 @@ def caffe2torch(
     fold_normalisation: bool,
     fold: str,
     outputs: str | None,
+    force: bool,
 ) -> None:
     """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
 
@@ -219,7 +221,7 @@ def caffe2torch(
     from converter import convert
     from converter.fold import fold_batchnorm
     from converter.selfcheck import self_check
-    from converter.serialize import save_converted
+    from converter.serialize import save_converted, written_by_save
     from senet_repro import checkpoints
 
     generic_options = [
@@ -246,6 +248,7 @@ def caffe2torch(
         )
     if (devkit or labels) and class_order != "torchvision":
         raise ValueError("--devkit and --labels give the permutation for --class-order torchvision")
+    guard_outputs([output], force=force)  # the files beside it once the kind of net is known
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
     target = checkpoints.senet_target(
         net, model, output, wants_generic=bool(generic_options) or output.suffix == ".pt2"
@@ -258,6 +261,7 @@ def caffe2torch(
                 f"{', '.join(senet_options)} apply to the seven SENet networks only; "
                 f"'{net.name}' is converted as a generic graph"
             )
+        guard_outputs(written_by_save(output), force=force)
         shape = _input_shape(net)
         module = convert(net, outputs.split(",") if outputs else None, progress=True)
         if fold != "none":
@@ -273,6 +277,7 @@ def caffe2torch(
         click.echo("wrote " + ", ".join(str(p) for p in written))
         return
     paths = checkpoints.output_paths(output, also_safetensors)
+    guard_outputs(paths, force=force)
     permutation = checkpoints.class_permutation(devkit, labels) if class_order == "torchvision" else None
     result = checkpoints.convert_senet(
         net,
@@ -314,19 +319,28 @@ def caffe2torch(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT,
     required=True,
     help="The .onnx file to write.",
 )
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @_outputs_option
+@force_option
 @user_errors
 def caffe2onnx(
-    prototxt: Path | None, caffemodel: Path, output: Path, opset: int, fp16: bool, outputs: str | None
+    prototxt: Path | None,
+    caffemodel: Path,
+    output: Path,
+    opset: int,
+    fp16: bool,
+    outputs: str | None,
+    force: bool,
 ) -> None:
     """Convert a Caffe net straight to ONNX (input 'data', outputs named after Caffe blobs)."""
     from converter import convert
+
+    guard_outputs([output], force=force)
 
     net = load_net(prototxt, caffemodel)
     shape = _input_shape(net)
@@ -360,7 +374,7 @@ def _export_and_compare(
 
 @main.command("torch2onnx")
 @click.argument("converted", type=_FILE)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("-o", "--output", type=OUTPUT, required=True, help="The .onnx file to write.")
 @click.option(
     "--model",
     default=None,
@@ -376,9 +390,10 @@ def _export_and_compare(
 )
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
+@force_option
 @user_errors
 def torch2onnx(
-    converted: Path, output: Path, model: str | None, input_shape: str, opset: int, fp16: bool
+    converted: Path, output: Path, model: str | None, input_shape: str, opset: int, fp16: bool, force: bool
 ) -> None:
     """Export a converted net to ONNX: a SENet checkpoint (--model) or a generic .pt2/.safetensors.
 
@@ -391,6 +406,9 @@ def torch2onnx(
         raise ValueError(
             f"--input-shape {input_shape!r}: expected comma-separated integers such as 1,3,224,224"
         ) from None
+    from converter.serialize import read_by_load
+
+    guard_outputs([output], force=force, inputs=[] if model else read_by_load(converted))
     if model is not None:
         from senet_repro.models import get_model
 
@@ -404,9 +422,10 @@ def torch2onnx(
 
 @main.command("portable-prototxt")
 @click.argument("source", type=_FILE)
-@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", type=OUTPUT)
+@force_option
 @user_errors
-def portable_prototxt(source: Path, target: Path) -> None:
+def portable_prototxt(source: Path, target: Path, force: bool) -> None:
     """Rewrite every Axpy of SOURCE into Reshape + Scale + Eltwise, for stock Caffe and OpenCV.
 
     OpenCV 4.x maps Axpy with its operands swapped and BVLC Caffe has no Axpy; the
@@ -415,6 +434,7 @@ def portable_prototxt(source: Path, target: Path) -> None:
     """
     from prototxt import parse_prototxt, portable_net, write_prototxt
 
+    guard_outputs([target], force=force)
     original = parse_prototxt(source)
     rewritten = portable_net(original)
     count = sum(layer.type == "Axpy" for layer in original.layer)
@@ -438,13 +458,18 @@ def portable_prototxt(source: Path, target: Path) -> None:
     "--weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="A state_dict of that network (.pth or .safetensors); default: random weights.",
+    help="A state_dict of that network (.pth or .safetensors).",
+)
+@click.option(
+    "--random-weights",
+    is_flag=True,
+    help="Instead of --weights: seeded random weights (for demos and tests; not a trained model).",
 )
 @click.option(
     "-o",
     "--output",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=OUTPUT,
     required=True,
     help="Directory for the .prototxt and the .caffemodel (release file names).",
 )
@@ -458,23 +483,37 @@ def portable_prototxt(source: Path, target: Path) -> None:
     type=int,
     default=0,
     show_default=True,
-    help="Seed of the random weights (used without --weights).",
+    help="Seed of --random-weights.",
 )
+@force_option
 @user_errors
-def torch2caffe(model_name: str, weights: Path | None, out_dir: Path, portable: bool, seed: int) -> None:
+def torch2caffe(
+    model_name: str,
+    weights: Path | None,
+    random_weights: bool,
+    out_dir: Path,
+    portable: bool,
+    seed: int,
+    force: bool,
+) -> None:
     """Write an SE network as a Caffe deploy prototxt + caffemodel in the release's layout.
 
     Layer names, order and parameters are those of the original hujie-frank/SENet
-    prototxts; BatchNorm blobs carry a scale factor of 1. Without --weights the
-    weights are random, seeded and well-conditioned (calibrated BatchNorm), for
-    demos and tests. Nothing is written when anything fails.
+    prototxts; BatchNorm blobs carry a scale factor of 1. The weights come from
+    --weights, or with --random-weights are random, seeded and well-conditioned
+    (calibrated BatchNorm), for demos and tests. Nothing is written when anything fails.
     """
-    from senet_repro.export_caffe import export_caffe
+    from senet_repro.export_caffe import export_caffe, release_file_names
     from senet_repro.models import CaffeMappingError, load_weights, resolve_name
 
     from ._common import UserError
 
+    if (weights is None) == (not random_weights):
+        raise ValueError("give the weights to write: --weights FILE or --random-weights (not both)")
     model = resolve_name(model_name)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} exists and is not a directory")
+    guard_outputs([out_dir / name for name in release_file_names(model, portable)], force=force)
     state_dict = load_weights(weights) if weights is not None else None
     try:
         prototxt, caffemodel = export_caffe(model, state_dict, out_dir, portable, seed=seed)

@@ -15,6 +15,7 @@ import click
 import torch
 import torch.distributed as dist
 
+from prototxt.atomic import atomic_writer
 from senet_repro import imagenet
 from senet_repro.transforms import CaffePreprocess
 from senet_repro.validate import (
@@ -32,7 +33,7 @@ from senet_repro.validate import (
     open_valset,
 )
 
-from ._common import user_errors
+from ._common import OUTPUT, force_option, guard_outputs, user_errors
 
 if TYPE_CHECKING:
     from senet_repro.models import CaffeWeights
@@ -220,8 +221,8 @@ def _report(
         "verdict": verdict,
         "environment": _environment(device, result.world_size),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_writer(path) as handle:
+        handle.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
 
 
 def _protocol(args: dict) -> tuple[CaffePreprocess, Published | None, str]:
@@ -323,7 +324,8 @@ def _backend(args: dict, device: torch.device) -> Backend:
 @click.option(
     "--tolerance", type=click.FloatRange(0), default=0.1, show_default=True, help="Percentage points."
 )
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write everything as JSON.")
+@click.option("--report", type=OUTPUT, help="Write everything as JSON.")
+@force_option
 @user_errors
 def main(**args) -> None:
     """Measure top-1/top-5 error on ImageNet val and compare with the SENet release.
@@ -332,6 +334,7 @@ def main(**args) -> None:
     (shorter side 256 with OpenCV bilinear, centre 224, BGR minus 104/117/123). Works
     under torchrun: each rank evaluates a disjoint shard, rank 0 reports.
     """
+    guard_outputs([args["report"]] if args["report"] else [], force=args["force"])
     device = _resolve_device(args["device"], int(os.environ.get("LOCAL_RANK", "0")))
     distributed = init_distributed(device.type)
     preprocess, published, class_order = _protocol(args)

@@ -1,0 +1,280 @@
+"""What the tools write, and where: atomic, never over an input, a special file or an unasked-for file.
+
+Every output of every command goes through `prototxt.atomic` (temporary file,
+then rename) and `senet_repro.cli._common.guard_outputs` (checked before any
+work). These tests attack both with the cases a user meets: output = input (by
+name, symlink and hard link), FIFOs, sockets, directories, symlinked outputs,
+a parent that is a file, existing files without --force, and SIGTERM mid-write.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from cli_assertions import assert_one_line_error
+from click.testing import CliRunner, Result
+
+from prototxt import OutputError
+from prototxt.atomic import atomic_path, atomic_writer
+from senet_repro.assets import CaffePair
+from senet_repro.cli.convert import main as convert_main
+from senet_repro.cli.validate import main as validate_main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def convert(*args: str | Path) -> Result:
+    return CliRunner().invoke(convert_main, [str(arg) for arg in args])
+
+
+@pytest.fixture
+def pair(tiny_model: CaffePair, tmp_path: Path) -> CaffePair:
+    """A private copy of the tiny net (net.prototxt, net.caffemodel) in tmp_path."""
+    prototxt, caffemodel = tmp_path / "net.prototxt", tmp_path / "net.caffemodel"
+    shutil.copy(tiny_model.prototxt, prototxt)
+    shutil.copy(tiny_model.caffemodel, caffemodel)
+    return CaffePair(prototxt, caffemodel)
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- the atomic writer
+
+
+def test_special_files_are_refused_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    sock_path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock_path))
+        for target, kind in ((fifo, "a FIFO"), (folder, "a directory"), (sock_path, "a socket")):
+            with pytest.raises(OutputError, match=kind), atomic_writer(target) as handle:
+                handle.write(b"never")
+        assert stat.S_ISSOCK(sock_path.stat().st_mode)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and folder.is_dir()
+    assert hidden_files(tmp_path) == []
+
+
+def test_a_symlinked_output_writes_its_target_and_stays_a_link(tmp_path: Path) -> None:
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = real_dir / "model.prototxt"
+    real.write_text("old")
+    link = tmp_path / "link.prototxt"
+    link.symlink_to(real)
+    with atomic_writer(link) as handle:
+        handle.write(b"new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert hidden_files(tmp_path) == [] and hidden_files(real_dir) == []
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "to-fifo").symlink_to(fifo)
+    with pytest.raises(OutputError, match="symlink to .* a FIFO"), atomic_path(tmp_path / "to-fifo"):
+        pass
+
+
+def test_a_replaced_file_keeps_its_mode_a_new_one_follows_the_umask(tmp_path: Path) -> None:
+    existing = tmp_path / "existing"
+    existing.write_text("old")
+    existing.chmod(0o640)
+    with atomic_writer(existing) as handle:
+        handle.write(b"new")
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640 and existing.read_text() == "new"
+    mask = os.umask(0o027)
+    try:
+        with atomic_writer(tmp_path / "fresh") as handle:
+            handle.write(b"x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o640
+
+
+def test_a_parent_that_is_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("keep")
+    for target in (tmp_path / "file" / "out.prototxt", tmp_path / "file" / "deeper" / "out.prototxt"):
+        with pytest.raises(OutputError, match="is a file, not a folder"), atomic_writer(target):
+            pass
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_write_leaves_no_temporary_file(tmp_path: Path, sig: signal.Signals) -> None:
+    """Killed while writing (SIGTERM from a scheduler, Ctrl-C): the old file stays, no hidden rest."""
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"previous")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from prototxt.atomic import atomic_writer
+        with atomic_writer({str(target)!r}) as handle:
+            handle.write(b"x" * 1_000_000)
+            print("writing", flush=True)
+            time.sleep(60)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert process.stdout is not None and process.stdout.readline() == b"writing\n"
+    assert len(hidden_files(tmp_path)) == 1  # the temporary file exists while writing
+    process.send_signal(sig)
+    process.wait(timeout=30)
+    assert process.returncode != 0
+    assert hidden_files(tmp_path) == [] and target.read_bytes() == b"previous"
+
+
+# ----------------------------------------------------------------------------- outputs vs inputs
+
+
+def test_output_equal_to_an_input_is_refused_even_with_force(pair: CaffePair, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    shutil.copy(pair.caffemodel, weights)
+    before = weights.read_bytes()
+    for extra in ([], ["--force"]):
+        line = assert_one_line_error(
+            convert("caffe2torch", "--caffemodel", weights, "-o", weights, *extra), "is also an input"
+        )
+        assert str(weights) in line
+    hard = tmp_path / "hard.pt2"
+    os.link(weights, hard)
+    soft = tmp_path / "soft.pt2"
+    soft.symlink_to(weights)
+    for alias in (hard, soft):
+        assert_one_line_error(
+            convert("caffe2torch", "--caffemodel", weights, "-o", alias, "--force"), "is also an input"
+        )
+    assert weights.read_bytes() == before and hidden_files(tmp_path) == []
+
+
+def test_portable_prototxt_onto_its_source_is_refused(pair: CaffePair) -> None:
+    before = pair.prototxt.read_text()
+    assert_one_line_error(
+        convert("portable-prototxt", pair.prototxt, pair.prototxt, "--force"), "is also an input"
+    )
+    assert pair.prototxt.read_text() == before
+
+
+def test_validate_report_onto_the_weights_is_refused(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    data = tmp_path / "data"
+    data.mkdir()
+    result = CliRunner().invoke(
+        validate_main,
+        ["--model", "se_resnet50", "--weights", str(weights), "--data", str(data), "--report", str(weights)],
+    )
+    assert_one_line_error(result, "is also an input")
+    assert weights.read_bytes() == b"weights"
+
+
+def test_the_deploy_prototxt_beside_an_output_never_replaces_the_input_prototxt(pair: CaffePair) -> None:
+    """`-o net.safetensors` writes net.prototxt beside it: that is the input here, so nothing is written."""
+    before = pair.prototxt.read_text()
+    output = pair.prototxt.with_suffix(".safetensors")
+    for extra in ([], ["--force"]):
+        args = ["--prototxt", pair.prototxt, "--caffemodel", pair.caffemodel, "-o", output, *extra]
+        line = assert_one_line_error(convert("caffe2torch", *args), "is also an input")
+        assert "net.prototxt" in line
+    assert pair.prototxt.read_text() == before and not output.exists()
+
+
+def test_torch2onnx_never_writes_over_the_prototxt_it_reads(pair: CaffePair, tmp_path: Path) -> None:
+    converted = tmp_path / "out" / "net.safetensors"
+    done = convert("caffe2torch", "--caffemodel", pair.caffemodel, "-o", converted)
+    assert done.exit_code == 0, done.output
+    beside = converted.with_suffix(".prototxt")
+    before = beside.read_text()
+    assert_one_line_error(convert("torch2onnx", converted, "-o", beside, "--force"), "is also an input")
+    assert beside.read_text() == before
+
+
+# ----------------------------------------------------------------------------- existing files need --force
+
+
+def test_existing_outputs_need_force(pair: CaffePair, tmp_path: Path) -> None:
+    """No command replaces an existing file unless told to; --force replaces it, keeping its mode."""
+    existing = tmp_path / "existing.prototxt"
+    existing.write_text("mine")
+    existing.chmod(0o600)
+    cases = [
+        ["portable-prototxt", pair.prototxt, existing],
+        ["caffe2onnx", "--caffemodel", pair.caffemodel, "-o", existing],
+        ["caffe2torch", "--caffemodel", pair.caffemodel, "-o", existing.with_suffix(".safetensors")],
+    ]
+    for args in cases:
+        assert_one_line_error(convert(*args), str(existing), "exists", "--force")
+    assert existing.read_text() == "mine" and not existing.with_suffix(".safetensors").exists()
+    done = convert("portable-prototxt", pair.prototxt, existing, "--force")
+    assert done.exit_code == 0, done.output
+    assert "mine" not in existing.read_text() and stat.S_IMODE(existing.stat().st_mode) == 0o600
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    data = tmp_path / "data"
+    data.mkdir()
+    result = CliRunner().invoke(
+        validate_main,
+        [
+            "--model",
+            "se_resnet50",
+            "--weights",
+            str(pair.caffemodel),
+            "--data",
+            str(data),
+            "--report",
+            str(report),
+        ],
+    )
+    assert_one_line_error(result, "report.json", "exists")
+    assert report.read_text() == "{}"
+
+
+def test_torch2caffe_never_replaces_a_trained_caffemodel(tmp_path: Path) -> None:
+    """Random weights only when asked for; an existing release file only with --force."""
+    trained = tmp_path / "SE-ResNet-50.caffemodel"
+    trained.write_bytes(b"trained weights")
+    assert_one_line_error(
+        convert("torch2caffe", "--model", "se_resnet50", "-o", tmp_path), "--random-weights"
+    )
+    assert_one_line_error(
+        convert("torch2caffe", "--model", "se_resnet50", "--random-weights", "-o", tmp_path),
+        "SE-ResNet-50",
+        "exists",
+    )
+    assert trained.read_bytes() == b"trained weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SE-ResNet-50.caffemodel"]
+
+
+@pytest.mark.parametrize("special", ["fifo", "directory", "parent-file"])
+def test_special_outputs_are_one_line_errors(pair: CaffePair, tmp_path: Path, special: str) -> None:
+    if special == "fifo":
+        target = tmp_path / "out.prototxt"
+        os.mkfifo(target)
+        fragment = "a FIFO"
+    elif special == "directory":
+        target = tmp_path / "out.prototxt"
+        target.mkdir()
+        fragment = "a directory"
+    else:
+        (tmp_path / "afile").write_text("keep")
+        target = tmp_path / "afile" / "out.prototxt"
+        fragment = "is a file, not a folder"
+    for extra in ([], ["--force"]):
+        assert_one_line_error(convert("portable-prototxt", pair.prototxt, target, *extra), fragment)
+    assert special != "fifo" or stat.S_ISFIFO(target.stat().st_mode)
+    assert special != "parent-file" or (tmp_path / "afile").read_text() == "keep"
