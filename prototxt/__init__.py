@@ -4,7 +4,14 @@ net = load_net("deploy.prototxt", "weights.caffemodel")
 for layer in net.layers: layer.name, layer.type, layer.top_shapes, layer.blobs
 """
 
-from .caffemodel import CaffeModel, parse_caffemodel_buffer, read_caffemodel, write_caffemodel
+from .caffemodel import (
+    CaffeModel,
+    parse_blobproto_buffer,
+    parse_caffemodel_buffer,
+    read_blobproto,
+    read_caffemodel,
+    write_caffemodel,
+)
 from .errors import (
     CaffeError,
     CaffemodelFormatError,
@@ -31,10 +38,12 @@ __all__ = [
     "build_net",
     "format_prototxt",
     "load_net",
+    "parse_blobproto_buffer",
     "parse_caffemodel_buffer",
     "parse_prototxt",
     "parse_prototxt_text",
     "portable_net",
+    "read_blobproto",
     "read_caffemodel",
     "write_caffemodel",
     "write_prototxt",

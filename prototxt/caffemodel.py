@@ -327,3 +327,34 @@ def write_caffemodel(
     with atomic_writer(path) as handle:
         for piece in pieces:
             handle.write(piece)
+
+
+def parse_blobproto_buffer(buffer: memoryview | bytes, *, path: str = "<memory>") -> np.ndarray:
+    """One serialized BlobProto (a `.binaryproto`, e.g. Caffe's mean file) as an array.
+
+    Read with the caffemodel blob decoder, so shapes follow Blob::FromProto (the legacy
+    num/channels/height/width win over `shape`); the array views `buffer`.
+    """
+    view = memoryview(buffer)
+    if len(view) == 0:
+        raise CaffemodelFormatError("file is empty", path=path)
+    array = _blob(_Reader(view, path), 0, len(view), "")
+    if array.size == 0:
+        raise CaffemodelFormatError("holds no blob values; is this a .binaryproto?", path=path)
+    return array
+
+
+def read_blobproto(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a `.binaryproto` file (one BlobProto) into an array shaped as Caffe shapes it."""
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > _MAX_FILE_BYTES:
+                raise CaffemodelFormatError(
+                    f"file is {size} bytes; protobuf messages are limited to 2 GiB", path=source
+                )
+            data = handle.read()
+    except OSError as exc:
+        raise CaffemodelFormatError(f"cannot read file: {exc.strerror}", path=source) from None
+    return parse_blobproto_buffer(data, path=source)

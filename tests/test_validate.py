@@ -225,10 +225,10 @@ def test_gpu_decode_path_batches_and_falls_back_per_file() -> None:
     raw = [jpeg, jpeg[: len(jpeg) // 2].clone(), encoded["PNG"], torch.zeros(0, dtype=torch.uint8)]
     errors = ["", "", "", "could not read"]
     crops = _decode_on_device(raw, errors, CPU, CaffePreprocess())
-    assert crops.shape == (4, 3, 224, 224)
+    assert crops.shape == (4, 1, 3, 224, 224)  # images x views x CHW
     assert errors[0] == errors[2] == "" and "truncated" in errors[1] and errors[3] == "could not read"
     expected_png = CaffePreprocess().resize_crop(pixels.permute(2, 0, 1).contiguous())  # PNG is lossless
-    assert torch.equal(crops[2], expected_png)
+    assert torch.equal(crops[2, 0], expected_png)
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

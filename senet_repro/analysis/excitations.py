@@ -393,6 +393,8 @@ def collect_excitations(
     the network's 1000 outputs) the top-1 hits per class are counted too, a check that
     the weights, preprocessing and labels fit together.
     """
+    if preprocess.ten_crop:
+        raise ValueError("the excitation study averages gates over one centre crop per image, not ten crops")
     indices = pick_images(valset, classes, per_class)
     position = torch.full((imagenet.NUM_CLASSES,), -1, dtype=torch.int64)
     for k, choice in enumerate(classes):
@@ -425,7 +427,8 @@ def collect_excitations(
         ) as bar,
     ):
         for crops, labels, batch_indices, errors in loader:
-            logits = backend(preprocess.normalize(crops.to(device, non_blocking=True)))
+            views = crops.to(device, non_blocking=True)  # images x views x CHW, one view here
+            logits = backend(preprocess.normalize(views).flatten(0, 1))
             readable = torch.tensor([not message for message in errors])
             positions = torch.where(readable, position[labels], -1).to(device)
             recorder.add(positions)

@@ -247,10 +247,10 @@ def short_error(exc: BaseException) -> str:
 
 
 class ValImages(Dataset):
-    """Items (image, devkit label, index into the ValSet, error message or "").
+    """Items (image, label, index into the ValSet, error message or "").
 
-    With `raw=False` the image is the 8-bit centre crop (normalisation happens on the
-    device, so workers ship 4x less data); with `raw=True` it is the file's bytes, for
+    With `raw=False` the image is the 8-bit crops, views x 3 x crop x crop (normalisation
+    happens on the device, so workers ship 4x less data); with `raw=True` it is the file's bytes, for
     decoding on the GPU. An unreadable file gives a blank image and its error message,
     so one bad file never stops a worker.
     """
@@ -271,11 +271,12 @@ class ValImages(Dataset):
         path = self.valset.paths[index]
         label = self.valset.labels[index]
         try:
-            image = read_bytes(path) if self.raw else self.preprocess.resize_crop(read_image(path))
+            image = read_bytes(path) if self.raw else self.preprocess.resize_views(read_image(path))
             return image, label, index, ""
         except (OSError, RuntimeError, ValueError) as exc:
+            crop = self.preprocess.crop
             blank = torch.zeros(
-                0 if self.raw else (3, self.preprocess.crop, self.preprocess.crop), dtype=torch.uint8
+                0 if self.raw else (self.preprocess.num_views, 3, crop, crop), dtype=torch.uint8
             )
             return blank, label, index, short_error(exc) or "unreadable"
 
@@ -285,7 +286,7 @@ def collate(
 ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor, list[str]]:
     """Stack crops (or keep raw byte tensors as a list); labels and indices as int64."""
     images, labels, indices, errors = zip(*batch)
-    same_shape = all(image.shape == images[0].shape for image in images) and images[0].dim() == 3
+    same_shape = all(image.shape == images[0].shape for image in images) and images[0].dim() == 4
     return (
         torch.stack(images) if same_shape else list(images),
         torch.tensor(labels),

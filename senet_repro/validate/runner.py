@@ -100,14 +100,15 @@ class EvalResult:
 def _decode_on_device(
     raw: list[torch.Tensor], errors: list[str], device: torch.device, preprocess: CaffePreprocess
 ) -> torch.Tensor:
-    """nvJPEG-decode a batch of file bytes and crop on the GPU; non-JPEGs fall back to the CPU.
+    """nvJPEG-decode a batch of file bytes and crop its views on the GPU; non-JPEGs fall back to the CPU.
 
     nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so pixels may differ by
     a grey level or two from the CPU path; that is why this is opt-in.
     """
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-    crops = [torch.zeros(3, preprocess.crop, preprocess.crop, dtype=torch.uint8, device=device)] * len(raw)
+    blank = torch.zeros(preprocess.num_views, 3, preprocess.crop, preprocess.crop, dtype=torch.uint8)
+    crops = [blank.to(device)] * len(raw)
     todo = [i for i, message in enumerate(errors) if not message]
     with quiet_torchvision_io():
         try:
@@ -123,17 +124,18 @@ def _decode_on_device(
                         image = decode_jpeg(raw[i], mode=ImageReadMode.RGB, device=device)
                     except RuntimeError:  # not a JPEG (e.g. PNG) -- or broken, which this raises again
                         image = decode_image(raw[i], mode=ImageReadMode.RGB).to(device)
-                crops[i] = preprocess.resize_crop(image)
+                crops[i] = preprocess.resize_views(image)
             except (RuntimeError, ValueError) as exc:
                 errors[i] = short_error(exc) or "unreadable"
     return torch.stack(crops)
 
 
 def _loader(dataset: ValImages, options: EvalOptions, device: torch.device) -> DataLoader:
+    """Batches of `options.batch_size` network inputs: fewer images when each has ten views."""
     workers = options.workers
     return DataLoader(
         dataset,
-        batch_size=options.batch_size,
+        batch_size=max(1, options.batch_size // dataset.preprocess.num_views),
         shuffle=False,
         num_workers=workers,
         collate_fn=collate,
@@ -159,6 +161,18 @@ def _worker_init(_: int) -> None:
         return
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     libc.mallopt(_M_MMAP_THRESHOLD, 1 << 25)  # 32 MiB, glibc's ceiling
+
+
+def _scores(backend: Backend, batch: torch.Tensor) -> torch.Tensor:
+    """Scores (N, classes) of a batch of views (N, views, C, H, W).
+
+    One view: the network's logits. Ten views: the mean of their softmax probabilities,
+    as `caffe.Classifier.predict(oversample=True)` averages the `prob` blob.
+    """
+    logits = backend(batch.flatten(0, 1))
+    if batch.shape[1] == 1:
+        return logits
+    return logits.double().softmax(dim=1).view(batch.shape[0], batch.shape[1], -1).mean(dim=1)
 
 
 def evaluate(
@@ -205,10 +219,10 @@ def evaluate(
         unreadable.extend(bad)
         readable = torch.tensor([not message for message in errors]).to(device, non_blocking=True)
         targets = (labels if mapping is None else mapping[labels]).to(device, non_blocking=True)
-        logits = backend(preprocess.normalize(crops)).to(device)
-        counter.update(logits, targets, readable)
+        scores = _scores(backend, preprocess.normalize(crops)).to(device)
+        counter.update(scores, targets, readable)
         if options.keep_predictions:
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices.tolist()
+            top = scores.topk(min(5, scores.shape[1]), dim=1).indices.tolist()
             predictions.update((valset.paths[int(i)].name, t) for i, t in zip(indices, top))
         seen.extend(indices.tolist())
         progress.update(len(indices))
