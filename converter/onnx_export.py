@@ -110,9 +110,10 @@ def onnx_session(path: str | os.PathLike[str], device: str | None = None):
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    providers = ["CPUExecutionProvider"]
+    providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
     if device != "cpu" and "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
+        # TF32 off: sessions here check agreement, and TF32 convolutions would break its bounds.
+        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": 0}))
     elif device == "cuda":
         raise RuntimeError(
             "CUDA requested but onnxruntime has no CUDA execution provider (install senet-repro[gpu])"

@@ -36,7 +36,6 @@ from senet_repro.validate.fake_imagenet import (
     known_answer_net,
     make_fake_imagenet,
 )
-from senet_repro.validate.runner import _decode_on_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SENET_CAFFE_DIR = REPO_ROOT.parent / "shared" / "senet-caffe"
@@ -213,24 +212,6 @@ def test_caffe_accuracy_rule_for_ties_and_non_finite_scores() -> None:
     assert correct.tolist() == [[True, True], [False, True], [False, False]]
 
 
-def test_gpu_decode_path_batches_and_falls_back_per_file() -> None:
-    """The nvJPEG path's logic, run with the CPU decoder: a broken file must not sink its batch."""
-    pixels = torch.randint(0, 256, (40, 60, 3), dtype=torch.uint8)
-    encoded = {}
-    for fmt in ("JPEG", "PNG"):
-        out = io.BytesIO()
-        Image.fromarray(pixels.numpy()).save(out, format=fmt)
-        encoded[fmt] = torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8)
-    jpeg = encoded["JPEG"]
-    raw = [jpeg, jpeg[: len(jpeg) // 2].clone(), encoded["PNG"], torch.zeros(0, dtype=torch.uint8)]
-    errors = ["", "", "", "could not read"]
-    crops = _decode_on_device(raw, errors, CPU, CaffePreprocess())
-    assert crops.shape == (4, 1, 3, 224, 224)  # images x views x CHW
-    assert errors[0] == errors[2] == "" and "truncated" in errors[1] and errors[3] == "could not read"
-    expected_png = CaffePreprocess().resize_crop(pixels.permute(2, 0, 1).contiguous())  # PNG is lossless
-    assert torch.equal(crops[2, 0], expected_png)
-
-
 def invoke(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(validate_cli, list(args))
     return result.exit_code, result.stdout, result.stderr
@@ -254,7 +235,7 @@ def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_pa
         "--batch-size",
         "8",
     ]
-    code, out, err = invoke(*common, "--report", str(report), "--check", "--tolerance", "2")
+    code, out, err = invoke(*common, "--report", str(report), "--check", "--tolerance", "2", "--tf32")
     assert code == 0, err
     assert "20.00 %     20.97 %     -0.97 pp" in out and "4.00 %      5.54 %     -1.54 pp" in out
     assert "PASS" in out and "partial run: 25 of 50000" in out
@@ -263,6 +244,9 @@ def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_pa
     assert data["published"] == {"top1_error": 20.97, "top5_error": 5.54}
     assert data["weights"]["sha256"] == hashlib.sha256(known_onnx.read_bytes()).hexdigest()
     assert data["data"]["layout"] == "torchvision" and data["class_order"] == "devkit"
+    # What ran, not what was asked: TF32 exists only on CUDA, and the CPU decoder read every image.
+    assert data["precision"]["tf32"] is False
+    assert data["preprocessing"]["decoder"] == {"name": "libjpeg-turbo (torchvision.io, CPU)", "images": 25}
     assert {"torch", "torchvision", "onnxruntime", "device", "python"} <= set(data["environment"])
     code, out, _ = invoke(*common, "--check")
     assert code == 1 and "FAIL" in out
@@ -276,6 +260,7 @@ def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_pa
         (["--model", "resnet9000"], "unknown model"),
         (["--classes", "unicorn"], "class name 'unicorn' is unknown"),
         (["--resize", "200"], "at most resize"),
+        (["--gpu-decode"], "--gpu-decode needs --device cuda"),
     ],
 )
 def test_cli_bad_input_is_one_line_with_exit_code_2(

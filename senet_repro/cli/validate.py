@@ -192,12 +192,10 @@ def _report(
             "crop": preprocess.crop,
             "mean_bgr": list(preprocess.mean_bgr),
             "interpolation": preprocess.interpolation,
-            "decoder": "nvjpeg (GPU)"
-            if args["gpu_decode"] and device.type == "cuda"
-            else "libjpeg-turbo (torchvision.io)",
+            "decoder": _decoder(result),
         },
         "class_order": class_order,
-        "precision": {"amp": args["amp"], "tf32": args["tf32"]},
+        "precision": {"amp": args["amp"], "tf32": backend.tf32},
         "results": {
             "images": result.images,
             "top1_correct": result.top1_correct,
@@ -244,6 +242,13 @@ def _protocol(args: dict) -> tuple[CaffePreprocess, Published | None, str]:
     return preprocess, published, imagenet.class_order(order)
 
 
+def _decoder(result: EvalResult) -> dict:
+    """Which decoder read how many images: nvJPEG, or the CPU for files it cannot take."""
+    if not result.decoded:
+        return {"name": "libjpeg-turbo (torchvision.io, CPU)", "images": result.images}
+    return {"name": "nvjpeg (GPU) with CPU routes", "routes": result.decoded}
+
+
 def _backend(args: dict, device: torch.device) -> Backend:
     try:
         return load_backend(
@@ -254,6 +259,7 @@ def _backend(args: dict, device: torch.device) -> Backend:
             prototxt=args["prototxt"],
             output=args["output_blob"],
             amp=args["amp"],
+            tf32=args["tf32"],
         )
     except ValueError:  # ValidateError and the model zoo's errors already say what is wrong
         raise
@@ -315,7 +321,8 @@ def _backend(args: dict, device: torch.device) -> Backend:
 @click.option(
     "--gpu-decode",
     is_flag=True,
-    help="Decode JPEGs with nvJPEG on the GPU (may differ from libjpeg-turbo by a grey level).",
+    help="Decode JPEGs with nvJPEG on the GPU (--device cuda). Pixels differ from libjpeg-turbo "
+    "(torchvision's own bound: mean absolute difference < 2); CMYK and truncated JPEGs go to the CPU.",
 )
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 2).")
 @click.option(
@@ -336,6 +343,8 @@ def main(**args) -> None:
     """
     guard_outputs([args["report"]] if args["report"] else [], force=args["force"])
     device = _resolve_device(args["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    if args["gpu_decode"] and device.type != "cuda":
+        raise ValidateError("--gpu-decode needs --device cuda")
     distributed = init_distributed(device.type)
     preprocess, published, class_order = _protocol(args)
     label_map = None

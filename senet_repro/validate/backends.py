@@ -30,6 +30,7 @@ class Backend(Protocol):
     name: str
     device: torch.device
     description: str
+    tf32: bool  # whether TF32 arithmetic actually ran (only ever on CUDA)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
@@ -49,6 +50,7 @@ class TorchBackend:
         self.name = name
         self.device = device
         self.amp = amp
+        self.tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
         self.channels_last = device.type == "cuda" if channels_last is None else channels_last
         self.module = module.eval().to(device)
         if self.channels_last:
@@ -73,18 +75,38 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike[str], device: torch.device, *, output: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        device: torch.device,
+        *,
+        output: str | None = None,
+        tf32: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         providers: list = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValidateError(
+                    "--device cuda: this onnxruntime has no CUDA execution provider "
+                    "(install senet-repro[gpu] instead of senet-repro[cpu])"
+                )
+            # ONNX Runtime's CUDA provider runs convolutions in TF32 unless told not to:
+            # --tf32 decides, as it does for PyTorch.
+            options = {"device_id": device.index or 0, "use_tf32": int(tf32)}
+            providers.insert(0, ("CUDAExecutionProvider", options))
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValidateError(f"{path}: onnxruntime cannot load it: {reason}") from None
+        provider = self.session.get_providers()[0]
+        if device.type == "cuda" and provider != "CUDAExecutionProvider":  # CUDA failed to start
+            raise ValidateError(
+                f"--device cuda: onnxruntime could not start its CUDA provider ({provider} ran)"
+            )
+        self.device = device
+        self.tf32 = tf32 and device.type == "cuda"
         inputs = {i.name: i.type for i in self.session.get_inputs()}
         if "data" not in inputs:
             raise ValidateError(
@@ -97,8 +119,6 @@ class OnnxRuntimeBackend:
         if output is not None and output not in outputs:
             raise ValidateError(f"{path}: no output {output!r}; outputs are {outputs}")
         self.output = output or outputs[0]
-        provider = self.session.get_providers()[0]  # CUDA may have failed to start: then CPU
-        self.device = device if provider == "CUDAExecutionProvider" else torch.device("cpu")
         self.description = f"onnxruntime {ort.__version__} ({provider}, output {self.output!r})"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -132,6 +152,7 @@ def load_backend(
     prototxt: str | os.PathLike[str] | None = None,
     output: str | None = None,
     amp: bool = False,
+    tf32: bool = False,
 ) -> Backend:
     """Build backend `kind` from a weights file (.pth/.safetensors, .caffemodel or .onnx)."""
     weights = Path(weights)
@@ -156,5 +177,5 @@ def load_backend(
     if kind == "onnxruntime":
         if amp:
             raise ValidateError("--amp applies to the torch and graph backends; export with --fp16 instead")
-        return OnnxRuntimeBackend(weights, device, output=output)
+        return OnnxRuntimeBackend(weights, device, output=output, tf32=tf32)
     raise ValidateError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

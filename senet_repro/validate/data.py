@@ -35,6 +35,9 @@ from .errors import ValidateError
 LAYOUTS = ("torchvision", "imagefolder", "flat")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 _LABEL_FILES = (imagenet.SENET_LABELS, Path(imagenet.GROUND_TRUTH).name)
+# Decoded pixels allowed per image (PIL's default bomb limit): a 634-byte JPEG can claim
+# 30000 x 30000 and take gigabytes to decode. ImageNet's largest image has ~10 M pixels.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)

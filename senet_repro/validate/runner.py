@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,9 +24,10 @@ from tqdm import tqdm
 from senet_repro.transforms import CaffePreprocess
 
 from .backends import Backend
-from .data import ValImages, ValSet, collate, quiet_torchvision_io, short_error
+from .data import ValImages, ValSet, collate
 from .errors import ValidateError
 from .metrics import TopKCounter
+from .nvjpeg import GpuJpegDecoder
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 
@@ -81,6 +83,7 @@ class EvalResult:
     seconds: float
     world_size: int
     predictions: dict[str, list[int]] | None = None
+    decoded: dict[str, int] = field(default_factory=dict)  # images per decoder route (--gpu-decode)
 
     @property
     def top1_error(self) -> float:
@@ -95,39 +98,6 @@ class EvalResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _decode_on_device(
-    raw: list[torch.Tensor], errors: list[str], device: torch.device, preprocess: CaffePreprocess
-) -> torch.Tensor:
-    """nvJPEG-decode a batch of file bytes and crop its views on the GPU; non-JPEGs fall back to the CPU.
-
-    nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so pixels may differ by
-    a grey level or two from the CPU path; that is why this is opt-in.
-    """
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
-    blank = torch.zeros(preprocess.num_views, 3, preprocess.crop, preprocess.crop, dtype=torch.uint8)
-    crops = [blank.to(device)] * len(raw)
-    todo = [i for i, message in enumerate(errors) if not message]
-    with quiet_torchvision_io():
-        try:
-            batch = decode_jpeg([raw[i] for i in todo], mode=ImageReadMode.RGB, device=device)
-            decoded = dict(zip(todo, batch))
-        except RuntimeError:  # one bad file fails the batch: retry the files one by one
-            decoded = {}
-        for i in todo:
-            try:
-                image = decoded.get(i)
-                if image is None:
-                    try:
-                        image = decode_jpeg(raw[i], mode=ImageReadMode.RGB, device=device)
-                    except RuntimeError:  # not a JPEG (e.g. PNG) -- or broken, which this raises again
-                        image = decode_image(raw[i], mode=ImageReadMode.RGB).to(device)
-                crops[i] = preprocess.resize_views(image)
-            except (RuntimeError, ValueError) as exc:
-                errors[i] = short_error(exc) or "unreadable"
-    return torch.stack(crops)
 
 
 def _loader(dataset: ValImages, options: EvalOptions, device: torch.device) -> DataLoader:
@@ -194,6 +164,7 @@ def evaluate(
     device = backend.device
     shard = range(distributed.rank, len(valset), distributed.world_size)
     dataset = ValImages(valset, preprocess, shard, raw=options.gpu_decode and device.type == "cuda")
+    decoder = GpuJpegDecoder(device, preprocess) if dataset.raw else None
     mapping = torch.tensor(label_map, dtype=torch.int64) if label_map is not None else None
     counter = TopKCounter(device)
     unreadable: list[tuple[str, str]] = []
@@ -209,8 +180,8 @@ def evaluate(
     )  # None: TTY only
     start = time.perf_counter()
     for images, labels, indices, errors in _loader(dataset, options, device):
-        if dataset.raw:
-            crops = _decode_on_device(images, errors, device, preprocess)
+        if decoder is not None:
+            crops = decoder.decode(images, errors)
         else:
             crops = images.to(device, non_blocking=True)
         bad = [(valset.paths[int(i)].name, message) for i, message in zip(indices, errors) if message]
@@ -238,6 +209,7 @@ def evaluate(
         predictions if options.keep_predictions else None,
         len(valset),
         distributed,
+        Counter(decoder.routes if decoder is not None else {}),
     )
 
 
@@ -249,6 +221,7 @@ def _combine(
     predictions: dict[str, list[int]] | None,
     total: int,
     distributed: Distributed,
+    decoded: Counter[str],
 ) -> EvalResult:
     """Sum the counts of all ranks and check that the shards covered the set exactly once."""
     if distributed.world_size > 1:
@@ -263,8 +236,9 @@ def _combine(
         dist.all_reduce(longest, op=dist.ReduceOp.MAX)
         seconds = float(longest.item())
         gathered: list = [None] * distributed.world_size
-        dist.all_gather_object(gathered, (seen, unreadable, predictions))
+        dist.all_gather_object(gathered, (seen, unreadable, predictions, decoded))
         seen = [i for part in gathered for i in part[0]]
+        decoded = sum((part[3] for part in gathered), Counter())
         unreadable = sorted(item for part in gathered for item in part[1])
         if predictions is not None:
             predictions = {name: top for part in gathered for name, top in part[2].items()}
@@ -273,4 +247,6 @@ def _combine(
         raise RuntimeError(
             f"sharding error: {len(seen)} images processed, {len(set(seen))} distinct, {total} in the set"
         )
-    return EvalResult(images, top1, top5, unreadable, seconds, distributed.world_size, predictions)
+    return EvalResult(
+        images, top1, top5, unreadable, seconds, distributed.world_size, predictions, dict(decoded)
+    )
