@@ -44,7 +44,7 @@ class FakeCuda:
         monkeypatch.setattr(nvjpeg.torch.cuda, "synchronize", lambda device=None: self.log.append("sync"))
         monkeypatch.setattr(nvjpeg, "decode_jpeg", self.decode)
 
-    def decode(self, data, mode, device):  # noqa: ANN001 (torchvision's signature)
+    def decode(self, data: torch.Tensor | list[torch.Tensor], mode: object, device: object) -> object:
         self.calls += 1
         if isinstance(data, list) and not data:
             raise ValueError("Expected a non empty list of tensors")  # torchvision's behaviour

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from converter.onnx_export import export_onnx
 from senet_repro import imagenet
