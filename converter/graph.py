@@ -13,12 +13,14 @@ import operator
 import re
 from collections.abc import Sequence
 
+import torch
 from torch import fx, nn
 from tqdm import tqdm
 
 from prototxt import Net, NetDefinitionError, WeightsMismatchError
 
 from . import ops  # noqa: F401  (registers the converters)
+from .ops._blobs import DTYPE
 from .registry import CONVERTERS, check_supported
 
 
@@ -36,9 +38,18 @@ def sanitize(name: str, taken: set[str]) -> str:
 
 
 def convert(
-    net: Net, outputs: Sequence[str] | None = None, *, require_weights: bool = True, progress: bool = False
+    net: Net,
+    outputs: Sequence[str] | None = None,
+    *,
+    require_weights: bool = True,
+    progress: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> fx.GraphModule:
     """Convert `net` to an eval-mode GraphModule computing the blobs in `outputs`.
+
+    `dtype` is the precision of the parameters and of the constants derived from
+    the blobs, as in Caffe's `Net<float>` / `Net<double>`: torch.float64 gives a
+    net whose only round-off is float64's (how exactness is tested).
 
     `outputs` defaults to the net's final blobs; any blob can be asked for (its
     value after the last layer that writes it, as Caffe leaves it). One output
@@ -68,8 +79,15 @@ def convert(
     layer_modules: dict[str, str] = {}
     for blob in net.inputs:
         values[blob] = graph.placeholder(sanitize(blob, taken))
-    for layer in tqdm(layers, desc="converting", unit="layer", disable=not progress, leave=False):
-        module = CONVERTERS[layer.type](layer)
+    token = DTYPE.set(dtype)
+    try:
+        built = [
+            (layer, CONVERTERS[layer.type](layer))
+            for layer in tqdm(layers, desc="converting", unit="layer", disable=not progress, leave=False)
+        ]
+    finally:
+        DTYPE.reset(token)
+    for layer, module in built:
         args = tuple(values[b] for b in layer.bottoms)
         if module is None:
             for top, source in zip(layer.tops, args * len(layer.tops)):
@@ -96,6 +114,7 @@ def convert(
     module.caffe_layer_modules = {
         name: target for name, target in layer_modules.items() if hasattr(module, target)
     }
+    module.to(dtype)
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

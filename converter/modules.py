@@ -212,8 +212,9 @@ class CaffePool2d(nn.Module):
             (o - 1) * s + k - n - p
             for n, k, s, p, o in zip(self.in_size, self.kernel, self.stride, self.pad, self.out_size)
         ]
-        # Caffe's MAX starts from -FLT_MAX, which an empty window (past the input) keeps.
-        fill = torch.finfo(x.dtype).min if self.mode == "MAX" else 0.0
+        # Caffe's MAX starts from -FLT_MAX in Net<float> and Net<double> alike
+        # (pooling_layer.cpp), which an empty window (past the input) keeps.
+        fill = torch.finfo(torch.float32).min if self.mode == "MAX" else 0.0
         padded = F.pad(x, (self.pad[1], max(extra[1], 0), self.pad[0], max(extra[0], 0)), value=fill)
         padded = padded[
             ..., : self.pad[0] + self.in_size[0] + extra[0], : self.pad[1] + self.in_size[1] + extra[1]

@@ -278,7 +278,8 @@ def _bias_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[S
 def _prelu_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     if len(bottoms[0]) < 2 and not layer.prelu_param.channel_shared:
         raise NetDefinitionError(f"needs a channel axis, got input {bottoms[0]}", layer=layer.name)
-    return [(1,)] if layer.prelu_param.channel_shared else [(bottoms[0][1],)]
+    # prelu_layer.cpp: a shared slope is a 0-axis blob, which Caffe checks when loading weights.
+    return [()] if layer.prelu_param.channel_shared else [(bottoms[0][1],)]
 
 
 @_register(SHAPE_RULES, "Axpy")

@@ -271,6 +271,26 @@ def test_batchnorm_scale_factor(tiny, factor, eps) -> None:
     check(net, "bn", expected)
 
 
+@pytest.mark.parametrize("factor", [3.0, 0.7])
+def test_batchnorm_statistics_in_the_net_dtype(tiny, factor) -> None:
+    """As Caffe's Net<Dtype>: stats times the reciprocal of the factor, both in that dtype."""
+    mean, var = rand(3, seed=1), np.abs(rand(3, seed=2)) + 0.5
+    net = tiny(
+        {"data": rand(1, 3, 2, 2)},
+        'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }',
+        {"bn": [mean, var, np.array([factor])]},
+    )
+    loaded = load_net(net.prototxt, net.caffemodel)
+    exact, single = convert(loaded, dtype=torch.float64), convert(loaded, dtype=torch.float32)
+    assert {t.dtype for t in exact.state_dict().values() if t.is_floating_point()} == {torch.float64}
+    stored = float(np.float32(factor))  # the caffemodel holds float32
+    assert np.array_equal(exact.bn.running_var.numpy(), var.astype(np.float64) * (1.0 / stored))
+    inverse = np.float32(1) / np.float32(factor)
+    assert np.array_equal(single.bn.running_var.numpy(), var * inverse)
+    assert not np.array_equal(exact.bn.running_var.numpy(), single.bn.running_var.numpy())
+    assert exact(torch.from_numpy(net.inputs["data"]).double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize(
     "params, blob_shape, view",
     [

@@ -10,7 +10,7 @@ from prototxt.shapes import canonical_axis
 
 from .. import modules
 from ..registry import register
-from ._blobs import blob, has_weights
+from ._blobs import DTYPE, blob, has_weights
 
 
 @register("BatchNorm")
@@ -18,7 +18,8 @@ def batch_norm(layer: Layer) -> nn.Module:
     """Caffe's BatchNorm has no affine part; its stats are stored times a scale factor.
 
     Caffe divides mean and variance by blob 2 (the moving-average factor), and
-    uses 0 for both when that factor is 0 (batch_norm_layer.cpp).
+    uses 0 for both when that factor is 0 (batch_norm_layer.cpp); it multiplies by
+    the reciprocal in the net's dtype, and so do we.
     """
     shape = layer.bottom_shapes[0]
     if not 2 <= len(shape) <= 4:
@@ -27,7 +28,7 @@ def batch_norm(layer: Layer) -> nn.Module:
         )
     channels = shape[1]
     cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
-    module = cls(channels, eps=layer.param.batch_norm_param.eps, affine=False)
+    module = cls(channels, eps=layer.param.batch_norm_param.eps, affine=False, dtype=DTYPE.get())
     module.eval()
     if has_weights(layer):
         factor = float(blob(layer, 2).reshape(-1)[0])

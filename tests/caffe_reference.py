@@ -1,0 +1,288 @@
+"""BVLC Caffe as the test reference: run it and our converted graph, compare layer by layer.
+
+`../shared/caffe-reference/build.sh` (`make caffe-reference`) builds BVLC Caffe with the
+SENet Axpy layer and `reference_forward`, which runs a prototxt + caffemodel on an input
+`.npy` in `Net<float>` or `Net<double>` and saves every layer's tops right after that
+layer ran. Caffe's source defines what each layer computes, so it is the arbiter.
+
+    agreement = assert_matches_caffe(PROTOTXT_TEXT, input_shape=(1, 3, 9, 9))
+
+Both nets run on the same seeded image-like input. The two bounds, on every layer output
+(differences are max |ours - Caffe| over the output, relative to max |Caffe float64|):
+
+* float64: ours in float64 vs Caffe's `Net<double>` within FLOAT64_BOUND;
+* float32: ours in float32 vs Caffe's `Net<float>` within `float32_bound(e)`, where `e` is
+  Caffe's own float32-vs-float64 error on that output.
+
+A failure names the first layer output (in execution order) outside its bound. Without a
+built reference the tests skip, saying how to build it; under CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import fx
+
+from converter import convert
+from converter.calibrate import image_like, random_calibrated_blobs
+from prototxt import (
+    Net,
+    attach_weights,
+    build_net,
+    caffe_pb2,
+    parse_prototxt_text,
+    write_caffemodel,
+    write_prototxt,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_HOME = Path(os.environ.get("CAFFE_REFERENCE_HOME", Path.home() / ".cache" / "caffe-reference"))
+REFERENCE_BINARY = REFERENCE_HOME / "reference_forward"
+
+# float64 against float64: both sides round only in float64 (unit round-off 1.1e-16); with the
+# same arithmetic up to summation order, measured differences are 1e-16..1e-13 of the output's
+# scale on nets up to SENet-154. 1e-12 leaves room for deeper nets yet is 1e8 times smaller than
+# any float32 effect, so a float32 constant or a wrong formula anywhere cannot pass.
+FLOAT64_BOUND = 1e-12
+
+# float32 against float32: |ours - Caffe| <= |ours - exact| + |Caffe - exact|. Caffe float64 stands
+# in for exact, so |Caffe - exact| is Caffe's own float32 error e; ours sums in other orders
+# (oneDNN/MKL convolution vs Caffe's im2col + OpenBLAS GEMM) and is allowed up to three times
+# e. Total: FLOAT32_FACTOR * e. Each side's final rounding of an output (half a float32 ulp of
+# the output's scale each, 2**-24) is added, for outputs Caffe happens to compute exactly.
+FLOAT32_FACTOR = 4.0
+FLOAT32_ROUNDING = 2.0**-23
+
+
+def float32_bound(caffe_float32_error: float) -> float:
+    """The float32 bound for an output on which Caffe's float32 is `caffe_float32_error` off."""
+    return FLOAT32_FACTOR * caffe_float32_error + FLOAT32_ROUNDING
+
+
+def reference_available() -> bool:
+    return REFERENCE_BINARY.is_file() and os.access(REFERENCE_BINARY, os.X_OK)
+
+
+def require_reference() -> None:
+    """Skip (fail under CI=true) unless the BVLC Caffe reference is built."""
+    if reference_available():
+        return
+    reason = (
+        f"the BVLC Caffe reference is not built ({REFERENCE_BINARY} missing); "
+        "build it with `make caffe-reference` (about 6 minutes)"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def caffe_forward(prototxt: Path, caffemodel: Path, x: np.ndarray, workdir: Path, *, double: bool) -> dict:
+    """Run Caffe on `x`; each layer's tops right after it ran ("L:<layer>:<k>" -> memory-mapped array)."""
+    outdir = workdir / ("caffe-float64" if double else "caffe-float32")
+    outdir.mkdir()
+    source = workdir / "input.npy"
+    if not source.exists():
+        np.save(source, np.ascontiguousarray(x, dtype=np.float32))
+    command = [str(REFERENCE_BINARY), "--prototxt", str(prototxt), "--weights", str(caffemodel)]
+    command += ["--input", str(source), "--outdir", str(outdir), "--per-layer"] + (
+        ["--double"] if double else []
+    )
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(
+            f"reference_forward failed ({run.returncode}) on {prototxt}:\n{run.stderr[-3000:]}"
+        )
+    outputs = {}
+    for line in (outdir / "manifest.tsv").read_text().splitlines():
+        filename, name, _shape = line.split("\t")
+        outputs[name] = np.load(outdir / filename, mmap_mode="r")
+    return outputs
+
+
+class _LayerRecorder(fx.Interpreter):
+    """Runs a converted graph, handing each Caffe layer's outputs to `sink` as they are computed."""
+
+    def __init__(self, module: fx.GraphModule, sink: Callable[[str, torch.Tensor], None]) -> None:
+        super().__init__(module)
+        self.layer_of = {target: layer for layer, target in module.caffe_layer_modules.items()}
+        self.sink = sink
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        result = super().call_module(target, args, kwargs)
+        layer = self.layer_of.get(target)
+        if layer is not None:
+            for index, top in enumerate(result if isinstance(result, tuple) else (result,)):
+                self.sink(f"L:{layer}:{index}", top)
+        return result
+
+
+@torch.no_grad()
+def our_forward(
+    net: Net, x: torch.Tensor, dtype: torch.dtype, sink: Callable[[str, torch.Tensor], None]
+) -> None:
+    """Run `convert(net, dtype=dtype)` on `x`, every layer's outputs to `sink` in execution order."""
+    module = convert(net, net.outputs, dtype=dtype)
+    _LayerRecorder(module, sink).run(x.to(dtype))
+
+
+def output_scale(reference: np.ndarray) -> float:
+    """max |reference| over its finite values: what differences are relative to."""
+    finite = np.abs(reference[np.isfinite(reference)])
+    return float(np.max(finite, initial=0.0))
+
+
+def relative_difference(ours: np.ndarray, reference: np.ndarray, scale: float) -> float:
+    """max |ours - reference| / scale. Equal values (NaN where both are NaN, as Caffe's AVE
+    pooling gives for an empty window) differ by 0, even where the scale is 0."""
+    if ours.shape != reference.shape:
+        return float("inf")
+    ours, reference = ours.astype(np.float64), np.asarray(reference, dtype=np.float64)
+    same = (ours == reference) | (np.isnan(ours) & np.isnan(reference))
+    difference = float(np.max(np.where(same, 0.0, np.abs(ours - reference)), initial=0.0))
+    if difference == 0.0:
+        return 0.0
+    if np.isnan(difference) or scale == 0:
+        return float("inf")
+    return difference / scale
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """One layer output: ours vs Caffe in float64 and float32, and Caffe's own float32 error."""
+
+    name: str  # "L:<layer>:<top index>"
+    float64: float
+    float32: float
+    caffe_float32: float
+
+    @property
+    def float32_bound(self) -> float:
+        return float32_bound(self.caffe_float32)
+
+    @property
+    def failures(self) -> list[str]:
+        found = []
+        if not self.float64 <= FLOAT64_BOUND:
+            found.append(f"float64 {self.float64:.3g} > {FLOAT64_BOUND:.0e}")
+        if not self.float32 <= self.float32_bound:
+            found.append(
+                f"float32 {self.float32:.3g} > {self.float32_bound:.3g} "
+                f"({FLOAT32_FACTOR:g} x Caffe's own float32 error {self.caffe_float32:.3g} + 2^-23)"
+            )
+        return found
+
+
+@dataclass
+class Agreement:
+    """Every layer output of a net, in execution order."""
+
+    net: str
+    outputs: list[OutputAgreement] = field(default_factory=list)
+
+    @property
+    def worst_float64(self) -> float:
+        return max(row.float64 for row in self.outputs)
+
+    @property
+    def worst_float32_ratio(self) -> float:
+        """max over outputs of (ours vs Caffe, float32) / (Caffe float32 vs float64), where the latter > 0."""
+        return max(
+            (row.float32 / row.caffe_float32 for row in self.outputs if row.caffe_float32 > 0), default=0.0
+        )
+
+    def first_failure(self) -> str | None:
+        for row in self.outputs:
+            if row.failures:
+                return f"{self.net}: first diverging layer output {row.name}: {'; '.join(row.failures)}"
+        return None
+
+
+def compare_with_caffe(net: Net, caffemodel: Path, x: torch.Tensor, workdir: Path) -> Agreement:
+    """Ours (float64, float32) vs Caffe (`Net<double>`, `Net<float>`) on `x`, every layer output.
+
+    `net` carries the weights; Caffe runs its deploy form (`net.to_proto()`) with `caffemodel`.
+    """
+    prototxt = workdir / "deploy.prototxt"
+    write_prototxt(net.to_proto(), prototxt)
+    caffe64 = caffe_forward(prototxt, caffemodel, x.numpy(), workdir, double=True)
+    caffe32 = caffe_forward(prototxt, caffemodel, x.numpy(), workdir, double=False)
+    ours64: dict[str, float] = {}
+    scales: dict[str, float] = {}
+
+    def check_float64(name: str, value: torch.Tensor) -> None:
+        if name not in caffe64:
+            raise AssertionError(f"{net.name}: Caffe saved no output {name} (it ran {len(caffe64)} tops)")
+        reference = np.asarray(caffe64[name])
+        scales[name] = output_scale(reference)
+        ours64[name] = relative_difference(value.numpy(), reference, scales[name])
+
+    our_forward(net, x, torch.float64, check_float64)
+    agreement = Agreement(net.name)
+
+    def check_float32(name: str, value: torch.Tensor) -> None:
+        reference, exact = np.asarray(caffe32[name]), np.asarray(caffe64[name])
+        agreement.outputs.append(
+            OutputAgreement(
+                name,
+                ours64[name],
+                relative_difference(value.numpy(), reference, scales[name]),
+                relative_difference(reference, exact, scales[name]),
+            )
+        )
+
+    our_forward(net, x, torch.float32, check_float32)
+    if not agreement.outputs:
+        raise AssertionError(f"{net.name}: no layer output was compared")
+    return agreement
+
+
+def deploy_net(proto: caffe_pb2.NetParameter, input_shape: Sequence[int] | None = None) -> Net:
+    """Our deploy form of `proto`, its only input reshaped to `input_shape` when given."""
+    net = build_net(proto)
+    if len(net.inputs) != 1:
+        raise ValueError(f"the reference harness runs single-input nets; {net.name} has {list(net.inputs)}")
+    if input_shape is not None:
+        net = build_net(proto, input_shape={next(iter(net.inputs)): tuple(input_shape)})
+    return net
+
+
+def assert_matches_caffe(
+    prototxt: str | caffe_pb2.NetParameter,
+    blobs: Mapping[str, Sequence[np.ndarray]] | None = None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    seed: int = 0,
+) -> Agreement:
+    """Fail unless our graph agrees with BVLC Caffe on every layer output, in float64 and float32.
+
+    `prototxt` is text or a NetParameter; `blobs` (layer name -> arrays) default to seeded
+    random weights with BatchNorm calibrated on image-like inputs; `input_shape` overrides the
+    net's input shape. The input is `image_like(input_shape, seed)`.
+    """
+    require_reference()
+    proto = parse_prototxt_text(prototxt) if isinstance(prototxt, str) else prototxt
+    net = deploy_net(proto, input_shape)
+    if blobs is None:
+        blobs = random_calibrated_blobs(net, seed)
+    attach_weights(net, blobs)
+    with tempfile.TemporaryDirectory(prefix="caffe-reference-") as directory:
+        workdir = Path(directory)
+        caffemodel = workdir / "weights.caffemodel"
+        write_caffemodel(caffemodel, net.to_proto(), blobs)
+        agreement = compare_with_caffe(
+            net, caffemodel, image_like(next(iter(net.inputs.values())), seed), workdir
+        )
+    failure = agreement.first_failure()
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    return agreement
