@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench proto clean
+.PHONY: install demo test bench proto clean caffe-reference
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,24 @@ demo: $(STAMP)
 # 3-4x on a 2-core machine whenever a second process (loader, OpenCV, torchrun) runs.
 test: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+# BVLC Caffe (with SENet's Axpy layer) and its dump tool, the reference the tests compare against,
+# built by ../shared/caffe-reference/build.sh into CAFFE_REFERENCE_HOME (about 6 minutes; apt-get
+# for its packages). A no-op when built and newer than its sources. Not needed to install or run.
+REPO_DIR := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+SHARED_DIR ?= $(or $(SENET_REPRO_SHARED),$(dir $(REPO_DIR))shared)
+CAFFE_REFERENCE_HOME ?= $(HOME)/.cache/caffe-reference
+CAFFE_REFERENCE_SRC := $(SHARED_DIR)/caffe-reference
+CAFFE_REFERENCE := $(CAFFE_REFERENCE_HOME)/reference_forward
+
+caffe-reference: $(CAFFE_REFERENCE)
+
+$(CAFFE_REFERENCE): $(wildcard $(CAFFE_REFERENCE_SRC)/build.sh $(CAFFE_REFERENCE_SRC)/*.cpp \
+		$(CAFFE_REFERENCE_SRC)/*.tar.gz $(CAFFE_REFERENCE_SRC)/axpy/*)
+	@test -x $(CAFFE_REFERENCE_SRC)/build.sh || \
+		{ echo "no $(CAFFE_REFERENCE_SRC)/build.sh: set SENET_REPRO_SHARED to the shared folder" >&2; exit 1; }
+	CAFFE_REFERENCE_HOME=$(CAFFE_REFERENCE_HOME) $(CAFFE_REFERENCE_SRC)/build.sh
+	touch $@
 
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) bench/run_all.py
