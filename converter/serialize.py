@@ -7,7 +7,10 @@ from; loading the latter re-converts the prototxt and fills in the tensors.
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -70,8 +73,74 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+# Everything `torch.export.save` writes for a program of plain tensors, relative to the archive's
+# one top folder. torch.export.load would also accept, and run code from, AOTInductor shared
+# libraries (data/aotinductor/), legacy pickled weights (data/weights/<model>.pt) and pickled
+# or torchbind constants (custom_obj_*, opaque_obj_*); none of them match.
+_PT2_ENTRY = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/[^/]+\.json"
+    r"|extra/[^/]+|data/sample_inputs/[^/]+\.pt"
+    r"|data/weights/(weight_\d+|[^/]+_weights_config\.json)"
+    r"|data/constants/(tensor_\d+|[^/]+_constants_config\.json)"
+)
+_PAYLOAD = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
+
+
+def _check_payload_config(source: Path, name: str, text: bytes) -> None:
+    """Each entry of a weights/constants config must be a plain tensor, never `use_pickle`."""
+    kind = "weights" if name.endswith("_weights_config.json") else "constants"
+    try:
+        entries = json.loads(text)["config"]
+        plain = {
+            key: entry.get("use_pickle") is False
+            and isinstance(entry.get("tensor_meta"), dict)
+            and bool(_PAYLOAD[kind].fullmatch(str(entry.get("path_name"))))
+            for key, entry in entries.items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{source}: refusing it, {name} is not a .pt2 payload table") from None
+    for key, is_plain in plain.items():
+        if not is_plain:
+            raise ValueError(
+                f"{source}: refusing it, {kind} entry '{key}' is not a plain tensor "
+                "(a pickled payload, which could run code when loaded)"
+            )
+
+
+def check_pt2_archive(path: str | os.PathLike[str]) -> None:
+    """Refuse a `.pt2` from which `torch.export.load` could run code; reads only the zip, before torch.
+
+    Accepted: the graph (JSON), weights and constants stored as raw tensor bytes,
+    and sample inputs that load with `torch.load(weights_only=True)` (torch falls
+    back to full unpickling for those when that fails).
+    """
+    source = Path(path)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+            root = names[0].split("/", 1)[0] + "/" if names else ""
+            for name in names:
+                inner = name[len(root) :] if name.startswith(root) else name
+                if not name.startswith(root) or not _PT2_ENTRY.fullmatch(inner):
+                    raise ValueError(
+                        f"{source}: refusing it, it holds '{name}', which is not part of a .pt2 of "
+                        "plain tensors (could run code when loaded)"
+                    )
+                if inner.endswith("_config.json"):
+                    _check_payload_config(source, inner, archive.read(name))
+                elif inner.startswith("data/sample_inputs/"):
+                    try:
+                        torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                    except Exception as exc:  # the safe unpickler raises many types
+                        raise ValueError(
+                            f"{source}: refusing it, {inner} is not plain tensors ({_first_line(exc)})"
+                        ) from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{source}: not a .pt2 program ({_first_line(exc)})") from None
+
+
 def load_converted(path: str | os.PathLike[str]) -> nn.Module | torch.export.ExportedProgram:
-    """Load what `save_converted` wrote; never unpickles arbitrary objects.
+    """Load what `save_converted` wrote; never unpickles arbitrary objects (see `check_pt2_archive`).
 
     A `.pt2` gives the ExportedProgram (call `.module()` to run it), a
     `.safetensors` the re-converted GraphModule. A file that is not what its
@@ -82,9 +151,10 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module | torch.export.Exp
     if source.suffix == ".pt2":
         if not zipfile.is_zipfile(source):
             raise ValueError(f"{source}: not a .pt2 program (not a zip archive)")
+        check_pt2_archive(source)
         try:
             return torch.export.load(source)
-        except (RuntimeError, KeyError, ValueError) as exc:
+        except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
             raise ValueError(
                 f"{source}: not a .pt2 program torch.export can load ({_first_line(exc)})"
             ) from exc

@@ -219,6 +219,7 @@ def read_meta_mat(source: str | Path | IO[bytes]) -> DevkitMeta:
 
     try:
         import scipy.io
+        from scipy.io.matlab import MatReadError
     except ModuleNotFoundError:
         raise LabelError("reading the devkit's meta.mat needs scipy (pip install scipy)") from None
     try:
@@ -227,7 +228,7 @@ def read_meta_mat(source: str | Path | IO[bytes]) -> DevkitMeta:
         ids = [int(s["ILSVRC2012_ID"]) for s in leaves]
         wnids = [str(s["WNID"]) for s in leaves]
         words = [str(s["words"]) for s in leaves]
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, MatReadError, NotImplementedError) as exc:
         raise LabelError(
             f"{_label(source)} is not a devkit meta.mat with a 'synsets' struct: {exc}"
         ) from None

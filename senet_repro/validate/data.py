@@ -109,7 +109,8 @@ def _torchvision_devkit_meta(root: Path) -> tuple[imagenet.DevkitMeta | None, di
         try:
             wnid_to_classes, _ = torch.load(meta_bin, weights_only=True)
         except Exception as exc:  # torch.load raises many types for a foreign file
-            raise ValidateError(f"{meta_bin} is not torchvision's ImageNet meta.bin: {exc}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch adds advice lines
+            raise ValidateError(f"{meta_bin} is not torchvision's ImageNet meta.bin: {reason}") from None
         words = tuple(", ".join(names) for names in wnid_to_classes.values())
         return imagenet.DevkitMeta(tuple(wnid_to_classes), words), None, "torchvision meta.bin"
     return None, None, ""
