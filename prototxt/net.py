@@ -18,12 +18,13 @@ import numpy as np
 from . import caffe_pb2
 from .caffemodel import CaffeModel, read_caffemodel
 from .errors import NetDefinitionError, WeightsMismatchError
-from .shapes import SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
+from .shapes import REFUSED_TYPES, SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
 from .text import parse_prototxt
 
-# Layers that feed or score training and have no place in a deploy net.
+# Layers that feed or score training and have no place in a deploy net. (A Python
+# layer without bottoms is a data layer too; one with bottoms computes: refused.)
 DATA_LAYER_TYPES = frozenset(
-    {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData", "Python"}
+    {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"}
 )
 TRAINING_LAYER_TYPES = frozenset(
     {
@@ -244,6 +245,10 @@ def _legacy_inputs(proto: caffe_pb2.NetParameter) -> dict[str, Shape]:
     return {}
 
 
+def _is_data_layer(layer: caffe_pb2.LayerParameter) -> bool:
+    return layer.type in DATA_LAYER_TYPES or (layer.type == "Python" and not layer.bottom)
+
+
 def _data_layer_input(layer: caffe_pb2.LayerParameter) -> tuple[str, Shape] | None:
     """The image input a dropped data layer fed, when its parameters tell the shape."""
     if not layer.top:
@@ -320,11 +325,11 @@ def build_net(
     # A data layer of another phase (a TRAIN-only MemoryData, say) still tells the
     # image shape when no layer of this phase does.
     for layer in sorted(all_layers, key=lambda candidate: layer_included(candidate, state), reverse=True):
-        found = _data_layer_input(layer) if layer.type in DATA_LAYER_TYPES else None
+        found = _data_layer_input(layer) if _is_data_layer(layer) else None
         if found:
             data_inputs.setdefault(*found)
     for layer in all_layers:
-        if layer.type in DATA_LAYER_TYPES:
+        if _is_data_layer(layer):
             notes.append(f"dropped data layer '{layer.name}' ({layer.type})")
             continue
         if not layer_included(layer, state):
@@ -358,6 +363,12 @@ def build_net(
 def _infer(
     name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerParameter], notes: list[str]
 ) -> Net:
+    for proto in protos:
+        if proto.type in REFUSED_TYPES:
+            reason = REFUSED_TYPES[proto.type]
+            if proto.type == "Python":
+                reason += f" (module '{proto.python_param.module}', class '{proto.python_param.layer}')"
+            raise NetDefinitionError(f"{proto.type} layers cannot be converted: {reason}", layer=proto.name)
     unsupported = sorted({p.type for p in protos if p.type not in SHAPE_RULES and p.type != "Input"})
     if unsupported:
         names = [p.name for p in protos if p.type in unsupported]

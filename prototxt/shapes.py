@@ -21,7 +21,31 @@ SHAPE_RULES: dict[str, ShapeRule] = {}
 BLOB_RULES: dict[str, BlobRule] = {}
 
 # Layers whose output has the shape of their (first) input.
-ELEMENTWISE_TYPES = ("ReLU", "PReLU", "Sigmoid", "TanH", "Dropout", "BatchNorm", "LRN", "Softmax")
+ELEMENTWISE_TYPES = (
+    "ReLU",
+    "PReLU",
+    "Sigmoid",
+    "TanH",
+    "Dropout",
+    "BatchNorm",
+    "LRN",
+    "Softmax",
+    "AbsVal",
+    "BNLL",
+    "ELU",
+    "Power",
+    "Threshold",
+    "Swish",
+)
+
+# Layer types Caffe has that cannot become a static inference graph, and why.
+REFUSED_TYPES = {
+    "Python": "a Python layer runs code that is not in the model files",
+    "RNN": "recurrent layers (RNN, LSTM) unroll over time steps and are not supported",
+    "LSTM": "recurrent layers (RNN, LSTM) unroll over time steps and are not supported",
+    "LSTMUnit": "recurrent layers (RNN, LSTM) unroll over time steps and are not supported",
+    "Filter": "Filter's output batch size depends on the values of its selector input",
+}
 
 
 def _register(table: dict[str, Callable], *types: str):
@@ -134,6 +158,26 @@ def pooled_size(
 @_register(SHAPE_RULES, *ELEMENTWISE_TYPES)
 def _same_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     _expect_bottoms(layer, bottoms, 1)
+    return [bottoms[0]]
+
+
+@_register(SHAPE_RULES, "Clip")
+def _clip_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    p = layer.clip_param
+    if not (p.HasField("min") and p.HasField("max")):  # `required` in caffe.proto
+        raise NetDefinitionError("clip_param needs min and max", layer=layer.name)
+    return [bottoms[0]]
+
+
+@_register(SHAPE_RULES, "Exp", "Log")
+def _exp_log_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    base = (layer.exp_param if layer.type == "Exp" else layer.log_param).base
+    if base != -1 and not base > 0:
+        raise NetDefinitionError(f"base must be -1 (e) or positive, got {base}", layer=layer.name)
+    if layer.type == "Log" and base == 1:
+        raise NetDefinitionError("base 1 has no logarithm", layer=layer.name)
     return [bottoms[0]]
 
 
@@ -428,6 +472,164 @@ def _slice_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[
         shape[axis] = end - start
         tops.append(tuple(shape))
     return tops
+
+
+def crop_offsets(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[int]:
+    """Per-axis start of a Crop layer's window in bottom[0] (crop_layer.cpp's Reshape)."""
+    p, (data, reference) = layer.crop_param, bottoms
+    if len(data) != len(reference):
+        raise NetDefinitionError(f"bottoms have different ranks: {data} and {reference}", layer=layer.name)
+    start = canonical_axis(p.axis, len(data), layer)
+    if len(p.offset) > 1 and start + len(p.offset) != len(data):
+        raise NetDefinitionError(
+            f"{len(p.offset)} offsets for the {len(data) - start} axes from axis {start}", layer=layer.name
+        )
+    offsets = []
+    for i, size in enumerate(data):
+        offset = 0 if i < start or not p.offset else p.offset[0 if len(p.offset) == 1 else i - start]
+        if i >= start and size - offset < reference[i]:
+            raise NetDefinitionError(
+                f"crop of axis {i} (size {reference[i]}, offset {offset}) leaves input {data}",
+                layer=layer.name,
+            )
+        offsets.append(offset)
+    return offsets
+
+
+@_register(SHAPE_RULES, "Crop")
+def _crop_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 2)
+    start = canonical_axis(layer.crop_param.axis, len(bottoms[0]), layer)
+    crop_offsets(layer, bottoms)
+    return [(*bottoms[0][:start], *bottoms[1][start:])]
+
+
+@_register(SHAPE_RULES, "Embed")
+def _embed_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    p = layer.embed_param
+    if not (p.num_output > 0 and p.input_dim > 0):
+        raise NetDefinitionError("num_output and input_dim must be given and positive", layer=layer.name)
+    return [(*bottoms[0], p.num_output)]
+
+
+@_register(BLOB_RULES, "Embed")
+def _embed_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    p = layer.embed_param
+    weight = (p.input_dim, p.num_output)
+    return [weight, (p.num_output,)] if p.bias_term else [weight]
+
+
+@_register(SHAPE_RULES, "ArgMax")
+def _argmax_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    p, bottom = layer.argmax_param, bottoms[0]
+    if p.HasField("axis"):
+        axis = canonical_axis(p.axis, len(bottom), layer)
+        if not 1 <= p.top_k <= bottom[axis]:
+            raise NetDefinitionError(f"top_k {p.top_k} not in 1..{bottom[axis]}", layer=layer.name)
+        return [(*bottom[:axis], p.top_k, *bottom[axis + 1 :])]
+    if not 1 <= p.top_k <= math.prod(bottom[1:]):
+        raise NetDefinitionError(f"top_k {p.top_k} not in 1..{math.prod(bottom[1:])}", layer=layer.name)
+    shape = [1] * max(len(bottom), 3)
+    shape[0], shape[1], shape[2] = bottom[0], 2 if p.out_max_val else 1, p.top_k
+    return [tuple(shape)]
+
+
+def legacy_shape(layer: caffe_pb2.LayerParameter, bottom: Shape) -> Shape:
+    """Caffe's num/channels/height/width view of a blob of at most 4 axes (1s appended)."""
+    if len(bottom) > 4:
+        raise NetDefinitionError(f"{layer.type} takes at most 4 axes, got {bottom}", layer=layer.name)
+    return (*bottom, *(1,) * (4 - len(bottom)))
+
+
+@_register(SHAPE_RULES, "MVN")
+def _mvn_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    return [legacy_shape(layer, bottoms[0])]  # Caffe reshapes the top to 4 axes
+
+
+@_register(SHAPE_RULES, "Reduction")
+def _reduction_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    return [bottoms[0][: canonical_axis(layer.reduction_param.axis, len(bottoms[0]), layer)]]
+
+
+@_register(SHAPE_RULES, "Tile")
+def _tile_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    p, bottom = layer.tile_param, list(bottoms[0])
+    if not p.HasField("tiles") or p.tiles <= 0:
+        raise NetDefinitionError("tiles must be given and positive", layer=layer.name)
+    axis = canonical_axis(p.axis, len(bottom), layer)
+    bottom[axis] *= p.tiles
+    return [tuple(bottom)]
+
+
+def spp_levels(layer: caffe_pb2.LayerParameter, bottom: Shape) -> list[caffe_pb2.LayerParameter]:
+    """The Pooling layer of each pyramid level (spp_layer.cpp's GetPoolingParam)."""
+    p = layer.spp_param
+    if p.pyramid_height < 1:
+        raise NetDefinitionError("pyramid_height must be given and positive", layer=layer.name)
+    if len(bottom) != 4 or not (bottom[2] > 0 and bottom[3] > 0):
+        raise NetDefinitionError(f"expects a 4-D input of positive size, got {bottom}", layer=layer.name)
+    levels = []
+    for level in range(p.pyramid_height):
+        bins = 2**level
+        kernel = [-(-size // bins) for size in bottom[2:]]
+        pad = [(k * bins - size + 1) // 2 for k, size in zip(kernel, bottom[2:])]
+        pooling = caffe_pb2.PoolingParameter(
+            pool=p.pool, kernel_h=kernel[0], kernel_w=kernel[1], stride_h=kernel[0], stride_w=kernel[1]
+        )
+        pooling.pad_h, pooling.pad_w = pad
+        levels.append(
+            caffe_pb2.LayerParameter(name=f"{layer.name}/level{level}", type="Pooling", pooling_param=pooling)
+        )
+    return levels
+
+
+@_register(SHAPE_RULES, "SPP")
+def _spp_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    pooled = [_pool_shape(level, bottoms)[0] for level in spp_levels(layer, bottoms[0])]
+    if len(pooled) == 1:
+        return pooled  # one level: the pooling's 4-D top, not flattened
+    return [(bottoms[0][0], sum(math.prod(shape[1:]) for shape in pooled))]
+
+
+@_register(SHAPE_RULES, "Parameter")
+def _parameter_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 0)
+    return [tuple(layer.parameter_param.shape.dim)]
+
+
+@_register(BLOB_RULES, "Parameter")
+def _parameter_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    return [tuple(layer.parameter_param.shape.dim)]
+
+
+@_register(SHAPE_RULES, "BatchReindex")
+def _batch_reindex_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 2)
+    if len(bottoms[1]) != 1:
+        raise NetDefinitionError(f"the index bottom must be 1-D, got {bottoms[1]}", layer=layer.name)
+    return [(bottoms[1][0], *bottoms[0][1:])]
+
+
+@_register(SHAPE_RULES, "Im2col")
+def _im2col_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    bottom = bottoms[0]
+    if layer.convolution_param.axis != 1 or len(bottom) != 4:
+        raise NetDefinitionError(f"only 4-D inputs with channel axis 1, got {bottom}", layer=layer.name)
+    g = conv_geometry(layer)
+    spatial = [
+        (size + 2 * pd - (d * (k - 1) + 1)) // s + 1
+        for size, k, s, pd, d in zip(bottom[2:], g["kernel"], g["stride"], g["pad"], g["dilation"])
+    ]
+    if any(out <= 0 for out in spatial):
+        raise NetDefinitionError(f"input {bottom} too small for the kernel", layer=layer.name)
+    return [(bottom[0], bottom[1] * math.prod(g["kernel"]), *spatial)]
 
 
 def expected_blob_shapes(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:

@@ -172,7 +172,7 @@ def _files(tmp_path: Path, pair: CaffePair) -> dict[str, Path]:
     files["truncated"].write_bytes(pair.caffemodel.read_bytes()[:300])
     files["syntax"].write_text(SE_TINY.replace('top: "conv2"\n', 'top: "conv2"\n  }}\n', 1))
     files["unsupported"].write_text(
-        SE_TINY.replace('type: "Sigmoid"', 'type: "Swish"').replace('type: "ReLU"', 'type: "GELU"')
+        SE_TINY.replace('type: "Sigmoid"', 'type: "HardSwish"').replace('type: "ReLU"', 'type: "GELU"')
     )
     files["axpy2"].write_text(
         SE_TINY.replace('bottom: "se/up" bottom: "conv2" bottom: "conv1"', 'bottom: "se/up" bottom: "conv2"')
@@ -248,7 +248,7 @@ BAD_INPUTS: list[tuple[str, Callable[[dict[str, Path], CaffePair, Path], list], 
             "-o",
             o / "x.onnx",
         ],
-        "GELU, Swish",
+        "GELU, HardSwish",
     ),
     ("malformed Axpy", lambda f, p, o: ["portable-prototxt", f["axpy2"], o / "x.prototxt"], "block"),
     (

@@ -19,6 +19,7 @@ from converter import CONVERTERS, UnsupportedLayerError, convert, convert_caffe
 from converter.modules import CaffePool2d
 from prototxt import (
     NetDefinitionError,
+    build_net,
     load_net,
     parse_prototxt_text,
     portable_net,
@@ -712,14 +713,248 @@ def test_unsupported_types_are_listed_together(tiny, monkeypatch: pytest.MonkeyP
 def test_types_without_shape_rule_are_listed_together(tmp_path: Path) -> None:
     """Types `prototxt` cannot even shape fail at load time, also all at once."""
     text = _input_layer({"data": (1, 3, 4, 4)}) + (
-        'layer { name: "pw" type: "Power" bottom: "data" top: "pw" }\n'
-        'layer { name: "ex1" type: "Exp" bottom: "pw" top: "ex1" }\n'
-        'layer { name: "ex2" type: "Exp" bottom: "ex1" top: "ex2" }'
+        'layer { name: "pw" type: "Upsample" bottom: "data" top: "pw" }\n'
+        'layer { name: "ex1" type: "Interp" bottom: "pw" top: "ex1" }\n'
+        'layer { name: "ex2" type: "Interp" bottom: "ex1" top: "ex2" }'
     )
     path = tmp_path / "net.prototxt"
     path.write_text(text)
     with pytest.raises(NetDefinitionError) as info:
         convert_caffe(path)
     message = str(info.value)
-    assert "Exp, Power" in message and all(name in message for name in ("pw", "ex1", "ex2"))
+    assert "Interp, Upsample" in message and all(name in message for name in ("pw", "ex1", "ex2"))
     assert "Adding a layer type" in message
+
+
+# --- the rest of BVLC's layer list: numpy written from each layer's .cpp ---------------------------
+
+
+def _layer(layer_type: str, params: str = "", bottoms: Sequence[str] = ("data",), top: str = "y") -> str:
+    inputs = " ".join(f'bottom: "{b}"' for b in bottoms)
+    return f'layer {{ name: "{top}" type: "{layer_type}" {inputs} top: "{top}" {params} }}\n'
+
+
+@pytest.mark.parametrize(
+    "layer_type, params, function",
+    [
+        ("AbsVal", "", np.abs),
+        # log(1 + e^x) in another form than bnll_layer.cpp's two branches
+        ("BNLL", "", lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))),
+        ("Clip", "clip_param { min: -0.5 max: 0.75 }", lambda x: np.clip(x, -0.5, 0.75)),
+        ("ELU", "elu_param { alpha: 0.5 }", lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+        ("Exp", "", np.exp),
+        ("Exp", "exp_param { base: 2 scale: 0.5 shift: 1 }", lambda x: 2.0 ** (1 + 0.5 * x)),
+        ("Log", "log_param { base: 10 scale: 0.25 shift: 3 }", lambda x: np.log10(3 + 0.25 * x)),
+        ("Power", "power_param { power: 3 scale: 0.5 shift: 0.25 }", lambda x: (0.25 + 0.5 * x) ** 3),
+        ("Power", "power_param { power: 2 scale: 0 shift: 3 }", lambda x: np.full_like(x, 9.0)),
+        ("Power", "power_param { power: 0 }", np.ones_like),
+        ("Threshold", "threshold_param { threshold: 0.25 }", lambda x: (x > 0.25).astype(np.float64)),
+        ("Swish", "swish_param { beta: 1.5 }", lambda x: x / (1 + np.exp(-1.5 * x))),
+    ],
+)
+def test_neuron_layers(tiny, layer_type, params, function) -> None:
+    x = rand(2, 3, 4, 5).astype(np.float64)
+    net = tiny({"data": x}, _layer(layer_type, params))
+    check(net, "y", function(x), opencv=False)
+
+
+@pytest.mark.parametrize(
+    "params, window",
+    [
+        ("", (slice(None), slice(None), slice(0, 4), slice(0, 3))),  # axis 2, offset 0
+        ("crop_param { offset: 2 }", (slice(None), slice(None), slice(2, 6), slice(2, 5))),
+        (
+            "crop_param { axis: 1 offset: 1 offset: 3 offset: 0 }",
+            (slice(None), slice(1, 3), slice(3, 7), slice(0, 3)),
+        ),
+    ],
+)
+def test_crop(tiny, params, window) -> None:
+    x, reference = rand(2, 4, 7, 6), rand(2, 2, 4, 3, seed=1)
+    net = tiny({"data": x, "ref": reference}, _layer("Crop", params, ("data", "ref")))
+    check(net, "y", x[window].astype(np.float64), opencv=False)
+
+
+def test_crop_out_of_bounds_is_refused(tiny) -> None:
+    net = tiny(
+        {"data": rand(1, 1, 5, 5), "ref": rand(1, 1, 3, 3)},
+        _layer("Crop", "crop_param { offset: 3 }", ("data", "ref")),
+    )
+    with pytest.raises(NetDefinitionError, match="crop of axis 2"):
+        load_net(net.prototxt)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_tile(tiny, axis) -> None:
+    x = rand(2, 3, 4)
+    net = tiny({"data": x}, _layer("Tile", f"tile_param {{ axis: {axis} tiles: 3 }}"))
+    # tile_layer.cpp: for each outer index, the inner block (axis on) is copied `tiles` times
+    check(net, "y", np.concatenate([x] * 3, axis=axis).astype(np.float64), opencv=False)
+
+
+def np_argmax(x: np.ndarray, top_k: int, axis: int | None, out_max_val: bool) -> np.ndarray:
+    """argmax_layer.cpp: (value, index) pairs sorted by std::greater, so ties put the larger index first."""
+    if axis is None:
+        flat = x.reshape(x.shape[0], -1)
+        out = np.zeros((x.shape[0], 2 if out_max_val else 1, top_k) + (1,) * max(x.ndim - 3, 0))
+        for i, row in enumerate(flat):
+            best = sorted(((v, j) for j, v in enumerate(row)), reverse=True)[:top_k]
+            out[i, 0, :] = np.array([j for _, j in best]).reshape(out.shape[2:])
+            if out_max_val:
+                out[i, 1, :] = np.array([v for v, _ in best]).reshape(out.shape[2:])
+        return out
+    moved = np.moveaxis(x, axis, -1)
+    out = np.zeros((*moved.shape[:-1], top_k))
+    for index in np.ndindex(moved.shape[:-1]):
+        best = sorted(((v, j) for j, v in enumerate(moved[index])), reverse=True)[:top_k]
+        out[index] = [v if out_max_val else j for v, j in best]
+    return np.moveaxis(out, -1, axis)
+
+
+@pytest.mark.parametrize(
+    "params, top_k, axis, out_max_val",
+    [
+        ("top_k: 3", 3, None, False),
+        ("top_k: 2 out_max_val: true", 2, None, True),
+        ("axis: 1 top_k: 2", 2, 1, False),
+        ("axis: -1 top_k: 3 out_max_val: true", 3, 3, True),
+    ],
+)
+def test_argmax_with_ties(tiny, params, top_k, axis, out_max_val) -> None:
+    x = np.round(rand(2, 3, 4, 5) * 2)  # few distinct values: many ties
+    net = tiny({"data": x}, _layer("ArgMax", f"argmax_param {{ {params} }}"))
+    check(net, "y", np_argmax(x.astype(np.float64), top_k, axis, out_max_val), opencv=False)
+
+
+@pytest.mark.parametrize("operation", ["SUM", "ASUM", "SUMSQ", "MEAN"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_reduction(tiny, operation, axis) -> None:
+    x = rand(2, 3, 4).astype(np.float64)
+    net = tiny(
+        {"data": x},
+        _layer("Reduction", f"reduction_param {{ operation: {operation} axis: {axis} coeff: -1.5 }}"),
+    )
+    start = axis % x.ndim
+    flat = x.reshape(*x.shape[:start], -1)
+    value = {"SUM": flat, "ASUM": np.abs(flat), "SUMSQ": flat**2, "MEAN": flat / flat.shape[-1]}[operation]
+    check(net, "y", -1.5 * value.sum(-1), opencv=False)
+
+
+@pytest.mark.parametrize("across_channels", [False, True])
+@pytest.mark.parametrize("normalize_variance", [False, True])
+def test_mvn(tiny, across_channels, normalize_variance) -> None:
+    x = rand(2, 3, 4, 5).astype(np.float64) * 3 + 1
+    net = tiny(
+        {"data": x},
+        _layer(
+            "MVN",
+            f"mvn_param {{ across_channels: {str(across_channels).lower()} "
+            f"normalize_variance: {str(normalize_variance).lower()} eps: 0.01 }}",
+        ),
+    )
+    axes = (1, 2, 3) if across_channels else (2, 3)
+    centred = x - x.mean(axes, keepdims=True)
+    expected = centred / (centred.std(axes, keepdims=True) + 0.01) if normalize_variance else centred
+    check(net, "y", expected, opencv=False)
+
+
+def test_mvn_top_has_four_axes(tiny) -> None:
+    x = rand(2, 3)
+    net = tiny({"data": x}, _layer("MVN", "mvn_param { normalize_variance: false }"))
+    assert load_net(net.prototxt).blob_shapes["y"] == (2, 3, 1, 1)
+    check(net, "y", np.zeros((2, 3, 1, 1)), opencv=False)
+
+
+@pytest.mark.parametrize("mode", ["MAX", "AVE"])
+@pytest.mark.parametrize("height", [1, 3])
+def test_spp(tiny, mode, height) -> None:
+    x = rand(2, 3, 7, 6)
+    net = tiny({"data": x}, _layer("SPP", f"spp_param {{ pool: {mode} pyramid_height: {height} }}"))
+    levels = []
+    for level in range(height):  # spp_layer.cpp's GetPoolingParam
+        bins = 2**level
+        kernel = [-(-size // bins) for size in (7, 6)]
+        pad = [(k * bins - size + 1) // 2 for k, size in zip(kernel, (7, 6))]
+        out_hw = [-(-(size + 2 * p - k) // k) + 1 for size, p, k in zip((7, 6), pad, kernel)]
+        if any(pad):  # pooling_layer.cpp: a last window starting in the padding is dropped
+            out_hw = [o - ((o - 1) * k >= size + p) for o, k, size, p in zip(out_hw, kernel, (7, 6), pad)]
+        levels.append(np_pool(x, mode, kernel, kernel, pad, out_hw))
+    expected = levels[0] if height == 1 else np.concatenate([lv.reshape(2, -1) for lv in levels], 1)
+    check(net, "y", expected, opencv=False)
+
+
+def test_im2col(tiny) -> None:
+    x = rand(2, 3, 6, 5)
+    net = tiny(
+        {"data": x}, _layer("Im2col", "convolution_param { kernel_size: 3 stride: 2 pad: 1 dilation: 1 }")
+    )
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out_h, out_w = (6 + 2 - 3) // 2 + 1, (5 + 2 - 3) // 2 + 1
+    expected = np.zeros((2, 3 * 9, out_h, out_w))
+    for c in range(3):  # im2col.cpp: row (c * k_h + i) * k_w + j
+        for i in range(3):
+            for j in range(3):
+                expected[:, (c * 3 + i) * 3 + j] = padded[:, c, i : i + 2 * out_h : 2, j : j + 2 * out_w : 2]
+    check(net, "y", expected, opencv=False)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_embed(tiny, bias) -> None:
+    indices = np.array([[0, 3, 1], [4, 4, 2]], dtype=np.float32)
+    weight, offset = rand(5, 6), rand(6, seed=1)
+    net = tiny(
+        {"data": indices},
+        _layer("Embed", f"embed_param {{ input_dim: 5 num_output: 6 bias_term: {str(bias).lower()} }}"),
+        {"y": [weight, offset] if bias else [weight]},
+    )
+    expected = weight.astype(np.float64)[indices.astype(int)] + (offset if bias else 0)
+    check(net, "y", expected, opencv=False)
+
+
+def test_parameter_outputs_its_blob(tiny) -> None:
+    value = rand(2, 3)
+    net = tiny(
+        {"data": rand(1, 1)},
+        _layer("Parameter", "parameter_param { shape { dim: 2 dim: 3 } }", bottoms=()),
+        {"y": [value]},
+    )
+    check(net, "y", value.astype(np.float64), opencv=False)
+
+
+def test_batch_reindex(tiny) -> None:
+    x, order = rand(3, 2, 2), np.array([2, 0, 2, 1], dtype=np.float32)
+    net = tiny({"data": x, "order": order}, _layer("BatchReindex", bottoms=("data", "order")))
+    check(net, "y", x.astype(np.float64)[[2, 0, 2, 1]], opencv=False)
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (
+            _layer("Python", 'python_param { module: "rpn.proposal" layer: "ProposalLayer" }'),
+            r"Python layers cannot be converted: .*\(module 'rpn.proposal', class 'ProposalLayer'\)",
+        ),
+        (
+            _layer("LSTM", "recurrent_param { num_output: 4 }", ("data", "cont")),
+            "LSTM layers cannot be converted: recurrent",
+        ),
+        (_layer("RNN", "", ("data", "cont")), "RNN layers cannot be converted: recurrent"),
+        (_layer("Filter", "", ("data", "cont"), top="y"), "Filter layers cannot be converted"),
+    ],
+)
+def test_layers_without_a_static_graph_are_refused_by_name(tiny, layer, message) -> None:
+    net = tiny({"data": rand(2, 3), "cont": rand(2, 1)}, layer)
+    with pytest.raises(NetDefinitionError, match=message) as info:
+        load_net(net.prototxt)
+    assert "layer 'y'" in str(info.value)
+
+
+def test_python_layer_without_bottoms_is_a_data_layer(tmp_path: Path) -> None:
+    text = (
+        'layer { name: "data" type: "Python" top: "data" top: "label" '
+        'python_param { module: "voc_layers" layer: "VOCSegDataLayer" } }\n'
+        'input: "data" input_shape { dim: 1 dim: 3 dim: 4 dim: 4 }\n' + _layer("ReLU")
+    )
+    net = build_net(parse_prototxt_text(text))
+    assert [layer.type for layer in net.layers] == ["ReLU"]
+    assert any("dropped data layer 'data' (Python)" in note for note in net.notes)

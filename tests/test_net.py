@@ -455,7 +455,7 @@ def test_data_layer_becomes_the_input() -> None:
         ),
         ('type: "ReLU" bottom: "x0" top: "y"', (1, -4), "negative dimension"),
         ('type: "ReLU" bottom: "nope" top: "y"', (1, 4), "unknown bottom blob"),
-        ('type: "Swish" bottom: "x0" top: "y"', (1, 4), "no shape rule for layer type(s) Swish"),
+        ('type: "HardSwish" bottom: "x0" top: "y"', (1, 4), "no shape rule for layer type(s) HardSwish"),
         ('type: "Split" bottom: "x0" bottom: "x0" top: "y"', (1, 4), "takes 1 bottom(s), got 2"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Convolution, Deconvolution and InnerProduct."""
+"""Convolution, Deconvolution, InnerProduct and Embed."""
 
 from __future__ import annotations
 
@@ -49,4 +49,15 @@ def inner_product(layer: Layer) -> nn.Module:
         module.linear.weight.data = weight.t().contiguous() if p.transpose else weight
         if p.bias_term:
             module.linear.bias.data = blob(layer, 1)
+    return module
+
+
+@register("Embed")
+def embed(layer: Layer) -> nn.Module:
+    p = layer.param.embed_param
+    module = modules.Embed(p.input_dim, p.num_output, p.bias_term)
+    if has_weights(layer):
+        module.weight.data = blob(layer, 0)
+        if p.bias_term:
+            module.bias.data = blob(layer, 1)
     return module

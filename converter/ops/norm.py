@@ -1,4 +1,4 @@
-"""BatchNorm, Scale, Bias and LRN."""
+"""BatchNorm, Scale, Bias, LRN and MVN."""
 
 from __future__ import annotations
 
@@ -80,3 +80,9 @@ def lrn(layer: Layer) -> nn.Module:
     if p.norm_region == p.WITHIN_CHANNEL:
         return modules.LRNWithinChannel(p.local_size, p.alpha, p.beta)
     return nn.LocalResponseNorm(p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)
+
+
+@register("MVN")
+def mvn(layer: Layer) -> nn.Module:
+    p = layer.param.mvn_param
+    return modules.MVN(p.across_channels, p.normalize_variance, p.eps)

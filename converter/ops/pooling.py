@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from prototxt import Layer, NetDefinitionError
-from prototxt.shapes import pool_geometry, pooled_size
+from prototxt.shapes import SHAPE_RULES, pool_geometry, pooled_size, spp_levels
 
 from .. import modules
 from ..registry import register
@@ -39,3 +39,25 @@ def pooling(layer: Layer) -> nn.Module:
             return nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
         return nn.AvgPool2d(kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
     return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(bottom[2:]), list(top[2:]))
+
+
+@register("SPP")
+def spp(layer: Layer) -> nn.Module:
+    """Caffe's SPP is a Pooling layer per pyramid level (flattened and concatenated when
+    there are several), built here from the same parameters spp_layer.cpp gives them."""
+    bottom = layer.bottom_shapes[0]
+    levels = [
+        pooling(
+            Layer(
+                name=level.name,
+                type="Pooling",
+                bottoms=layer.bottoms,
+                tops=[level.name],
+                param=level,
+                bottom_shapes=[bottom],
+                top_shapes=SHAPE_RULES["Pooling"](level, [bottom]),
+            )
+        )
+        for level in spp_levels(layer.param, bottom)
+    ]
+    return levels[0] if len(levels) == 1 else modules.SPP(levels)

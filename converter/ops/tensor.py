@@ -1,14 +1,25 @@
-"""Layers that move data around: Concat, Reshape, Flatten, Split, Slice."""
+"""Layers that move, pick or reduce data: Concat, Reshape, Flatten, Split, Slice, Crop, Tile,
+BatchReindex, Im2col, ArgMax, Reduction, Parameter."""
 
 from __future__ import annotations
+
+import math
 
 from torch import nn
 
 from prototxt import Layer
-from prototxt.shapes import canonical_axis, concat_axis, reshape_axes, slice_points
+from prototxt.shapes import (
+    canonical_axis,
+    concat_axis,
+    conv_geometry,
+    crop_offsets,
+    reshape_axes,
+    slice_points,
+)
 
 from .. import modules
 from ..registry import register
+from ._blobs import blob, has_weights
 
 
 @register("Concat")
@@ -49,3 +60,51 @@ def slice_(layer: Layer) -> nn.Module:
 def input_(layer: Layer) -> None:
     """Inputs become the graph's placeholders, named after their blobs."""
     return None
+
+
+@register("Crop")
+def crop(layer: Layer) -> nn.Module:
+    start = canonical_axis(layer.param.crop_param.axis, len(layer.bottom_shapes[0]), layer.param)
+    offsets = crop_offsets(layer.param, layer.bottom_shapes)[start:]
+    return modules.Crop(start, offsets, list(layer.top_shapes[0][start:]))
+
+
+@register("Tile")
+def tile(layer: Layer) -> nn.Module:
+    ndim = len(layer.bottom_shapes[0])
+    p = layer.param.tile_param
+    return modules.Tile(ndim, canonical_axis(p.axis, ndim, layer.param), p.tiles)
+
+
+@register("BatchReindex")
+def batch_reindex(layer: Layer) -> nn.Module:
+    return modules.BatchReindex()
+
+
+@register("Im2col")
+def im2col(layer: Layer) -> nn.Module:
+    g = conv_geometry(layer.param)
+    return modules.Im2col(g["kernel"], g["stride"], g["pad"], g["dilation"])
+
+
+@register("ArgMax")
+def argmax(layer: Layer) -> nn.Module:
+    p, ndim = layer.param.argmax_param, len(layer.bottom_shapes[0])
+    axis = canonical_axis(p.axis, ndim, layer.param) if p.HasField("axis") else None
+    return modules.ArgMax(p.top_k, axis, p.out_max_val, len(layer.top_shapes[0]))
+
+
+@register("Reduction")
+def reduction(layer: Layer) -> nn.Module:
+    p, bottom = layer.param.reduction_param, layer.bottom_shapes[0]
+    axis = canonical_axis(p.axis, len(bottom), layer.param)
+    coeff = p.coeff / math.prod(bottom[axis:]) if p.operation == p.MEAN else p.coeff
+    return modules.Reduction(p.ReductionOp.Name(p.operation), axis, coeff)
+
+
+@register("Parameter")
+def parameter(layer: Layer) -> nn.Module:
+    module = modules.LearnedBlob(layer.top_shapes[0])
+    if has_weights(layer):
+        module.weight.data = blob(layer, 0).reshape(layer.top_shapes[0])
+    return module
