@@ -1,6 +1,6 @@
 """Inference speed of a converted net: PyTorch, PyTorch with BN folded, ONNX Runtime, OpenCV.
 
-    python bench/bench_convert.py [--nets SE-ResNet-50 SE-ResNeXt-50] [--batches 1 16]
+    python -m bench.bench_convert [--nets SE-ResNet-50 SE-ResNeXt-50] [--batches 1 16]
 
 For SE-ResNet-50 and SE-ResNeXt-50 with seeded random calibrated weights
 (tests/caffe_factory.py, cached outside the repository), side by side on the CPU:
@@ -29,12 +29,11 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 # Before torch loads OpenMP, which reads it once.
@@ -45,15 +44,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from converter import convert
+from converter.calibrate import image_like
+from converter.fold import fold_batchnorm
+from converter.onnx_export import export_onnx
+from prototxt import Net, load_net, portable_net, write_prototxt
+from tests.caffe_factory import make_random_caffemodel
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from caffe_factory import image_like, make_random_caffemodel  # noqa: E402
-
-from converter import convert  # noqa: E402
-from converter.fold import fold_batchnorm  # noqa: E402
-from converter.onnx_export import export_onnx  # noqa: E402
-from prototxt import Net, load_net, portable_net, write_prototxt  # noqa: E402
 
 SENET_DIR = REPO.parent / "shared" / "senet-caffe"
 RESULTS = REPO / "bench" / "results" / "convert.md"
@@ -78,7 +76,7 @@ class Row:
 
 def torch_runner(module: torch.nn.Module, device: str, channels_last: bool = False) -> Runner:
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    module = module.to(device, memory_format=layout)
+    module = module.to(device).to(memory_format=layout)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -168,7 +166,7 @@ def write_table(rows: list[Row], threads: int, load: tuple[float, float], second
     lines = [
         "# Converted SENets: inference speed per runner",
         "",
-        f"`python bench/bench_convert.py`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"`python -m bench.bench_convert`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{seconds:.0f} s. Machine: {machine()}; {threads} threads for every CPU runner, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ONNX Runtime without spinning. "
         f"torch {torch.__version__}, onnxruntime {ort.__version__}, OpenCV {cv2.__version__}.",

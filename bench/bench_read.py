@@ -1,6 +1,6 @@
 """Reading a SENet-154-size caffemodel: our reader against a raw read and OpenCV.
 
-    python bench/bench_read.py [--size-mb 440] [--repeats 5]
+    python -m bench.bench_read [--size-mb 440] [--repeats 5]
 
 Generates (once, in the senet-repro cache, outside the repository) a caffemodel
 of SENet-154's shapes with random float32 weights, then times, side by side:

@@ -7,8 +7,8 @@ model and counting -- on a folder of ImageNet-sized JPEGs. The goal on a GPU is 
 80 % of (1); on a CPU the loader and the model share the cores, and the ratio says how
 much the data path costs. Weights are random: throughput does not depend on them.
 
-    python bench/bench_validate.py                        # CPU here, CUDA when present
-    python bench/bench_validate.py --data /imagenet/val   # real images instead of synthetic
+    python -m bench.bench_validate                        # CPU here, CUDA when present
+    python -m bench.bench_validate --data /imagenet/val   # real images instead of synthetic
 
 Writes (or updates its device's section of) bench/results/validate.md.
 """

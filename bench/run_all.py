@@ -13,7 +13,8 @@ def main() -> int:
     failed = []
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"== {script.name}", flush=True)
-        if subprocess.run([sys.executable, str(script)], cwd=HERE.parent).returncode != 0:
+        module = f"{HERE.name}.{script.stem}"
+        if subprocess.run([sys.executable, "-m", module], cwd=HERE.parent).returncode != 0:
             failed.append(script.name)
     for table in sorted((HERE / "results").glob("*.md")):
         print(f"\n== {table.relative_to(HERE.parent)}\n{table.read_text()}")

@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from torch import fx
-
 from prototxt import load_net
 
-from .graph import convert
+from .graph import CaffeGraphModule, convert
 from .registry import CONVERTERS, UnsupportedLayerError, register
 
 
@@ -23,10 +21,10 @@ def convert_caffe(
     prototxt: str | os.PathLike[str] | None,
     caffemodel: str | os.PathLike[str] | None = None,
     outputs: Sequence[str] | None = None,
-) -> fx.GraphModule:
+) -> CaffeGraphModule:
     """Load a prototxt/caffemodel pair (or a lone caffemodel) and convert it."""
     net = load_net(prototxt, caffemodel)
     return convert(net, outputs, require_weights=caffemodel is not None)
 
 
-__all__ = ["CONVERTERS", "UnsupportedLayerError", "convert", "convert_caffe", "register"]
+__all__ = ["CONVERTERS", "CaffeGraphModule", "UnsupportedLayerError", "convert", "convert_caffe", "register"]

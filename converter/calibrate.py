@@ -19,6 +19,7 @@ from prototxt import Net, attach_weights
 from prototxt.random_weights import random_blobs
 
 from .graph import convert
+from .modules import running_statistics
 
 
 @torch.no_grad()
@@ -42,11 +43,11 @@ def calibrate_batchnorm(
     for layer in net.layers:
         if layer.type != "BatchNorm" or layer.name not in module.caffe_layer_modules:
             continue
-        norm = norms[module.caffe_layer_modules[layer.name]]
+        mean, var = running_statistics(norms[module.caffe_layer_modules[layer.name]])
         factor = np.float32(calibrated[layer.name][2].reshape(-1)[0])
         calibrated[layer.name] = [
-            (norm.running_mean.numpy() * factor).astype(np.float32),
-            (norm.running_var.numpy() * factor).astype(np.float32),
+            (mean.numpy() * factor).astype(np.float32),
+            (var.numpy() * factor).astype(np.float32),
             calibrated[layer.name][2],
         ]
     return calibrated

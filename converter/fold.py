@@ -10,15 +10,21 @@ only by float32 round-off.
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 import torch
 from torch import fx, nn
 
-from .modules import Affine
+from .graph import CaffeGraphModule
+from .modules import Affine, pair, running_statistics
 
-# What `fold_batchnorm` has done to a net (its `caffe_fold`), from least to most.
-FOLD_LEVELS = ("none", "bn", "conv")
+
+class FoldLevel(StrEnum):
+    """What `fold_batchnorm` has done to a net (its `caffe_fold`), from least to most."""
+
+    NONE = "none"  # Caffe's BatchNorm + Scale as they are
+    BN = "bn"  # each pair one affine BatchNorm2d
+    CONV = "conv"  # and each of those after a convolution folded into it
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -26,23 +32,29 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
+def _target(node: fx.Node) -> str:
+    """The submodule path of a call_module node (fx types targets loosely)."""
+    if not isinstance(node.target, str):
+        raise TypeError(f"node {node.name} calls {node.target!r}, not a submodule")
+    return node.target
+
+
 def _module(gm: fx.GraphModule, node: fx.Node | None) -> nn.Module | None:
     """The submodule a node calls; None for other nodes and ones already folded away."""
     if node is None or node.op != "call_module" or node.graph is not gm.graph:
         return None
-    return getattr(gm, node.target, None)
+    return getattr(gm, _target(node), None)
 
 
 def _drop(gm: fx.GraphModule, node: fx.Node) -> None:
     """Remove a single-input node, wiring its users to its input."""
-    node.replace_all_uses_with(node.args[0])
-    target = node.target
+    source = node.args[0]
+    if not isinstance(source, fx.Node):
+        raise TypeError(f"node {node.name} has no input node to wire its users to")
+    node.replace_all_uses_with(source)
+    target = _target(node)
     gm.graph.erase_node(node)
     gm.delete_submodule(target)
-
-
-def _is_channel_affine(module: nn.Module | None, channels: int) -> bool:
-    return isinstance(module, Affine) and module.weight is not None and module.view == (1, channels, 1, 1)
 
 
 @torch.no_grad()
@@ -54,15 +66,22 @@ def _merge_scale(gm: fx.GraphModule) -> int:
             continue
         scale_node = _only_user(node)
         scale = _module(gm, scale_node)
-        if not _is_channel_affine(scale, norm.num_features) or scale_node.args != (node,):
+        if scale_node is None or not isinstance(scale, Affine) or scale.weight is None:
+            continue
+        if scale.view != (1, norm.num_features, 1, 1) or scale_node.args != (node,):
             continue
         fused = nn.BatchNorm2d(norm.num_features, eps=norm.eps, affine=True).eval()
-        fused.running_mean.copy_(norm.running_mean)
-        fused.running_var.copy_(norm.running_var)
+        mean, var = running_statistics(norm)
+        fused_mean, fused_var = running_statistics(fused)
+        fused_mean.copy_(mean)
+        fused_var.copy_(var)
         fused.weight.copy_(scale.weight.reshape(-1))
-        fused.bias.copy_(scale.bias.reshape(-1) if scale.bias is not None else 0)
+        if scale.bias is not None:
+            fused.bias.copy_(scale.bias.reshape(-1))
+        else:
+            fused.bias.zero_()
         fused.requires_grad_(False)
-        gm.add_submodule(node.target, fused)
+        gm.add_submodule(_target(node), fused)
         _drop(gm, scale_node)
         merged += 1
     return merged
@@ -77,44 +96,48 @@ def _merge_into_conv(gm: fx.GraphModule) -> int:
             continue
         norm_node = _only_user(node)
         norm = _module(gm, norm_node)
-        if not isinstance(norm, nn.BatchNorm2d) or not norm.affine or norm_node.args != (node,):
+        if norm_node is None or not isinstance(norm, nn.BatchNorm2d) or not norm.affine:
             continue
-        inv_std = (norm.running_var.double() + norm.eps).rsqrt()
+        if norm_node.args != (node,) or isinstance(conv.padding, str):
+            continue
+        mean, var = running_statistics(norm)
+        inv_std = (var.double() + norm.eps).rsqrt()
         factor = norm.weight.double() * inv_std
         bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(factor)
         fused = nn.Conv2d(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            pair(conv.kernel_size),
+            pair(conv.stride),
+            pair(conv.padding),
+            pair(conv.dilation),
             conv.groups,
             bias=True,
         )
         fused.weight.copy_((conv.weight.double() * factor.view(-1, 1, 1, 1)).float())
-        fused.bias.copy_(((bias - norm.running_mean.double()) * factor + norm.bias.double()).float())
+        fused.bias = nn.Parameter(((bias - mean.double()) * factor + norm.bias.double()).float())
         fused.requires_grad_(False)
-        gm.add_submodule(node.target, fused)
+        gm.add_submodule(_target(node), fused)
         _drop(gm, norm_node)
         merged += 1
     return merged
 
 
-def fold_batchnorm(gm: fx.GraphModule, into: Literal["bn", "conv"] = "bn") -> fx.GraphModule:
+def fold_batchnorm(gm: CaffeGraphModule, into: FoldLevel | str = FoldLevel.BN) -> CaffeGraphModule:
     """Fold BatchNorm+Scale pairs of a converted net in place; returns `gm`.
 
     into="bn": each pair becomes one `nn.BatchNorm2d(affine=True)`.
     into="conv": and each of those after a convolution is folded into it.
     Sets `gm.caffe_fold`, so that a saved state_dict can be loaded into the same structure.
     """
-    if into not in ("bn", "conv"):
+    if into not in (FoldLevel.BN, FoldLevel.CONV):
         raise ValueError(f"into must be 'bn' or 'conv', not {into!r}")
     _merge_scale(gm)
-    if into == "conv":
+    if into == FoldLevel.CONV:
         _merge_into_conv(gm)
     gm.graph.lint()
     gm.recompile()
     # Folding into the convolution subsumes folding into BatchNorm, whatever the order.
-    gm.caffe_fold = max(into, getattr(gm, "caffe_fold", "none"), key=FOLD_LEVELS.index)
+    levels = list(FoldLevel)
+    gm.caffe_fold = max(FoldLevel(into), FoldLevel(gm.caffe_fold), key=levels.index)
     return gm

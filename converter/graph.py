@@ -37,6 +37,18 @@ def sanitize(name: str, taken: set[str]) -> str:
     return candidate
 
 
+class CaffeGraphModule(fx.GraphModule):
+    """A converted net: a GraphModule that also knows the Caffe names it computes.
+
+    `caffe_fold` says what `converter.fold.fold_batchnorm` has done to it.
+    """
+
+    caffe_inputs: list[str]
+    caffe_outputs: list[str]
+    caffe_layer_modules: dict[str, str]
+    caffe_fold: str = "none"
+
+
 def convert(
     net: Net,
     outputs: Sequence[str] | None = None,
@@ -44,7 +56,7 @@ def convert(
     require_weights: bool = True,
     progress: bool = False,
     dtype: torch.dtype = torch.float32,
-) -> fx.GraphModule:
+) -> CaffeGraphModule:
     """Convert `net` to an eval-mode GraphModule computing the blobs in `outputs`.
 
     `dtype` is the precision of the parameters and of the constants derived from
@@ -104,18 +116,16 @@ def convert(
                 values[top] = graph.call_function(operator.getitem, (node, index))
     results = [values[blob] for blob in wanted]
     graph.output(results[0] if len(results) == 1 else tuple(results))
-    module = fx.GraphModule(root, graph, class_name=sanitize(net.name or "CaffeNet", set()))
-    module.graph.eliminate_dead_code()
-    module.delete_all_unused_submodules()
-    module.graph.lint()
-    module.recompile()
-    module.caffe_inputs = list(net.inputs)
-    module.caffe_outputs = wanted
-    module.caffe_layer_modules = {
-        name: target for name, target in layer_modules.items() if hasattr(module, target)
-    }
-    module.to(dtype)
-    module.eval()
-    for parameter in module.parameters():
+    gm = CaffeGraphModule(root, graph, class_name=sanitize(net.name or "CaffeNet", set()))
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    gm.caffe_inputs = list(net.inputs)
+    gm.caffe_outputs = wanted
+    gm.caffe_layer_modules = {name: target for name, target in layer_modules.items() if hasattr(gm, target)}
+    gm.to(dtype)
+    gm.eval()
+    for parameter in gm.parameters():
         parameter.requires_grad_(False)
-    return module
+    return gm

@@ -6,9 +6,25 @@ net reads as `self.conv2_1_1x1_down_scale(...)` calling one of these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def pair(values: Sequence[int]) -> tuple[int, int]:
+    """A 2-D kernel/stride/pad as the (h, w) pair torch's 2-D layers take."""
+    if len(values) != 2:
+        raise ValueError(f"expected 2 spatial values, got {list(values)}")
+    return values[0], values[1]
+
+
+def running_statistics(norm: nn.modules.batchnorm._NormBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm's running mean and variance; converted Caffe BatchNorms always track them."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("a BatchNorm without running statistics has no inference form")
+    return norm.running_mean, norm.running_var
 
 
 def broadcast_shape(ndim: int, axis: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -188,6 +204,8 @@ class CaffePool2d(nn.Module):
     divides by Caffe's divisor, the window clipped to the padded extent
     [-pad, size + pad) with padding counted, precomputed for the layer's input size.
     """
+
+    divisor: torch.Tensor
 
     def __init__(
         self,
@@ -432,7 +450,7 @@ class Im2col(nn.Module):
             (n + 2 * p - (d * (k - 1) + 1)) // s + 1
             for n, k, s, p, d in zip(x.shape[2:], self.kernel, self.stride, self.pad, self.dilation)
         ]
-        columns = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
+        columns = F.unfold(x, tuple(self.kernel), tuple(self.dilation), tuple(self.pad), tuple(self.stride))
         return columns.unflatten(2, out)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 from prototxt.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 MIN_OPSET = 17
 
@@ -61,8 +64,10 @@ def export_onnx(
         raise ValueError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
     _check_example(module, example)
-    if fp16:
-        module, example = module.half(), example.half()
+    halved = module if fp16 and isinstance(module, nn.Module) else None
+    if halved is not None:
+        halved.half()
+        example = example.half()
     target = Path(path)
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings():
@@ -100,12 +105,12 @@ def export_onnx(
                 )
             onnx.checker.check_model(onnx.load(tmp), full_check=True)
     finally:
-        if fp16:
-            module.float()
+        if halved is not None:
+            halved.float()
     return target
 
 
-def onnx_session(path: str | os.PathLike[str], device: str | None = None):
+def onnx_session(path: str | os.PathLike[str], device: str | None = None) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session on CUDA when available (or asked), else on the CPU."""
     import onnxruntime as ort
 

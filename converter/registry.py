@@ -11,12 +11,15 @@ tops are simply the bottoms (Split). New types plug in with `@register`:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
 from prototxt import CaffeError, Layer
 
 Converter = Callable[[Layer], "nn.Module | None"]
+# A converter keeps its own, often narrower, type when registered.
+C = TypeVar("C", bound=Converter)
 
 CONVERTERS: dict[str, Converter] = {}
 
@@ -30,10 +33,10 @@ class UnsupportedLayerError(CaffeError):
     """The net uses layer types that have no converter; lists every offending layer."""
 
 
-def register(*layer_types: str) -> Callable[[Converter], Converter]:
+def register(*layer_types: str) -> Callable[[C], C]:
     """Register the decorated function as the converter of `layer_types`."""
 
-    def decorate(function: Converter) -> Converter:
+    def decorate(function: C) -> C:
         for layer_type in layer_types:
             CONVERTERS[layer_type] = function
         return function

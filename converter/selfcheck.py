@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import fx
 
 from prototxt import Net, portable_net, write_prototxt
 
 from .calibrate import image_like
+from .graph import CaffeGraphModule
 
 
 @dataclass
@@ -51,14 +51,14 @@ def opencv_forward(
     with tempfile.TemporaryDirectory() as scratch:
         portable = Path(scratch) / "portable.prototxt"
         write_prototxt(portable_net(net.to_proto()), portable)
-        net = cv2.dnn.readNetFromCaffe(str(portable), str(caffemodel))
-        net.setInput(np.ascontiguousarray(inputs, dtype=np.float32))
-        return [np.asarray(out) for out in net.forward(list(blobs))]
+        opencv_net = cv2.dnn.readNetFromCaffe(str(portable), str(caffemodel))
+        opencv_net.setInput(np.ascontiguousarray(inputs, dtype=np.float32))
+        return [np.asarray(out) for out in opencv_net.forward(list(blobs))]
 
 
 @torch.no_grad()
 def self_check(
-    module: fx.GraphModule, net: Net, caffemodel: str | os.PathLike[str] | None, seed: int = 0
+    module: CaffeGraphModule, net: Net, caffemodel: str | os.PathLike[str] | None, seed: int = 0
 ) -> SelfCheck:
     """Run `module` on a seeded image-like input in float32 and float64, and OpenCV."""
     x = image_like(next(iter(net.inputs.values())), seed)

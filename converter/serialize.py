@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from torch import fx, nn
 
 from prototxt import Net, load_net, write_prototxt
 from prototxt.atomic import atomic_path, atomic_paths
 
 from .fold import fold_batchnorm
-from .graph import convert
+from .graph import CaffeGraphModule, convert
 
 
 def prototxt_beside(path: Path) -> Path:
@@ -42,7 +41,7 @@ def read_by_load(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def save_converted(
-    module: fx.GraphModule, net: Net, path: str | os.PathLike[str], example: torch.Tensor
+    module: CaffeGraphModule, net: Net, path: str | os.PathLike[str], example: torch.Tensor
 ) -> list[Path]:
     """Save as `.pt2` or `.safetensors` (+ `.prototxt` beside it); returns files written."""
     target = Path(path)
@@ -59,7 +58,7 @@ def save_converted(
         metadata = {
             "format": "senet-repro-generic",
             "outputs": ",".join(module.caffe_outputs),
-            "fold": getattr(module, "caffe_fold", "none"),
+            "fold": str(module.caffe_fold),
         }
         written = written_by_save(target)
         with atomic_paths(written) as (tensors, prototxt):  # both appear together
@@ -139,7 +138,7 @@ def check_pt2_archive(path: str | os.PathLike[str]) -> None:
         raise ValueError(f"{source}: not a .pt2 program ({_first_line(exc)})") from None
 
 
-def load_converted(path: str | os.PathLike[str]) -> nn.Module | torch.export.ExportedProgram:
+def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.export.ExportedProgram:
     """Load what `save_converted` wrote; never unpickles arbitrary objects (see `check_pt2_archive`).
 
     A `.pt2` gives the ExportedProgram (call `.module()` to run it), a

@@ -12,10 +12,11 @@ streamed straight from the arrays' memory.
 
 from __future__ import annotations
 
+import copy
 import math
 import mmap
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,10 @@ class CaffeModel:
         return sum(array.nbytes for arrays in self.blobs.values() for array in arrays)
 
 
+# One protobuf field: (number, wire type, value start, value end, field start).
+Field = tuple[int, int, int, int, int]
+
+
 class _Reader:
     """Walks protobuf wire format over a buffer, reporting offsets on failure."""
 
@@ -82,7 +87,7 @@ class _Reader:
             if shift >= 70:
                 raise self.fail("corrupt varint; not a caffemodel?", start)
 
-    def fields(self, start: int, end: int, layer: str | None = None):
+    def fields(self, start: int, end: int, layer: str | None = None) -> Iterator[Field]:
         """Yield (field_number, wire_type, value_start, value_end, field_start)."""
         pos = start
         while pos < end:
@@ -269,7 +274,7 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise CaffemodelFormatError(f"cannot read file: {exc.strerror}", path=source) from None
-    return parse_caffemodel_buffer(mapped, path=source)
+    return parse_caffemodel_buffer(memoryview(mapped), path=source)
 
 
 def _encode_blob(array: np.ndarray) -> list[bytes | memoryview]:
@@ -281,7 +286,7 @@ def _encode_blob(array: np.ndarray) -> list[bytes | memoryview]:
         payload, number = np.ascontiguousarray(array, dtype="<f4"), _BLOB_DATA
     shape = caffe_pb2.BlobShape(dim=list(array.shape)).SerializeToString()
     head = _key(_BLOB_SHAPE, _LENGTH) + _encode_varint(len(shape)) + shape
-    data = memoryview(payload).cast("B")
+    data = payload.data.cast("B")
     return [head, _key(number, _LENGTH) + _encode_varint(data.nbytes), data]
 
 
@@ -308,8 +313,7 @@ def write_caffemodel(
     for number, layers in ((_NET_V1_LAYERS, net.layers), (_NET_LAYER, net.layer)):
         blob_field = _V1_LAYER_BLOBS if number == _NET_V1_LAYERS else _LAYER_BLOBS
         for layer in layers:
-            meta_message = type(layer)()
-            meta_message.CopyFrom(layer)
+            meta_message = copy.deepcopy(layer)
             arrays = blobs.get(layer.name)
             if arrays is None:
                 layer_pieces: list[bytes | memoryview] = [meta_message.SerializeToString()]

@@ -169,8 +169,8 @@ class Net:
         declared = {top for layer in self.layers if layer.type == "Input" for top in layer.tops}
         for blob, shape in self.inputs.items():
             if blob not in declared:
-                layer = proto.layer.add(name=blob, type="Input", top=[blob])
-                layer.input_param.shape.add(dim=shape)
+                input_layer = proto.layer.add(name=blob, type="Input", top=[blob])
+                input_layer.input_param.shape.add(dim=shape)
         for layer in self.layers:
             message = proto.layer.add()
             message.CopyFrom(layer.param)
@@ -308,7 +308,7 @@ def _deploy_form(layer: caffe_pb2.LayerParameter, notes: list[str]) -> caffe_pb2
 def build_net(
     proto: caffe_pb2.NetParameter,
     *,
-    phase: int = caffe_pb2.TEST,
+    phase: caffe_pb2.Phase = caffe_pb2.TEST,
     input_shape: Mapping[str, Sequence[int]] | None = None,
 ) -> Net:
     """Build a deploy `Net` from a NetParameter: filter, find inputs, infer shapes.
@@ -472,12 +472,15 @@ def load_net(
     input_shape: Mapping[str, Sequence[int]] | None = None,
 ) -> Net:
     """Load a deploy net from a prototxt, a caffemodel, or both (merged by layer name)."""
-    if prototxt is None and caffemodel is None:
-        raise ValueError("give a prototxt, a caffemodel, or both")
     model = caffemodel
     if model is not None and not isinstance(model, CaffeModel):
         model = read_caffemodel(model)
-    proto = parse_prototxt(prototxt) if prototxt is not None else model.net
+    if prototxt is not None:
+        proto = parse_prototxt(prototxt)
+    elif model is not None:
+        proto = model.net
+    else:
+        raise ValueError("give a prototxt, a caffemodel, or both")
     net = build_net(proto, input_shape=input_shape)
     if model is not None:
         attach_weights(net, model.blobs, source=os.path.basename(model.path))

@@ -48,8 +48,8 @@ REFUSED_TYPES = {
 }
 
 
-def _register(table: dict[str, Callable], *types: str):
-    def decorate(function: Callable) -> Callable:
+def _register(table: dict[str, ShapeRule], *types: str) -> Callable[[ShapeRule], ShapeRule]:
+    def decorate(function: ShapeRule) -> ShapeRule:
         for name in types:
             table[name] = function
         return function
@@ -579,7 +579,11 @@ def spp_levels(layer: caffe_pb2.LayerParameter, bottom: Shape) -> list[caffe_pb2
         kernel = [-(-size // bins) for size in bottom[2:]]
         pad = [(k * bins - size + 1) // 2 for k, size in zip(kernel, bottom[2:])]
         pooling = caffe_pb2.PoolingParameter(
-            pool=p.pool, kernel_h=kernel[0], kernel_w=kernel[1], stride_h=kernel[0], stride_w=kernel[1]
+            pool=caffe_pb2.SPPParameter.PoolMethod.Name(p.pool),
+            kernel_h=kernel[0],
+            kernel_w=kernel[1],
+            stride_h=kernel[0],
+            stride_w=kernel[1],
         )
         pooling.pad_h, pooling.pad_w = pad
         levels.append(

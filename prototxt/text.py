@@ -134,8 +134,8 @@ def format_prototxt(net: caffe_pb2.NetParameter) -> str:
     stripped.CopyFrom(net)
     for layer in stripped.layer:
         del layer.blobs[:]
-    for layer in stripped.layers:
-        del layer.blobs[:]
+    for v1_layer in stripped.layers:
+        del v1_layer.blobs[:]
     return text_format.MessageToString(stripped)
 
 

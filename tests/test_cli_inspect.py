@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 
 from prototxt import load_net, write_caffemodel
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main
+from tests.cli_assertions import assert_one_line_error
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256))
 

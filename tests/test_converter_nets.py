@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from caffe_factory import make_random_caffemodel
 
 from converter import convert
 from converter.calibrate import image_like
 from converter.selfcheck import opencv_forward
 from prototxt import Net, load_net, portable_net, write_prototxt
+from tests.caffe_factory import make_random_caffemodel
 
 cv2 = pytest.importorskip("cv2")
 
@@ -104,7 +104,9 @@ def check_senet(path: Path, input_hw: tuple[int, int] | None) -> None:
     module = convert(net, ["classifier"])
     ours, moved = module(x).double(), module(other).double()
     exact = module.double()(x.double())
-    reference = opencv_forward(net, caffemodel, x.numpy(), ["classifier"])[0].reshape(ours.shape)
+    opencv = opencv_forward(net, caffemodel, x.numpy(), ["classifier"])
+    assert opencv is not None, "OpenCV (opencv-python-headless, a test dependency) is missing"
+    reference = opencv[0].reshape(ours.shape)
     scale = float(exact.abs().max())
     result = Agreement(
         scale=scale,
@@ -147,7 +149,9 @@ def test_opencv_with_its_own_axpy_does_not_match(senet_path) -> None:
     with torch.no_grad():
         ours = convert(net, ["classifier"])(x).numpy()
     original = opencv_blobs(prototxt, caffemodel, net, x.numpy(), ["classifier"])[0]
-    portable = opencv_forward(net, caffemodel, x.numpy(), ["classifier"])[0]
+    opencv = opencv_forward(net, caffemodel, x.numpy(), ["classifier"])
+    assert opencv is not None, "OpenCV (opencv-python-headless, a test dependency) is missing"
+    portable = opencv[0]
     scale = float(np.abs(ours).max())
     assert np.abs(portable - ours).max() <= TOLERANCE * scale
     assert np.abs(original - ours).max() > 0.1 * scale

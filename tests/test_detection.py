@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,11 +166,12 @@ def test_backbone_options(tmp_path):
     folded = save_state_dict(
         {"x": torch.zeros(1)}, tmp_path / "folded.safetensors", metadata={"normalisation": "torchvision"}
     )
-    for kwargs, message in (
+    cases: tuple[tuple[dict[str, Any], str], ...] = (
         (dict(trainable_layers=6), "trainable_layers"),
         (dict(returned_layers=(0, 1)), "returned_layers"),
         (dict(name="se_bn_inception"), "no four-stage residual layout"),
         (dict(weights=folded), "converted with --fold-normalisation"),
-    ):
+    )
+    for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             se_backbone_with_fpn(**{"name": "se_resnet50", **kwargs})

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_assertions import assert_one_line_error
 from click.testing import CliRunner
 from torch import nn
 
@@ -36,6 +35,7 @@ from senet_repro.models.blocks import SEModule
 from senet_repro.transforms import CaffePreprocess
 from senet_repro.validate import open_valset, read_image
 from senet_repro.validate.fake_imagenet import FakeImageNet, make_fake_imagenet
+from tests.cli_assertions import assert_one_line_error
 
 CPU = torch.device("cpu")
 PAPER_LAYERS = ["SE_2_3", "SE_3_4", "SE_4_6", "SE_5_1", "SE_5_2", "SE_5_3"]
@@ -75,10 +75,17 @@ SCALE3 = 0.5
 @torch.no_grad()
 def set_se(se: SEModule, fc1: torch.Tensor, fc2: torch.Tensor, bias: torch.Tensor) -> None:
     """fc1 weight (bias 0), fc2 weight and bias, as 1x1 convolutions."""
+    assert se.fc1.bias is not None and se.fc2.bias is not None
     se.fc1.weight.copy_(fc1.view_as(se.fc1.weight))
     se.fc1.bias.zero_()
     se.fc2.weight.copy_(fc2.view_as(se.fc2.weight))
     se.fc2.bias.copy_(bias)
+
+
+def se_of(stage: nn.Sequential, index: int) -> SEModule:
+    block = stage[index]
+    assert isinstance(block, TinyBlock)
+    return block.se
 
 
 def known_net() -> TinySENet:
@@ -89,9 +96,9 @@ def known_net() -> TinySENet:
     """
     net = TinySENet().eval()
     eye = torch.eye(3)
-    set_se(net.layer1[0].se, eye, eye, B1)
-    set_se(net.layer1[1].se, torch.zeros(3, 3), torch.zeros(3, 3), B2)
-    set_se(net.layer2[0].se, eye, SCALE3 * eye, B3)
+    set_se(se_of(net.layer1, 0), eye, eye, B1)
+    set_se(se_of(net.layer1, 1), torch.zeros(3, 3), torch.zeros(3, 3), B2)
+    set_se(se_of(net.layer2, 0), eye, SCALE3 * eye, B3)
     return net
 
 
@@ -310,7 +317,7 @@ def test_layer_names_and_the_papers_auto_choice() -> None:
 
 def svg_curve_ids(path: Path) -> list[str]:
     return [
-        element.get("id")
+        element.get("id", "")
         for element in ElementTree.parse(path).iter()
         if (element.get("id") or "").startswith("gate-curve-")
     ]
@@ -396,10 +403,10 @@ def test_command_writes_figures_data_and_a_summary_that_agree(
         for key, value in recomputed.items():
             assert summary[key] == pytest.approx(value, rel=1e-12, abs=1e-15)
             assert float(summary_csv[layer["name"]][key]) == summary[key]
-        row = table[layer["name"]]
-        assert row[1] == layer["path"] and int(row[2]) == layer["channels"]
-        assert float(row[3]) == pytest.approx(summary["spread"], abs=5e-5)
-        assert float(row[6]) == pytest.approx(summary["mean_gate"], abs=5e-5)
+        printed = table[layer["name"]]
+        assert printed[1] == layer["path"] and int(printed[2]) == layer["channels"]
+        assert float(printed[3]) == pytest.approx(summary["spread"], abs=5e-5)
+        assert float(printed[6]) == pytest.approx(summary["mean_gate"], abs=5e-5)
         # One curve per class, in the saved SVG of the layer and in the overview.
         assert sorted(svg_curve_ids(out / f"{layer['name']}.svg")) == sorted(
             f"gate-curve-{w}" for w in chosen

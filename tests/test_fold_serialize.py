@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from caffe_factory import make_random_caffemodel
 from torch import nn
 
-from converter import convert
+from converter import CaffeGraphModule, convert
 from converter.calibrate import image_like
 from converter.fold import fold_batchnorm
 from converter.modules import Affine
 from converter.serialize import load_converted, save_converted
 from prototxt import Net, load_net
+from tests.caffe_factory import make_random_caffemodel
 
 FLOAT32_FACTOR = 3.0
 
@@ -83,7 +83,7 @@ def test_fold_into_conv_after_bn_is_conv(tiny_model) -> None:
     fold_batchnorm(fold_batchnorm(module, "conv"), "bn")
     assert module.caffe_fold == "conv"
     with pytest.raises(ValueError, match="'bn' or 'conv'"):
-        fold_batchnorm(module, "scale")  # type: ignore[arg-type]
+        fold_batchnorm(module, "scale")
 
 
 # --- saving and loading ----------------------------------------------------------------------
@@ -125,8 +125,9 @@ def test_safetensors_round_trip(nsfw_net: Net, tmp_path: Path, no_pickle, fold) 
     assert written == [tmp_path / "nsfw.safetensors", tmp_path / "nsfw.prototxt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nsfw.prototxt", "nsfw.safetensors"]
     loaded = load_converted(tmp_path / "nsfw.safetensors")
+    assert isinstance(loaded, CaffeGraphModule)
     assert loaded.caffe_outputs == ["fc_nsfw", "prob"]
-    assert getattr(loaded, "caffe_fold", "none") == (fold or "none")
+    assert loaded.caffe_fold == (fold or "none")
     for got, expected in zip(loaded(x), module(x)):
         assert torch.equal(got, expected)
 

@@ -110,11 +110,11 @@ def test_a_meta_mat_with_gaps_in_the_ids_or_without_synsets_is_refused() -> None
     synsets[0, 0] = (1.0, "n00000001", "a", 0.0)
     synsets[1, 0] = (3.0, "n00000003", "c", 0.0)
     buffer = io.BytesIO()
-    savemat(buffer, {"synsets": synsets})
+    savemat(buffer, {"synsets": synsets})  # type: ignore[arg-type]  # documented; scipy-stubs 1.17 omit it
     with pytest.raises(LabelError, match="not exactly 1..2"):
         imagenet.read_meta_mat(io.BytesIO(buffer.getvalue()))
     buffer = io.BytesIO()
-    savemat(buffer, {"something": np.zeros(3)})
+    savemat(buffer, {"something": np.zeros(3)})  # type: ignore[arg-type]  # as above
     with pytest.raises(LabelError, match="synsets"):
         imagenet.read_meta_mat(io.BytesIO(buffer.getvalue()))
 

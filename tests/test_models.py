@@ -21,6 +21,8 @@ from prototxt.caffe_pb2 import PoolingParameter
 from prototxt.shapes import conv_geometry, pool_geometry
 from senet_repro.models import (
     ALIASES,
+    SEBNInception,
+    SENet,
     SENetWeights,
     UnknownModelError,
     caffe_to_state_dict,
@@ -31,7 +33,7 @@ from senet_repro.models import (
     to_timm_state_dict,
     weights_for,
 )
-from senet_repro.models.blocks import caffe_avg_pool, caffe_max_pool
+from senet_repro.models.blocks import SEBottleneck, caffe_avg_pool, caffe_max_pool
 
 PROTOTXT_OF = {member.value.model: member.value.prototxt for member in SENetWeights}
 
@@ -104,8 +106,8 @@ def run_caffe(
         elif kind == "BatchNorm":
             mean, var, factor = blobs[layer.name]
             scale = np.float32(0) if factor[0] == 0 else np.float32(1) / factor[0]  # float32, as Caffe
-            mean, var = (torch.from_numpy(stat * scale).to(data.dtype)[:, None, None] for stat in (mean, var))
-            out = (bottoms[0] - mean) / torch.sqrt(var + param.batch_norm_param.eps)
+            mean_t, var_t = (torch.from_numpy(s * scale).to(data.dtype)[:, None, None] for s in (mean, var))
+            out = (bottoms[0] - mean_t) / torch.sqrt(var_t + param.batch_norm_param.eps)
         elif kind == "Scale" and len(bottoms) == 2:  # axis 0: bottom[1] is N x C
             out = bottoms[0] * bottoms[1][:, :, None, None]
         elif kind == "Scale":
@@ -115,7 +117,7 @@ def run_caffe(
         elif kind == "Sigmoid":
             out = torch.sigmoid(bottoms[0])
         elif kind == "Pooling":
-            geometry = pool_geometry(param, list(bottoms[0].shape))
+            geometry = pool_geometry(param, tuple(bottoms[0].shape))
             mode = PoolingParameter.PoolMethod.Name(param.pooling_param.pool)
             out = caffe_pool(bottoms[0], geometry["kernel"], geometry["stride"], geometry["pad"], mode)
         elif kind == "Axpy":
@@ -220,7 +222,7 @@ def test_stem_pool_rounds_up_like_caffe():
 # --- whole networks against the prototxts ----------------------------------------------------
 
 
-def caffe_weighted(model: str, net: Net) -> tuple[dict[str, list[np.ndarray]], torch.nn.Module]:
+def caffe_weighted(model: str, net: Net) -> tuple[dict[str, list[np.ndarray]], SENet | SEBNInception]:
     """Random Caffe blobs for `net` and our `model` (eval mode) loaded with them."""
     blobs = scaled_random_blobs(net)
     with torch.device("meta"):  # skip the random initialisation; every tensor is replaced
@@ -316,6 +318,7 @@ def randomise_batchnorm(model: torch.nn.Module) -> None:
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
@@ -371,6 +374,7 @@ def test_list_models_and_aliases():
     assert ALIASES == {"se_resnext50": "se_resnext50_32x4d", "se_resnext101": "se_resnext101_32x4d"}
     with torch.device("meta"):
         alias = get_model("se_resnext50")
+    assert isinstance(alias, SENet) and isinstance(alias.layer1[0], SEBottleneck)
     assert alias.layer1[0].conv2.groups == 32
 
 
@@ -408,7 +412,7 @@ def test_weights_descriptions():
     assert resnext.class_order == "ilsvrc2012_devkit"
     assert resnext.mean_bgr == (104.0, 117.0, 123.0) and resnext.channel_order == "BGR"
     preprocess = resnext.transforms()
-    assert (preprocess.resize, preprocess.crop, tuple(preprocess.mean_bgr)) == (
+    assert (preprocess.resize, preprocess.crop, preprocess.mean_bgr) == (
         256,
         224,
         (104.0, 117.0, 123.0),

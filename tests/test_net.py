@@ -32,7 +32,9 @@ TIMM_NAMES = {
 PAPER_GMACS = {"SE-ResNet-50": 3.87, "SE-ResNeXt-50": 4.25, "SENet-154": 20.7}
 
 
-def _net(layers: str, *shapes: tuple[int, ...], phase: int = caffe_pb2.TEST, state: str = "") -> Net:
+def _net(
+    layers: str, *shapes: tuple[int, ...], phase: caffe_pb2.Phase = caffe_pb2.TEST, state: str = ""
+) -> Net:
     """Build a net whose inputs "x0", "x1", ... have `shapes`, then `layers`."""
     inputs = "".join(
         f'input: "x{i}" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}\n'

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_assertions import assert_one_line_error
 from click.testing import CliRunner
 
 from converter.serialize import check_pt2_archive
@@ -34,6 +33,7 @@ from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main as convert_main
 from senet_repro.cli.validate import main as validate_main
 from senet_repro.validate import ValidateError, open_valset
+from tests.cli_assertions import assert_one_line_error
 
 
 class _CreatesFile:

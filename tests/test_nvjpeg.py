@@ -57,7 +57,8 @@ class FakeCuda:
 def test_header_parsing_routes_cmyk_truncated_and_non_jpeg_files_to_the_cpu() -> None:
     rgb, grey, cmyk = encoded("RGB"), encoded("L"), encoded("CMYK")
     assert nvjpeg.read_header(rgb.numpy().tobytes()) == nvjpeg.JpegHeader(40, 60, 3)
-    assert nvjpeg.read_header(cmyk.numpy().tobytes()).components == 4
+    header = nvjpeg.read_header(cmyk.numpy().tobytes())
+    assert header is not None and header.components == 4
     assert nvjpeg.read_header(encoded(fmt="PNG").numpy().tobytes()) is None
     assert nvjpeg.gpu_decodable(rgb.numpy().tobytes()) and nvjpeg.gpu_decodable(grey.numpy().tobytes())
     assert not nvjpeg.gpu_decodable(cmyk.numpy().tobytes())

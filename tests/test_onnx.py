@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from caffe_factory import make_random_caffemodel
 
 from converter import convert
 from converter.calibrate import image_like
 from converter.onnx_export import MIN_OPSET, export_onnx, onnx_session
 from prototxt import load_net
+from tests.caffe_factory import make_random_caffemodel
 
 LOGIT_TOLERANCE = 1e-4  # max abs difference on logits of scale ~1
 FP16_TOLERANCE = 1e-2  # relative to the logits' scale: float16 keeps ~3 decimal digits

@@ -7,7 +7,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import BVLC_CAFFE_TARBALL, CAFFE_ZOO_DIR, SENET_CAFFE_DIR, require_shared
 from google.protobuf.descriptor import FieldDescriptor
 
 from prototxt import (
@@ -19,6 +18,7 @@ from prototxt import (
     write_prototxt,
 )
 from senet_repro.assets import CaffePair
+from tests.conftest import BVLC_CAFFE_TARBALL, CAFFE_ZOO_DIR, SENET_CAFFE_DIR, require_shared
 
 SENET_NAMES = [
     "SE-BN-Inception",

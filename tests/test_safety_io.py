@@ -20,7 +20,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 
 from prototxt import OutputError
@@ -28,6 +27,7 @@ from prototxt.atomic import atomic_path, atomic_writer
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main as convert_main
 from senet_repro.cli.validate import main as validate_main
+from tests.cli_assertions import assert_one_line_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,15 @@ def test_the_deploy_prototxt_beside_an_output_never_replaces_the_input_prototxt(
     before = pair.prototxt.read_text()
     output = pair.prototxt.with_suffix(".safetensors")
     for extra in ([], ["--force"]):
-        args = ["--prototxt", pair.prototxt, "--caffemodel", pair.caffemodel, "-o", output, *extra]
+        args: list[str | Path] = [
+            "--prototxt",
+            pair.prototxt,
+            "--caffemodel",
+            pair.caffemodel,
+            "-o",
+            output,
+            *extra,
+        ]
         line = assert_one_line_error(convert("caffe2torch", *args), "is also an input")
         assert "net.prototxt" in line
     assert pair.prototxt.read_text() == before and not output.exists()
@@ -212,7 +220,7 @@ def test_existing_outputs_need_force(pair: CaffePair, tmp_path: Path) -> None:
     existing = tmp_path / "existing.prototxt"
     existing.write_text("mine")
     existing.chmod(0o600)
-    cases = [
+    cases: list[list[str | Path]] = [
         ["portable-prototxt", pair.prototxt, existing],
         ["caffe2onnx", "--caffemodel", pair.caffemodel, "-o", existing],
         ["caffe2torch", "--caffemodel", pair.caffemodel, "-o", existing.with_suffix(".safetensors")],

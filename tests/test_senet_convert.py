@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from caffe_factory import make_random_caffemodel
 from click.testing import CliRunner
 
 from converter import convert
@@ -33,6 +32,7 @@ from senet_repro.models import (
     weights_for,
 )
 from senet_repro.validate.fake_imagenet import write_devkit_archive, write_meta_mat
+from tests.caffe_factory import make_random_caffemodel
 
 LABEL_FILE = Path(__file__).resolve().parent.parent.parent / "shared" / "senet-caffe" / imagenet.SENET_LABELS
 SLOW = ("se_resnet101", "se_resnet152", "se_resnext101_32x4d", "senet154")
@@ -73,6 +73,7 @@ def test_clean_model_matches_generic_graph(caffe_pair, model):
     prototxt, caffemodel = caffe_pair(model)
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
     result = checkpoints.convert_senet(net, blobs)
+    assert result.check is not None
     print(result.check.summary())
     assert result.model == model
     assert result.check.passed and result.check.difference <= result.check.bound

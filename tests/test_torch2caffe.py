@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_assertions import assert_one_line_error
 from click.testing import CliRunner, Result
 from google.protobuf import text_format
 
@@ -22,6 +21,7 @@ from senet_repro import export_caffe as export_module
 from senet_repro.cli.convert import main
 from senet_repro.export_caffe import caffe_net, export_caffe, random_state_dict
 from senet_repro.models import caffe_to_state_dict, get_model, list_models, state_dict_to_caffe, weights_for
+from tests.cli_assertions import assert_one_line_error
 
 SMALL = ["se_bn_inception", "se_resnet50", "se_resnext50_32x4d"]
 LARGE = ["se_resnet101", "se_resnet152", "se_resnext101_32x4d", "senet154"]

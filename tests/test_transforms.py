@@ -120,7 +120,9 @@ def test_an_antialiased_resize_would_be_a_different_protocol() -> None:
     """PIL's (and torchvision's default) bilinear widens the filter when shrinking: not Caffe's."""
     jpeg = natural_jpeg(375, 500, seed=3)
     image = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    antialiased = np.asarray(image.resize((341, 256), Image.BILINEAR)).astype(np.int64)[16:240, 58:282]
+    antialiased = np.asarray(image.resize((341, 256), Image.Resampling.BILINEAR)).astype(np.int64)[
+        16:240, 58:282
+    ]
     ours = CaffePreprocess().resize_crop(pil_to_tensor(image)).permute(1, 2, 0).numpy().astype(np.int64)
     assert np.abs(antialiased - ours).max() > 20
 
@@ -162,7 +164,7 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="interpolation"):
         CaffePreprocess(interpolation="bicubic")
     with pytest.raises(TypeError):
-        CaffePreprocess()(np.zeros((10, 10, 3), dtype=np.uint8))
+        CaffePreprocess()(np.zeros((10, 10, 3), dtype=np.uint8))  # type: ignore[arg-type]  # the point
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -385,6 +385,7 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
     state_dict = tmp_path / "se_resnet50.pth"
     torch.save(caffe_to_state_dict("se_resnet50", blobs), state_dict)
     graph = load_backend("graph", weights=caffemodel, prototxt=deploy, device=CPU)
+    assert isinstance(graph, TorchBackend)
     onnx_path = export_onnx(graph.module, tmp_path / "se_resnet50.onnx", torch.zeros(1, 3, 224, 224))
     backends = {
         "torch": load_backend("torch", model="se_resnet50", weights=state_dict, device=CPU),
@@ -405,10 +406,12 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
         name: evaluate(backend, valset, CaffePreprocess(), options=options)
         for name, backend in backends.items()
     }
+    expected = results["graph"].predictions
+    assert expected is not None
     for name, result in results.items():
-        assert counts(result) == counts(results["graph"]), name
+        assert counts(result) == counts(results["graph"]) and result.predictions is not None, name
         top1 = {image: top[0] for image, top in result.predictions.items()}
-        assert top1 == {image: top[0] for image, top in results["graph"].predictions.items()}, name
+        assert top1 == {image: top[0] for image, top in expected.items()}, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

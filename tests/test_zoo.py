@@ -80,7 +80,8 @@ def test_places365_mean_file_reads_as_published() -> None:
     per_channel = mean[0].reshape(3, -1).mean(axis=1)
     assert np.all((per_channel > 90) & (per_channel < 130)), per_channel  # a mean of 8-bit photos
     preprocess = CaffePreprocess(resize_mode="warp", crop=227, mean_bgr=None, mean_file=str(mean_file))
-    assert preprocess.mean_image().shape == (3, 256, 256)
+    mean_image = preprocess.mean_image()
+    assert mean_image is not None and mean_image.shape == (3, 256, 256)
 
 
 # --- DataTransformer semantics ---------------------------------------------------------------

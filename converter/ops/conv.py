@@ -10,6 +10,7 @@ from prototxt import Layer
 from prototxt.shapes import canonical_axis, conv_geometry
 
 from .. import modules
+from ..modules import pair
 from ..registry import register
 from ._blobs import blob, has_weights
 
@@ -23,16 +24,16 @@ def convolution(layer: Layer) -> nn.Module:
     module = cls(
         in_channels,
         p.num_output,
-        tuple(g["kernel"]),
-        stride=tuple(g["stride"]),
-        padding=tuple(g["pad"]),
-        dilation=tuple(g["dilation"]),
+        pair(g["kernel"]),
+        stride=pair(g["stride"]),
+        padding=pair(g["pad"]),
+        dilation=pair(g["dilation"]),
         groups=p.group,
         bias=p.bias_term,
     )
     if has_weights(layer):
         module.weight.data = blob(layer, 0)
-        if p.bias_term:
+        if module.bias is not None:
             module.bias.data = blob(layer, 1)
     return module
 
@@ -58,6 +59,6 @@ def embed(layer: Layer) -> nn.Module:
     module = modules.Embed(p.input_dim, p.num_output, p.bias_term)
     if has_weights(layer):
         module.weight.data = blob(layer, 0)
-        if p.bias_term:
+        if module.bias is not None:
             module.bias.data = blob(layer, 1)
     return module

@@ -33,8 +33,9 @@ def batch_norm(layer: Layer) -> nn.Module:
     if has_weights(layer):
         factor = float(blob(layer, 2).reshape(-1)[0])
         inverse = 0.0 if factor == 0 else 1.0 / factor
-        module.running_mean.copy_(blob(layer, 0).reshape(-1) * inverse)
-        module.running_var.copy_(blob(layer, 1).reshape(-1) * inverse)
+        mean, var = modules.running_statistics(module)
+        mean.copy_(blob(layer, 0).reshape(-1) * inverse)
+        var.copy_(blob(layer, 1).reshape(-1) * inverse)
     return module
 
 
@@ -52,8 +53,9 @@ def scale(layer: Layer) -> nn.Module:
     start = canonical_axis(p.axis, ndim, layer.param)
     module = modules.Affine(shape, ndim, start, scale=True, bias=p.bias_term)
     if has_weights(layer):
+        assert module.weight is not None  # built with scale=True
         module.weight.data = blob(layer, 0).reshape(shape)
-        if p.bias_term:
+        if module.bias is not None:
             module.bias.data = blob(layer, 1).reshape(shape)
     return module
 
@@ -67,7 +69,7 @@ def bias(layer: Layer) -> nn.Module:
     shape = layer.blob_shapes[0]
     start = canonical_axis(p.axis, ndim, layer.param)
     module = modules.Affine(shape, ndim, start, scale=False, bias=True)
-    if has_weights(layer):
+    if has_weights(layer) and module.bias is not None:  # built with bias=True
         module.bias.data = blob(layer, 0).reshape(shape)
     return module
 

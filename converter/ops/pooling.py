@@ -15,6 +15,7 @@ from prototxt import Layer, NetDefinitionError
 from prototxt.shapes import SHAPE_RULES, pool_geometry, pooled_size, spp_levels
 
 from .. import modules
+from ..modules import pair
 from ..registry import register
 
 
@@ -28,7 +29,7 @@ def pooling(layer: Layer) -> nn.Module:
     if p.global_pooling:
         return nn.AdaptiveMaxPool2d(1) if mode == "MAX" else nn.AdaptiveAvgPool2d(1)
     g = pool_geometry(layer.param, bottom)
-    kernel, stride, pad = tuple(g["kernel"]), tuple(g["stride"]), tuple(g["pad"])
+    kernel, stride, pad = pair(g["kernel"]), pair(g["stride"]), pair(g["pad"])
     ceil = p.round_mode == p.CEIL
     # torch always drops a last window starting past the input; Caffe only when padded.
     torch_size = [

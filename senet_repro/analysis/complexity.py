@@ -209,7 +209,7 @@ def count_cost(model: nn.Module, input_size: int = 224) -> Cost:
         if isinstance(module, nn.Conv2d):
             per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
             counts["conv_fc"] += output[0].numel() * per_output
-        else:
+        elif isinstance(module, nn.Linear):
             counts["conv_fc"] += module.in_features * module.out_features
 
     def on_se(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:

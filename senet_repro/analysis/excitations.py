@@ -189,7 +189,10 @@ def se_layers(model: nn.Module, model_name: str | None = None) -> list[SELayer]:
         prefix = prefixes.get(path)
         if prefix is not None:
             name = "SE_" + prefix.removeprefix("conv")
-            stage = re.search(r"\d+", prefix).group()  # conv2_3 -> 2, inception_3a -> 3
+            number = re.search(r"\d+", prefix)  # conv2_3 -> 2, inception_3a -> 3
+            if number is None:
+                raise ValueError(f"Caffe prefix {prefix!r} of {path} names no stage")
+            stage = number.group()
         else:  # layerX.<block>.se: the stage is the container of the blocks
             name, stage = path, ".".join(path.split(".")[:-2])
         layers.append(SELayer(name, path, stage, module.fc2.out_channels, prefix))
@@ -243,6 +246,13 @@ def select_layers(layers: Sequence[SELayer], spec: str) -> list[SELayer]:
 # ----------------------------------------------------------------------------- capture
 
 
+def _se_module(model: nn.Module, path: str) -> SEModule:
+    module = model.get_submodule(path)
+    if not isinstance(module, SEModule):
+        raise ExcitationError(f"{path} of {type(model).__name__} is not an SEModule")
+    return module
+
+
 class GateRecorder:
     """Forward hooks on the sigmoids of chosen SE modules, summing their gates per class.
 
@@ -262,7 +272,7 @@ class GateRecorder:
         self.counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
         self._captured: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self.layers}
         self._handles = [
-            model.get_submodule(layer.path).sigmoid.register_forward_hook(self._hook(layer.name))
+            _se_module(model, layer.path).sigmoid.register_forward_hook(self._hook(layer.name))
             for layer in self.layers
         ]
 

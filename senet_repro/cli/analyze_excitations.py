@@ -148,6 +148,8 @@ def excitations(
     )
     for name, message in result.unreadable:
         click.echo(f"unreadable (left out): {name}: {message}", err=True)
+    if result.top1_correct is None:
+        raise RuntimeError("collect_excitations counted no top-1 hits although the output order was given")
     for choice, count, hits in zip(chosen, result.images, result.top1_correct):
         shortfall = f" (only {count} of {per_class} requested)" if count < per_class else ""
         click.echo(f"  {choice.name}: {count} images{shortfall}, top-1 correct {hits}", err=True)
@@ -159,7 +161,7 @@ def excitations(
         "preprocessing": {
             "resize": preprocess.resize,
             "crop": preprocess.crop,
-            "mean_bgr": list(preprocess.mean_bgr),
+            "mean_bgr": None if preprocess.mean_bgr is None else list(preprocess.mean_bgr),
             "interpolation": preprocess.interpolation,
         },
         "device": str(target),

@@ -301,7 +301,8 @@ def caffe2torch(
         f"{len(result.state_dict)} state_dict entries, {result.parameters:,} parameters; "
         f"loads strictly into {loader}"
     )
-    click.echo(result.check.summary())
+    if result.check is not None:
+        click.echo(result.check.summary())
     if permutation is not None:
         click.echo(
             f"classifier rows in the torchvision order (sorted WordNet ids); permutation "

@@ -148,8 +148,8 @@ def _table(result: EvalResult, published: Published | None, verdict: str) -> str
 
     lines = [
         f"{'':<14}{'measured':>12}{'published':>12}{'difference':>13}",
-        row("top-1 error", result.top1_error, published and published.top1_error),
-        row("top-5 error", result.top5_error, published and published.top5_error),
+        row("top-1 error", result.top1_error, published.top1_error if published else None),
+        row("top-5 error", result.top5_error, published.top5_error if published else None),
         f"{'images':<14}{result.images:>10d}",
         f"{'unreadable':<14}{len(result.unreadable):>10d}",
         f"{'images/s':<14}{result.images_per_second:>10.1f}",
@@ -190,7 +190,7 @@ def _report(
         "preprocessing": {
             "resize": preprocess.resize,
             "crop": preprocess.crop,
-            "mean_bgr": list(preprocess.mean_bgr),
+            "mean_bgr": None if preprocess.mean_bgr is None else list(preprocess.mean_bgr),
             "interpolation": preprocess.interpolation,
             "decoder": _decoder(result),
         },

@@ -124,7 +124,7 @@ class SEBottleneck(nn.Module):
         stride: int,
         groups: int,
         stride_on_1x1: bool,
-        downsample: nn.Module | None,
+        downsample: Projection | None,
     ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_on_1x1 else (1, stride)

@@ -212,7 +212,7 @@ def _evidence(layers: Any) -> tuple[set[str], dict[str, int], dict[str, tuple[in
             names.add(item.name)
             # A LayerParameter has convolution_param; a prototxt.Layer keeps it in .param.
             param = item if hasattr(item, "convolution_param") else getattr(item, "param", None)
-            if getattr(item, "type", None) == CONVOLUTION and hasattr(param, "convolution_param"):
+            if getattr(item, "type", None) == CONVOLUTION and param is not None:
                 groups[item.name] = param.convolution_param.group
             blob_shapes = getattr(item, "blob_shapes", None)
             if blob_shapes:

@@ -73,7 +73,7 @@ class SEInceptionBlock(nn.Module):
                 conv_b=ConvBNReLU(ch_double3x3, ch_double3x3, 3, stride, padding=1),
             )
         )
-        if reduction:
+        if pool_proj is None:  # a reduction block
             self.branch_pool = nn.Sequential(OrderedDict(pool=caffe_max_pool(3, 2)))
             pool_out = in_channels
         else:

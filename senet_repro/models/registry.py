@@ -12,15 +12,23 @@ import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
-from .inception import se_bn_inception
-from .senet import se_resnet50, se_resnet101, se_resnet152, se_resnext50_32x4d, se_resnext101_32x4d, senet154
+from .inception import SEBNInception, se_bn_inception
+from .senet import (
+    SENet,
+    se_resnet50,
+    se_resnet101,
+    se_resnet152,
+    se_resnext50_32x4d,
+    se_resnext101_32x4d,
+    senet154,
+)
 
 # Canonical names in the order of the SENet README table.
-_MODELS: dict[str, Callable[..., nn.Module]] = {
+_MODELS: dict[str, Callable[..., SENet | SEBNInception]] = {
     "se_bn_inception": se_bn_inception,
     "se_resnet50": se_resnet50,
     "se_resnet101": se_resnet101,
@@ -90,7 +98,9 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-def get_model(name: str, weights: str | os.PathLike[str] | None = None, **kwargs) -> nn.Module:
+def get_model(
+    name: str, weights: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> SENet | SEBNInception:
     """Build network `name` (see `list_models()`); load `weights` strictly if given.
 
     `kwargs` go to the constructor (e.g. `num_classes`). The model is returned

@@ -59,7 +59,7 @@ class ValSet:
 
     def subset(self, classes: Iterable[int] | None = None, limit: int | None = None) -> ValSet:
         """Only images of `classes` (devkit indices), then only the first `limit` of them."""
-        keep = range(len(self))
+        keep: Sequence[int] = range(len(self))
         if classes is not None:
             wanted = set(classes)
             keep = [i for i in keep if self.labels[i] in wanted]

@@ -120,7 +120,8 @@ def write_meta_mat(
             1.0 + j,
             0.0,
         )
-    savemat(target, {"synsets": synsets})
+    # savemat documents file objects too; scipy-stubs 1.17 type paths only.
+    savemat(target, {"synsets": synsets})  # type: ignore[arg-type]
 
 
 def write_devkit_archive(path: Path, ground_truth: Sequence[int]) -> None:
@@ -195,6 +196,9 @@ class KnownAnswerNet(nn.Module):
     The input is BGR minus `mean_bgr`; adding the means back and averaging over
     everything recovers the grey level, which is rounded to the nearest code.
     """
+
+    table: torch.Tensor
+    mean: torch.Tensor
 
     def __init__(self, table: torch.Tensor, mean_bgr: Sequence[float] = (104.0, 117.0, 123.0)) -> None:
         super().__init__()
