@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from prototxt import ConversionError, InputError
 from prototxt.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def _check_example(module: nn.Module | torch.export.ExportedProgram, example: to
         runnable(example)
     except (RuntimeError, AssertionError, ValueError, IndexError) as exc:  # IndexError: .pt2 guards
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
+        raise ConversionError(
             f"an example input of shape {tuple(example.shape)} does not fit the net ({reason})"
         ) from exc
 
@@ -58,10 +59,10 @@ def export_onnx(
     """
     if isinstance(module, torch.export.ExportedProgram):
         if fp16:
-            raise ValueError("--fp16 needs a .safetensors conversion, not a .pt2 program")
+            raise ConversionError("--fp16 needs a .safetensors conversion, not a .pt2 program")
         exporter = "dynamo"
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+        raise InputError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
     _check_example(module, example)
     halved = module if fp16 and isinstance(module, nn.Module) else None

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from prototxt import Net, load_net, write_prototxt
+from prototxt import ConversionError, InputError, Net, load_net, write_prototxt
 from prototxt.atomic import atomic_path, atomic_paths
 
 from .fold import fold_batchnorm
@@ -65,7 +65,7 @@ def save_converted(
             save_file(state, tensors, metadata=metadata)
             write_prototxt(net.to_proto(), prototxt)
         return written
-    raise ValueError(f"{target}: the output must end in .pt2 or .safetensors")
+    raise ConversionError(f"{target}: the output must end in .pt2 or .safetensors")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -97,10 +97,10 @@ def _check_payload_config(source: Path, name: str, text: bytes) -> None:
             for key, entry in entries.items()
         }
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"{source}: refusing it, {name} is not a .pt2 payload table") from None
+        raise InputError(f"{source}: refusing it, {name} is not a .pt2 payload table") from None
     for key, is_plain in plain.items():
         if not is_plain:
-            raise ValueError(
+            raise InputError(
                 f"{source}: refusing it, {kind} entry '{key}' is not a plain tensor "
                 "(a pickled payload, which could run code when loaded)"
             )
@@ -121,7 +121,7 @@ def check_pt2_archive(path: str | os.PathLike[str]) -> None:
             for name in names:
                 inner = name[len(root) :] if name.startswith(root) else name
                 if not name.startswith(root) or not _PT2_ENTRY.fullmatch(inner):
-                    raise ValueError(
+                    raise InputError(
                         f"{source}: refusing it, it holds '{name}', which is not part of a .pt2 of "
                         "plain tensors (could run code when loaded)"
                     )
@@ -131,11 +131,11 @@ def check_pt2_archive(path: str | os.PathLike[str]) -> None:
                     try:
                         torch.load(io.BytesIO(archive.read(name)), weights_only=True)
                     except Exception as exc:  # the safe unpickler raises many types
-                        raise ValueError(
+                        raise InputError(
                             f"{source}: refusing it, {inner} is not plain tensors ({_first_line(exc)})"
                         ) from None
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{source}: not a .pt2 program ({_first_line(exc)})") from None
+        raise InputError(f"{source}: not a .pt2 program ({_first_line(exc)})") from None
 
 
 def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.export.ExportedProgram:
@@ -149,12 +149,12 @@ def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.exp
     source = Path(path)
     if source.suffix == ".pt2":
         if not zipfile.is_zipfile(source):
-            raise ValueError(f"{source}: not a .pt2 program (not a zip archive)")
+            raise InputError(f"{source}: not a .pt2 program (not a zip archive)")
         check_pt2_archive(source)
         try:
             return torch.export.load(source)
         except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"{source}: not a .pt2 program torch.export can load ({_first_line(exc)})"
             ) from exc
     if source.suffix == ".safetensors":
@@ -163,7 +163,7 @@ def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.exp
                 metadata = handle.metadata() or {}
             state = load_file(str(source))
         except SafetensorError as exc:
-            raise ValueError(f"{source}: not a safetensors file ({_first_line(exc)})") from exc
+            raise InputError(f"{source}: not a safetensors file ({_first_line(exc)})") from exc
         outputs, fold = metadata.get("outputs", ""), metadata.get("fold", "none")
         net = load_net(prototxt_beside(source))
         module = convert(net, outputs.split(",") if outputs else None, require_weights=False)
@@ -173,8 +173,8 @@ def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.exp
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             details = " ".join(str(exc).split())  # torch lists the keys on several lines
-            raise ValueError(
+            raise InputError(
                 f"{source}: its tensors do not fit {prototxt_beside(source).name} ({details[:300]})"
             ) from exc
         return module
-    raise ValueError(f"{source}: expected a .pt2 or .safetensors file")
+    raise InputError(f"{source}: expected a .pt2 or .safetensors file")

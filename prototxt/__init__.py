@@ -15,6 +15,8 @@ from .caffemodel import (
 from .errors import (
     CaffeError,
     CaffemodelFormatError,
+    ConversionError,
+    InputError,
     NetDefinitionError,
     OutputError,
     PrototxtSyntaxError,
@@ -28,6 +30,8 @@ __all__ = [
     "CaffeError",
     "CaffeModel",
     "CaffemodelFormatError",
+    "ConversionError",
+    "InputError",
     "Layer",
     "Net",
     "NetDefinitionError",

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 
 from . import caffe_pb2
 from .atomic import atomic_writer
-from .errors import CaffemodelFormatError
+from .errors import CaffeError, CaffemodelFormatError, WeightsMismatchError
 
 # Wire types of the protobuf encoding.
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
@@ -309,7 +309,7 @@ def write_caffemodel(
     pieces: list[bytes | memoryview] = [header.SerializeToString()]
     unknown = set(blobs) - {layer.name for layer in net.layer} - {layer.name for layer in net.layers}
     if unknown:
-        raise ValueError(f"blobs given for layers not in the net: {sorted(unknown)}")
+        raise WeightsMismatchError(f"blobs given for layers not in the net: {sorted(unknown)}")
     for number, layers in ((_NET_V1_LAYERS, net.layers), (_NET_LAYER, net.layer)):
         blob_field = _V1_LAYER_BLOBS if number == _NET_V1_LAYERS else _LAYER_BLOBS
         for layer in layers:
@@ -327,7 +327,7 @@ def write_caffemodel(
             pieces.append(_key(number, _LENGTH) + _encode_varint(_pieces_size(layer_pieces)))
             pieces += layer_pieces
     if _pieces_size(pieces) > _MAX_FILE_BYTES:
-        raise ValueError("the net is larger than the 2 GiB a caffemodel can hold")
+        raise CaffeError("the net is larger than the 2 GiB a caffemodel can hold")
     with atomic_writer(path) as handle:
         for piece in pieces:
             handle.write(piece)

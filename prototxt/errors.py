@@ -1,18 +1,28 @@
-"""The error types the `prototxt` package raises.
+"""The project's error types: every failure caused by a user's input is an `InputError`.
 
-Every failure caused by the content of a user's file is one of these, so callers
-(the CLIs, the fuzz tests) can catch exactly them and nothing else.
+The CLIs report exactly these (and `OSError`) as one line with exit code 2; any
+other exception is a bug and keeps its traceback. The packages above add their
+own subclasses (validation, model names, class labels) under `InputError`.
 """
 
 from __future__ import annotations
 
 
-class OutputError(ValueError):
+class InputError(ValueError):
+    """Base class: a file, name or option given to the toolkit is wrong (not a bug)."""
+
+
+class OutputError(InputError):
     """An output path the toolkit must not write: an input, a special file, an existing file."""
 
 
-class CaffeError(ValueError):
-    """Base class: something is wrong with a Caffe file or net definition."""
+class ConversionError(InputError):
+    """Inputs that are fine on their own do not fit the conversion asked for
+    (weights for another network, an output format that cannot hold the result)."""
+
+
+class CaffeError(InputError):
+    """Something is wrong with a Caffe file or net definition."""
 
 
 class PrototxtSyntaxError(CaffeError):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import caffe_pb2
 from .caffemodel import CaffeModel, read_caffemodel
-from .errors import NetDefinitionError, WeightsMismatchError
+from .errors import InputError, NetDefinitionError, WeightsMismatchError
 from .shapes import REFUSED_TYPES, SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
 from .text import parse_prototxt
 
@@ -480,7 +480,7 @@ def load_net(
     elif model is not None:
         proto = model.net
     else:
-        raise ValueError("give a prototxt, a caffemodel, or both")
+        raise InputError("give a prototxt, a caffemodel, or both")
     net = build_net(proto, input_shape=input_shape)
     if model is not None:
         attach_weights(net, model.blobs, source=os.path.basename(model.path))

@@ -44,10 +44,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from prototxt import Net, load_net, read_caffemodel
+from prototxt import ConversionError, InputError, Net, load_net, read_caffemodel
 from prototxt.atomic import atomic_writer
 
 from .models import (
+    CaffeMappingError,
     caffe_to_state_dict,
     from_timm_state_dict,
     get_model,
@@ -198,7 +199,7 @@ def class_permutation(
     from . import imagenet
 
     if devkit is not None and labels is not None:
-        raise ValueError("give --devkit or --labels, not both")
+        raise InputError("give --devkit or --labels, not both")
     if devkit is not None:
         path = Path(devkit)
         if path.suffix == ".mat":
@@ -206,7 +207,7 @@ def class_permutation(
         else:
             found = imagenet.find_devkit(path) if path.is_dir() else path
             if found is None:
-                raise ValueError(
+                raise InputError(
                     f"{path} holds no ILSVRC2012 devkit ({imagenet.DEVKIT_DIR} or {imagenet.DEVKIT_ARCHIVE})"
                 )
             meta = imagenet.read_devkit(found).meta
@@ -236,7 +237,7 @@ def permute_classes(
     for key in (f"{prefix}.weight", f"{prefix}.bias"):
         old = state_dict[key]
         if old.shape[0] != len(index):
-            raise ValueError(f"{key} has {old.shape[0]} classes, the permutation {len(index)}")
+            raise ConversionError(f"{key} has {old.shape[0]} classes, the permutation {len(index)}")
         new = torch.empty_like(old)
         new[index] = old
         out[key] = new
@@ -253,7 +254,7 @@ def load_strictly(model: str, state_dict: Mapping[str, torch.Tensor]) -> None:
     try:
         _meta_model(model).load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as exc:
-        raise ValueError(f"the converted state_dict does not load into {model}: {exc}") from None
+        raise ConversionError(f"the converted state_dict does not load into {model}: {exc}") from None
 
 
 @torch.no_grad()
@@ -425,13 +426,13 @@ def convert_senet(
     `class_permutation`, needed (and computed with defaults if absent) for
     `class_order="torchvision"`. `fold` folds torchvision's RGB normalisation
     into the first convolution (see the module docstring) and measures the
-    effect. Raises `ValueError` (a `CaffeMappingError` for unmapped blobs) and
+    effect. Raises `ConversionError` (a `CaffeMappingError` for unmapped blobs) and
     when the self-check fails.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise ConversionError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if class_order not in CLASS_ORDERS:
-        raise ValueError(f"unknown class order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)}")
+        raise ConversionError(f"unknown class order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)}")
     model = resolve_name(model) if model else recognise_model(net)
     if layout == "timm":
         timm_model_name(model)  # fail before the work if there is no timm counterpart
@@ -440,7 +441,7 @@ def convert_senet(
     load_strictly(model, state_dict)
     result = self_check(model, net, state_dict) if check else None
     if result is not None and not result.passed:
-        raise ValueError(
+        raise ConversionError(
             f"{result.summary()}; the prototxt differs from the released {model} in more than its weights"
         )
     source = None
@@ -474,7 +475,7 @@ def output_paths(output: str | os.PathLike[str], safetensors: bool = False) -> l
     """`output` (.pth or .safetensors), plus the .safetensors beside a .pth on request."""
     path = Path(output)
     if path.suffix not in SUFFIXES:
-        raise ValueError(f"{path}: a SENet state_dict is written as .pth or .safetensors")
+        raise ConversionError(f"{path}: a SENet state_dict is written as .pth or .safetensors")
     paths = [path]
     if safetensors and path.suffix != ".safetensors":
         paths.append(path.with_suffix(".safetensors"))
@@ -489,7 +490,7 @@ def save_state_dict(
     """Write `.pth` (torch.save of plain tensors) or `.safetensors`, atomically."""
     path = Path(path)
     if path.suffix not in SUFFIXES:
-        raise ValueError(f"{path}: expected .pth or .safetensors")
+        raise ConversionError(f"{path}: expected .pth or .safetensors")
     tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
     with atomic_writer(path) as handle:
         if path.suffix == ".safetensors":
@@ -517,9 +518,9 @@ def senet_target(
         return None
     try:
         return recognise_model(net)
-    except ValueError as exc:
+    except CaffeMappingError as exc:
         if Path(output).suffix == ".pth":
-            raise ValueError(
+            raise ConversionError(
                 f"{output}: .pth state_dicts are written for the seven SENet "
                 f"networks only, and this net is not one of them ({exc}); the generic "
                 "converter writes .pt2 or .safetensors"

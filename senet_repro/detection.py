@@ -42,6 +42,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from prototxt import ConversionError
+
 from .models import SENet, from_timm_state_dict, get_model, load_weights, resolve_name
 
 # For RGB images in 0..1 (torchvision's detection convention): (x - mean) / std = 255 x - mean_rgb.
@@ -61,7 +63,7 @@ def _check_caffe_input(path: str | os.PathLike[str]) -> None:
     with safe_open(str(path), "pt") as handle:
         normalisation = (handle.metadata() or {}).get("normalisation", "caffe")
     if normalisation != "caffe":
-        raise ValueError(
+        raise ConversionError(
             f"{path} was converted with --fold-normalisation ({normalisation} input); "
             "detection backbones need the Caffe-input checkpoint (convert without it)"
         )
@@ -124,7 +126,7 @@ def se_backbone_with_fpn(
         try:
             network.load_state_dict(state_dict, strict=True, assign=True)
         except RuntimeError as exc:
-            raise ValueError(f"{weights}: the weights do not fit {model}: {exc}") from None
+            raise ConversionError(f"{weights}: the weights do not fit {model}: {exc}") from None
     if rgb_input:
         with torch.no_grad():
             network.stem.conv1.weight.copy_(network.stem.conv1.weight.flip(1))

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prototxt import build_net, caffe_pb2, portable_net, write_caffemodel, write_prototxt
+from prototxt import InputError, build_net, caffe_pb2, portable_net, write_caffemodel, write_prototxt
 from prototxt.atomic import atomic_paths
 
 from .models import (
@@ -302,7 +302,7 @@ def random_state_dict(model_name: str, seed: int = 0) -> dict[str, torch.Tensor]
     from converter.calibrate import random_calibrated_blobs
 
     if seed < 0:
-        raise ValueError(f"the seed must be a non-negative integer, not {seed}")
+        raise InputError(f"the seed must be a non-negative integer, not {seed}")
     model = resolve_name(model_name)
     net = build_net(caffe_net(model))
     return caffe_to_state_dict(model, random_calibrated_blobs(net, seed, CALIBRATION_BATCH))

@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
+from prototxt import InputError
+
 DEVKIT = "devkit"
 TORCHVISION = "torchvision"
 CLASS_ORDERS: tuple[str, ...] = (DEVKIT, TORCHVISION)
@@ -42,7 +44,7 @@ _VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
 _WNID = re.compile(r"^n\d{8}$")
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """A label file, devkit or class key that does not describe ImageNet-1k consistently."""
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from prototxt import InputError
+
 INTERPOLATION = "opencv-linear"
 """Name of the resize filter above; weights descriptions name it for their preprocessing."""
 
@@ -93,23 +95,23 @@ class CaffePreprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation != INTERPOLATION:
-            raise ValueError(
+            raise InputError(
                 f"unsupported interpolation {self.interpolation!r}; "
                 f"only {INTERPOLATION!r} (the Caffe protocol) is implemented"
             )
         if not 0 < self.crop <= self.resize:
-            raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
+            raise InputError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize mode {self.resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+            raise InputError(f"resize mode {self.resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
         if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel order {self.channel_order!r}: choose {' or '.join(CHANNEL_ORDERS)}")
+            raise InputError(f"channel order {self.channel_order!r}: choose {' or '.join(CHANNEL_ORDERS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"scale must be a positive number, got {self.scale!r}")
+            raise InputError(f"scale must be a positive number, got {self.scale!r}")
         if self.mean_bgr is not None and len(self.mean_bgr) not in (1, 3):
-            raise ValueError(f"mean_bgr needs three values (B, G, R) or one, got {self.mean_bgr!r}")
+            raise InputError(f"mean_bgr needs three values (B, G, R) or one, got {self.mean_bgr!r}")
         if self.mean_file is not None:
             if self.mean_bgr is not None:
-                raise ValueError(
+                raise InputError(
                     "give mean values or a mean file, not both (Caffe's DataTransformer refuses both)"
                 )
             self.mean_image()  # fail now, not in a data-loader worker
@@ -125,7 +127,7 @@ class CaffePreprocess:
             return None
         mean = _read_mean_file(self.mean_file)
         if self.resize_mode != "warp" or mean.shape[1:] != (self.resize, self.resize):
-            raise ValueError(
+            raise InputError(
                 f"{self.mean_file}: a mean image of {mean.shape[1]}x{mean.shape[2]} needs every image "
                 f"warped to exactly that size (Caffe requires image size == mean size); "
                 f"got resize mode {self.resize_mode!r} to {self.resize}"
@@ -222,7 +224,7 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
             f"expected a uint8 CHW tensor with 1 or 3 channels, got {tuple(image.shape)} {image.dtype}"
         )
     if image.shape[1] == 0 or image.shape[2] == 0:
-        raise ValueError("empty image")
+        raise InputError("empty image")
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
@@ -255,7 +257,7 @@ def _read_mean_file(path: str) -> np.ndarray:
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
     if mean.ndim != 3 or mean.shape[0] != 3:
-        raise ValueError(f"{path}: expected a 3-channel mean image (1 x 3 x H x W), got {mean.shape}")
+        raise InputError(f"{path}: expected a 3-channel mean image (1 x 3 x H x W), got {mean.shape}")
     return np.array(mean, dtype=np.float32)  # a writable copy of the file's bytes
 
 

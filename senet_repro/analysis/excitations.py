@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from prototxt import InputError
 from prototxt.atomic import atomic_paths
 from senet_repro import imagenet
 from senet_repro.models.blocks import SEModule
@@ -65,7 +66,7 @@ _INDEX_KEY = re.compile(r"^(caffe|devkit|torchvision):(\d+)$", re.IGNORECASE)
 _ORDER_OF_PREFIX = {"caffe": imagenet.DEVKIT, "devkit": imagenet.DEVKIT, "torchvision": imagenet.TORCHVISION}
 
 
-class ExcitationError(ValueError):
+class ExcitationError(InputError):
     """Bad input to the excitation analysis: a class, a layer, or data without the classes."""
 
 
@@ -404,7 +405,9 @@ def collect_excitations(
     the weights, preprocessing and labels fit together.
     """
     if preprocess.ten_crop:
-        raise ValueError("the excitation study averages gates over one centre crop per image, not ten crops")
+        raise ExcitationError(
+            "the excitation study averages gates over one centre crop per image, not ten crops"
+        )
     indices = pick_images(valset, classes, per_class)
     position = torch.full((imagenet.NUM_CLASSES,), -1, dtype=torch.int64)
     for k, choice in enumerate(classes):

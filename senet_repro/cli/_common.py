@@ -10,13 +10,14 @@ from typing import TypeVar
 
 import click
 
-from prototxt import CaffeError, OutputError
+from prototxt import InputError, OutputError
 from prototxt.atomic import check_writable, same_file
 
 F = TypeVar("F", bound=Callable)
 
-# Errors that mean "your input is wrong", as opposed to a bug in this program.
-USER_ERRORS: tuple[type[BaseException], ...] = (CaffeError, FileNotFoundError, ValueError, KeyError, OSError)
+# Errors that mean "your input is wrong" (or unreadable), as opposed to a bug in this program,
+# which keeps its traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (InputError, OSError)
 
 
 class UserError(click.ClickException):
@@ -38,8 +39,7 @@ def user_errors(command: F) -> F:
         except click.ClickException:
             raise
         except USER_ERRORS as exc:
-            message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise UserError(message) from None
+            raise UserError(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

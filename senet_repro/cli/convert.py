@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from prototxt import Net, load_net
+from prototxt import InputError, Net, load_net
 
 from ._common import OUTPUT, force_option, guard_outputs, user_errors
 
@@ -113,7 +113,7 @@ def _outputs_option(function):
 def _input_shape(net: Net) -> tuple[int, ...]:
     """The shape of the net's one input; the export and self-check paths take one image batch."""
     if len(net.inputs) != 1:
-        raise ValueError(
+        raise InputError(
             f"'{net.name}' has {len(net.inputs)} inputs ({', '.join(net.inputs)}); "
             "conversion from the command line supports single-input nets "
             "(use converter.convert from Python)"
@@ -242,12 +242,12 @@ def caffe2torch(
         if given
     ]
     if model and generic_options:
-        raise ValueError(
+        raise InputError(
             f"--model converts to a SENet state_dict; {', '.join(generic_options)} "
             "apply to the generic graph only"
         )
     if (devkit or labels) and class_order != "torchvision":
-        raise ValueError("--devkit and --labels give the permutation for --class-order torchvision")
+        raise InputError("--devkit and --labels give the permutation for --class-order torchvision")
     guard_outputs([output], force=force)  # the files beside it once the kind of net is known
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
     target = checkpoints.senet_target(
@@ -255,9 +255,9 @@ def caffe2torch(
     )
     if target is None:
         if output.suffix not in (".pt2", ".safetensors"):
-            raise ValueError(f"{output}: a generic net's output must end in .pt2 or .safetensors")
+            raise InputError(f"{output}: a generic net's output must end in .pt2 or .safetensors")
         if senet_options:
-            raise ValueError(
+            raise InputError(
                 f"{', '.join(senet_options)} apply to the seven SENet networks only; "
                 f"'{net.name}' is converted as a generic graph"
             )
@@ -404,7 +404,7 @@ def torch2onnx(
     try:
         shape = tuple(int(d) for d in input_shape.split(","))
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"--input-shape {input_shape!r}: expected comma-separated integers such as 1,3,224,224"
         ) from None
     from converter.serialize import read_by_load
@@ -510,7 +510,7 @@ def torch2caffe(
     from ._common import UserError
 
     if (weights is None) == (not random_weights):
-        raise ValueError("give the weights to write: --weights FILE or --random-weights (not both)")
+        raise InputError("give the weights to write: --weights FILE or --random-weights (not both)")
     model = resolve_name(model_name)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a directory")

@@ -15,6 +15,7 @@ import click
 import torch
 import torch.distributed as dist
 
+from prototxt import InputError
 from prototxt.atomic import atomic_writer
 from senet_repro import imagenet
 from senet_repro.transforms import CaffePreprocess
@@ -261,7 +262,7 @@ def _backend(args: dict, device: torch.device) -> Backend:
             amp=args["amp"],
             tf32=args["tf32"],
         )
-    except ValueError:  # ValidateError and the model zoo's errors already say what is wrong
+    except InputError:  # ValidateError and the model zoo's errors already say what is wrong
         raise
     except Exception as exc:  # loaders of three libraries, each with its own error types
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

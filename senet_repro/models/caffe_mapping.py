@@ -25,13 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from prototxt import InputError
+
 from .caffe_names import BATCHNORM, CAFFE_LAYERS, CONVOLUTION, INNER_PRODUCT, LayerMap
 from .registry import _MODELS, resolve_name
 
 _SHOWN = 20  # items of each problem list spelled out in an error message
 
 
-class CaffeMappingError(ValueError):
+class CaffeMappingError(InputError):
     """Caffe blobs and a model's state_dict do not correspond one to one.
 
     The full lists are kept as attributes; the message shows the first few of each.
@@ -255,21 +257,21 @@ def recognise_model(layers: Any) -> str:
 
         closest = max(CAFFE_LAYERS, key=coverage)
         absent = [name for name in CAFFE_LAYERS[closest] if name not in names]
-        raise ValueError(
+        raise CaffeMappingError(
             f"not one of the SENet Caffe networks ({', '.join(CAFFE_LAYERS)}); closest is "
             f"{closest}, which lacks {len(absent)} of its {len(CAFFE_LAYERS[closest])} layers "
             f"with weights, e.g. {', '.join(absent[:5])}"
         )
     candidates = [model for model in fitting if _consistent(model, groups, shapes)]
     if not candidates:
-        raise ValueError(
+        raise CaffeMappingError(
             f"the layer names fit {', '.join(fitting)}, but the convolution "
             "groups or weight shapes fit none of them"
         )
     largest = max(len(CAFFE_LAYERS[model]) for model in candidates)
     best = [model for model in candidates if len(CAFFE_LAYERS[model]) == largest]
     if len(best) > 1:
-        raise ValueError(
+        raise CaffeMappingError(
             f"ambiguous: the layer names fit {' and '.join(best)} alike; pass the "
             "prototxt layers (with their convolution groups) or the caffemodel "
             "blobs to tell them apart"

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from prototxt import ConversionError, InputError
+
 from .inception import SEBNInception, se_bn_inception
 from .senet import (
     SENet,
@@ -44,7 +46,7 @@ ALIASES: dict[str, str] = {
 }
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """A model name that is neither a canonical name nor an alias."""
 
 
@@ -90,11 +92,11 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             reason = exc.strerror
         elif isinstance(exc, pickle.UnpicklingError):  # torch's text is advice about trust
             reason = "not a weights-only PyTorch file"
-        raise ValueError(f"{path}: cannot read a state_dict from it ({reason})") from None
+        raise InputError(f"{path}: cannot read a state_dict from it ({reason})") from None
     if not isinstance(state_dict, Mapping) or not all(
         isinstance(value, torch.Tensor) for value in state_dict.values()
     ):
-        raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+        raise InputError(f"{path}: expected a state_dict (a mapping of names to tensors)")
     return dict(state_dict)
 
 
@@ -114,6 +116,6 @@ def get_model(
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"{weights}: the weights do not fit {canonical}: {exc}") from None
+            raise ConversionError(f"{weights}: the weights do not fit {canonical}: {exc}") from None
         model.eval()
     return model

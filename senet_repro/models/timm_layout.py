@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import torch
 
+from prototxt import ConversionError
+
 from .registry import resolve_name
 
 TIMM_NAMES: dict[str, str] = {
@@ -48,7 +50,7 @@ def timm_model_name(model_name: str) -> str:
     """The timm model name for one of our networks, e.g. `legacy_seresnet50`."""
     model = resolve_name(model_name)
     if model not in TIMM_NAMES:
-        raise ValueError(
+        raise ConversionError(
             f"{model} has no timm counterpart; timm's legacy SENets are {', '.join(TIMM_NAMES.values())}"
         )
     return TIMM_NAMES[model]

@@ -1,5 +1,7 @@
-"""The one error type the harness raises for bad input (a ValueError, so CLIs exit 2)."""
+"""The one error type the harness raises for bad input (an InputError, so CLIs exit 2)."""
+
+from prototxt import InputError
 
 
-class ValidateError(ValueError):
+class ValidateError(InputError):
     """Bad input to the validation harness: data, labels, weights, options."""

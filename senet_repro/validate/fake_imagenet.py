@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from converter.onnx_export import export_onnx
+from prototxt import InputError
 from senet_repro import imagenet
 
 MAX_CODES = 64
@@ -157,7 +158,7 @@ def make_fake_imagenet(
     root = Path(root)
     total = num_classes * images_per_class
     if not 0 < total <= MAX_CODES:
-        raise ValueError(f"{total} images requested; the grey-level code allows 1..{MAX_CODES}")
+        raise InputError(f"{total} images requested; the grey-level code allows 1..{MAX_CODES}")
     rng = np.random.default_rng(seed)
     classes = imagenet.imagenet_classes(imagenet.DEVKIT)
     chosen = sorted(rng.choice(len(classes), size=num_classes, replace=False).tolist())
