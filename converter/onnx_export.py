@@ -27,17 +27,58 @@ if TYPE_CHECKING:
 MIN_OPSET = 17
 
 
+# An output dimension as ONNX declares it: a size, a symbol ("batch"), or None (unknown).
+Dim = int | str | None
+
+
+def _shapes(output: torch.Tensor | tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in (output if isinstance(output, tuple) else (output,))]
+
+
 @torch.no_grad()
-def _check_example(module: nn.Module | torch.export.ExportedProgram, example: torch.Tensor) -> None:
-    """One-line ValueError when `example` does not fit the net, before any export work."""
+def _output_dims(module: nn.Module | torch.export.ExportedProgram, example: torch.Tensor) -> list[list[Dim]]:
+    """Each output's shape as the ONNX file must declare it, found by running the net.
+
+    torch's exporter declares what its own shape inference guesses, which is wrong where
+    Caffe's rounding differs from torch's (a ceil pooling window dropped in the padding)
+    and where shapes are computed on the fly (CaffePool2d's explicit padding). So the net
+    runs on the example's batch n and on n + 1: a size that does not change is declared as
+    is, one that is n then n + 1 is "batch", any other is left unknown. A net that runs
+    only its example's batch declares that batch. A one-line ValueError when `example`
+    does not fit the net at all.
+    """
     runnable = module.module() if isinstance(module, torch.export.ExportedProgram) else module
     try:
-        runnable(example)
+        first = _shapes(runnable(example))
     except (RuntimeError, AssertionError, ValueError, IndexError) as exc:  # IndexError: .pt2 guards
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(
             f"an example input of shape {tuple(example.shape)} does not fit the net ({reason})"
         ) from exc
+    batch = example.shape[0]
+    try:
+        second = _shapes(runnable(torch.cat([example, example[:1]])))
+    except (RuntimeError, AssertionError, ValueError, IndexError):
+        return [list(shape) for shape in first]
+    return [
+        [a if a == b else "batch" if (a, b) == (batch, batch + 1) else None for a, b in zip(one, two)]
+        for one, two in zip(first, second)
+    ]
+
+
+def _declare_outputs(model: onnx.ModelProto, dims: list[list[Dim]]) -> None:
+    """Replace the exporter's declared output shapes by `dims`; drop its inferred intermediate
+    shapes, which share the same guesses (they are optional in ONNX)."""
+    del model.graph.value_info[:]
+    for output, shape in zip(model.graph.output, dims):
+        declared = output.type.tensor_type.shape
+        del declared.dim[:]
+        for size in shape:
+            dim = declared.dim.add()
+            if isinstance(size, int):
+                dim.dim_value = size
+            elif size is not None:
+                dim.dim_param = size
 
 
 def export_onnx(
@@ -64,7 +105,7 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise InputError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
-    _check_example(module, example)
+    dims = _output_dims(module, example)
     halved = module if fp16 and isinstance(module, nn.Module) else None
     if halved is not None:
         halved.half()
@@ -104,7 +145,10 @@ def export_onnx(
                     dynamo=False,
                     dynamic_axes=axes,
                 )
-            onnx.checker.check_model(onnx.load(tmp), full_check=True)
+            model = onnx.load(tmp)
+            _declare_outputs(model, dims)
+            onnx.save(model, tmp)
+            onnx.checker.check_model(model, full_check=True)
     finally:
         if halved is not None:
             halved.float()

@@ -14,8 +14,9 @@ import torch
 from converter import convert
 from converter.calibrate import image_like
 from converter.onnx_export import MIN_OPSET, export_onnx, onnx_session
-from prototxt import load_net
+from prototxt import build_net, load_net, parse_prototxt_text
 from tests.caffe_factory import make_random_caffemodel
+from tests.caffe_reference import assert_matches_caffe
 
 LOGIT_TOLERANCE = 1e-4  # max abs difference on logits of scale ~1
 FP16_TOLERANCE = 1e-2  # relative to the logits' scale: float16 keeps ~3 decimal digits
@@ -105,3 +106,60 @@ def test_opset_below_17_is_refused(tmp_path: Path, tiny_model) -> None:
     with pytest.raises(ValueError, match="opset 16"):
         export_onnx(module, tmp_path / "old.onnx", torch.zeros(1, 3, 8, 8), opset=16)
     assert not list(tmp_path.iterdir())
+
+
+# --- declared shapes: what the file says equals what runs equals Caffe -------------------------
+
+# (input H x W, pooling parameters): ceil windows kept, clipped in the padding (the last one
+# starts at or past size + pad), pad > kernel / 2, windows past an unpadded input, floor rounding.
+POOLING_SHAPE_CASES = [
+    ((5, 5), "kernel_size: 2 stride: 2 pad: 1"),  # clipped: ONNX would keep a 4th row
+    ((7, 9), "kernel_size: 2 stride: 2 pad: 1"),
+    ((9, 8), "kernel_size: 3 stride: 2 pad: 1"),
+    ((10, 9), "kernel_size: 3 stride: 2"),
+    ((6, 6), "kernel_size: 2 stride: 3"),  # a window past the unpadded input, kept by Caffe
+    ((7, 7), "kernel_size: 3 stride: 2 pad: 2"),  # pad > kernel / 2
+    ((6, 8), "kernel_size: 3 stride: 2 pad: 2"),
+    ((8, 8), "kernel_size: 2 stride: 3 pad: 1"),
+    ((11, 6), "kernel_size: 4 stride: 3 pad: 3"),
+    ((7, 6), "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0"),
+    ((9, 9), "kernel_size: 3 stride: 1 pad: 1"),
+    ((10, 9), "kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR"),
+    ((10, 10), "kernel_size: 2 stride: 2 ceil_mode: false"),
+    ((6, 7), "global_pooling: true"),
+]
+
+
+def _pooling_net(size: tuple[int, int], mode: str, params: str) -> str:
+    return (
+        'layer { name: "data" type: "Input" top: "data" '
+        f"input_param {{ shape {{ dim: 1 dim: 2 dim: {size[0]} dim: {size[1]} }} }} }}\n"
+        f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" '
+        f"pooling_param {{ pool: {mode} {params} }} }}"
+    )
+
+
+@pytest.mark.parametrize("mode", ["MAX", "AVE"])
+@pytest.mark.parametrize("size, params", POOLING_SHAPE_CASES)
+def test_declared_pooling_shape_is_the_computed_shape(tmp_path: Path, mode: str, size, params: str) -> None:
+    """The file declares Caffe's shape, ONNX's own shape inference agrees (strict), ONNX Runtime
+    produces it, for another batch too."""
+    net = build_net(parse_prototxt_text(_pooling_net(size, mode, params)))
+    expected = net.blob_shapes["p"][1:]
+    path = tmp_path / "pool.onnx"
+    export_onnx(convert(net), path, image_like((1, 2, *size)))
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    for graph in (model.graph, inferred.graph):
+        dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", *expected]
+    (result,) = onnx_session(path, "cpu").run(None, {"data": image_like((3, 2, *size)).numpy()})
+    assert result.shape == (3, *expected)
+
+
+@pytest.mark.parametrize("mode", ["MAX", "AVE"])
+@pytest.mark.parametrize("size, params", POOLING_SHAPE_CASES)
+def test_pooling_shape_cases_match_caffe(mode: str, size, params: str) -> None:
+    """The computed shapes above are BVLC Caffe's (values too); `ceil_mode` is a fork's field,
+    given to Caffe as the round_mode it means."""
+    assert_matches_caffe(_pooling_net(size, mode, params).replace("ceil_mode: false", "round_mode: FLOOR"))

@@ -4,7 +4,9 @@ Caffe rounds the output size up and drops a last window that would start in the
 padding; AVE divides by the window clipped to the padded input. torch's
 `ceil_mode=True` pooling with `count_include_pad=True` has these rules, but only
 accepts pad <= kernel / 2 and also drops a last window of an unpadded input;
-in those cases `CaffePool2d` does it by hand.
+and ONNX's shape inference keeps a window that starts in the padding (declaring
+one row too many). In those cases `CaffePool2d` does it by hand, with explicit
+padding and no rounding to infer.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ def pooling(layer: Layer) -> nn.Module:
     g = pool_geometry(layer.param, bottom)
     kernel, stride, pad = pair(g["kernel"]), pair(g["stride"]), pair(g["pad"])
     ceil = p.round_mode == p.CEIL
-    # torch always drops a last window starting past the input; Caffe only when padded.
-    torch_size = [
-        pooled_size(n, k, s, pd, ceil, padded=True) for n, k, s, pd in zip(bottom[2:], kernel, stride, pad)
-    ]
-    if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == list(top[2:]):
+    # torch always drops a last window starting past the input; Caffe only when padded;
+    # ONNX's shape inference never.
+    geometry = list(zip(bottom[2:], kernel, stride, pad))
+    torch_size = [pooled_size(n, k, s, pd, ceil, padded=True) for n, k, s, pd in geometry]
+    onnx_size = [pooled_size(n, k, s, pd, ceil, padded=False) for n, k, s, pd in geometry]
+    if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == onnx_size == list(top[2:]):
         if mode == "MAX":
             return nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
         return nn.AvgPool2d(kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
