@@ -72,9 +72,10 @@ class CaffePreprocess:
     Resize (`resize_mode`), crop `crop` x `crop` -- the centre, or with `ten_crop` the four
     corners, the centre and their mirrors in `caffe.io.oversample`'s order -- subtract the
     mean, multiply by `scale`, as Caffe's DataTransformer: `(pixel - mean) * scale`. The mean
-    is either per-channel values (`mean_bgr`: B, G, R, or one value for all) or a full mean
-    image (`mean_file`, a `.binaryproto` BlobProto) that, like Caffe, must be as large as the
-    resized image and is cropped (and mirrored) together with it. The network input is BGR;
+    is either per-channel values (`mean_bgr`: B, G, R, or one value for all) or a mean image
+    (`mean_file`, a `.binaryproto` BlobProto). A mean image as large as the warped image is
+    cropped (and mirrored) together with it, as Caffe's DataTransformer does; one as large as
+    the crop is subtracted from every view as it is, as pycaffe's Transformer does. The network input is BGR;
     `channel_order="RGB"` reverses the channels last (the means stay given as B, G, R).
 
     Call it on a PIL image or on a uint8 CHW RGB tensor (CPU or CUDA); the result is a
@@ -122,17 +123,26 @@ class CaffePreprocess:
         return 10 if self.ten_crop else 1
 
     def mean_image(self) -> np.ndarray | None:
-        """The mean file's image as float32 3 x resize x resize (BGR), checked as Caffe checks it."""
+        """The mean file's image as float32 3 x H x W (BGR), checked as Caffe checks it.
+
+        H x W must be the warped image's size (DataTransformer: image size == mean size) or
+        the crop's (pycaffe: mean shape == input shape).
+        """
         if self.mean_file is None:
             return None
         mean = _read_mean_file(self.mean_file)
-        if self.resize_mode != "warp" or mean.shape[1:] != (self.resize, self.resize):
+        size = mean.shape[1:]
+        if not (self.mean_is_full_image(size) or size == (self.crop, self.crop)):
             raise InputError(
-                f"{self.mean_file}: a mean image of {mean.shape[1]}x{mean.shape[2]} needs every image "
-                f"warped to exactly that size (Caffe requires image size == mean size); "
-                f"got resize mode {self.resize_mode!r} to {self.resize}"
+                f"{self.mean_file}: a mean image of {size[0]}x{size[1]} needs every image warped to "
+                f"exactly that size (Caffe requires image size == mean size) or crops of that size; "
+                f"got resize mode {self.resize_mode!r} to {self.resize}, crop {self.crop}"
             )
         return mean
+
+    def mean_is_full_image(self, size: tuple[int, ...]) -> bool:
+        """Whether a mean image of `size` covers the whole warped image (else it covers a crop)."""
+        return self.resize_mode == "warp" and size == (self.resize, self.resize)
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """Size after the resize; a shorter-side resize truncates the longer side as torchvision."""
@@ -263,14 +273,18 @@ def _read_mean_file(path: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _mean_views(preprocess: CaffePreprocess, device: torch.device) -> torch.Tensor:
-    """The mean image cropped (and mirrored) as each view: views x 3 x crop x crop, or 3 x crop x crop.
+    """The mean image as each view subtracts it: views x 3 x crop x crop, or 3 x crop x crop.
 
     DataTransformer subtracts `mean[(c * H + h_off + h) * W + w_off + w]` from the pixel
     taken at the same place before mirroring, so a mirrored view subtracts the mirrored
     mean crop.
     """
-    mean = torch.from_numpy(preprocess.mean_image())
+    image = preprocess.mean_image()
+    assert image is not None
+    mean = torch.from_numpy(image)
     crop = preprocess.crop
+    if not preprocess.mean_is_full_image(tuple(mean.shape[1:])):  # a crop-sized mean, as pycaffe
+        return (mean.expand(preprocess.num_views, -1, -1, -1) if preprocess.ten_crop else mean).to(device)
     views = []
     for top, left, mirrored in preprocess.views(preprocess.resize, preprocess.resize):
         window = mean[:, top : top + crop, left : left + crop]

@@ -179,11 +179,15 @@ def test_warp_and_shorter_side_geometry() -> None:
 
 
 def test_mean_file_needs_an_image_of_its_size(small_case) -> None:
-    _, _, mean_file = small_case
+    _, mean, mean_file = small_case
     with pytest.raises(ValueError, match="warped to exactly that size"):
         CaffePreprocess(resize=11, crop=6, mean_bgr=None, mean_file=str(mean_file))  # shorter side
     with pytest.raises(ValueError, match="warped to exactly that size"):
         CaffePreprocess(resize=12, crop=6, resize_mode="warp", mean_bgr=None, mean_file=str(mean_file))
+    crop_sized = CaffePreprocess(resize=16, crop=11, mean_bgr=None, mean_file=str(mean_file), ten_crop=True)
+    crops = torch.randint(0, 256, (1, 10, 3, 11, 11), dtype=torch.uint8)  # pycaffe: the same mean for every view
+    expected = crops.flip(2).float() - torch.from_numpy(mean)
+    assert torch.equal(crop_sized.normalize(crops), expected)
     with pytest.raises(ValueError, match="not both"):
         CaffePreprocess(resize=11, crop=6, resize_mode="warp", mean_file=str(mean_file))
 

@@ -114,6 +114,10 @@ def excitations(
     base = weights_for(model).transforms()
     preprocess = CaffePreprocess(resize=resize or base.resize, crop=crop or base.crop, mean_bgr=base.mean_bgr)
     valset = open_valset(data, layout=layout, labels_file=labels)
+    if valset.label_order != imagenet.DEVKIT:
+        raise ValidateError(
+            "the excitation study picks ImageNet classes: give an ImageNet layout, not a list"
+        )
     network = get_model(model, weights=weights)
     layers = select_layers(se_layers(network, model), layer_spec)
     if out.exists() and not out.is_dir():

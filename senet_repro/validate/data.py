@@ -11,6 +11,8 @@ network's own class order later, so a layout never decides the order a network s
 - `imagefolder`: `val/<wnid>/*.JPEG` (or `<wnid>/*.JPEG`) without a devkit.
 - `flat`: `ILSVRC2012_val_*.JPEG` files in one folder with a labels file: the SENet
   release's `ILSVRC2017_val.txt`, the devkit's ground truth, or a devkit that holds it.
+- `list`: any label set (Places365, ...): a Caffe image list, `relative/path label` per line
+  as Caffe's ImageData layer reads it, labels already in the network's output order.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from senet_repro.transforms import CaffePreprocess
 
 from .errors import ValidateError
 
-LAYOUTS = ("torchvision", "imagefolder", "flat")
+LAYOUTS = ("torchvision", "imagefolder", "flat", "list")
+OUTPUT_ORDER = "output"
+"""`ValSet.label_order` of a Caffe image list: its labels are the network's output indices."""
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 _LABEL_FILES = (imagenet.SENET_LABELS, Path(imagenet.GROUND_TRUTH).name)
 # Decoded pixels allowed per image (PIL's default bomb limit): a 634-byte JPEG can claim
@@ -42,13 +46,18 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 @dataclass(frozen=True)
 class ValSet:
-    """A validation set: image paths sorted by file name, labels as devkit indices."""
+    """A validation set: image paths sorted by file name, labels in `label_order`.
+
+    `label_order` is imagenet.DEVKIT (ImageNet layouts: devkit indices, mapped to the
+    network's class order later) or OUTPUT_ORDER (a Caffe list: the network's own indices).
+    """
 
     layout: str
     root: Path
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     label_source: str
+    label_order: str = imagenet.DEVKIT
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -187,6 +196,62 @@ def _open_flat(root: Path, labels_file: Path | None) -> ValSet | None:
     return None
 
 
+def read_image_list(path: Path) -> list[tuple[str, int]]:
+    """(file name, label) of each line of a Caffe image list, split at the last space as ImageData does."""
+    entries = []
+    with path.open(encoding="utf-8-sig") as lines:
+        for number, line in enumerate(lines, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            name, _, label = line.rpartition(" ")
+            if not name or not label.isdigit():
+                raise ValidateError(
+                    f"{path}:{number}: expected 'relative/path label' (label >= 0), got {line!r}"
+                )
+            entries.append((name, int(label)))
+    if not entries:
+        raise ValidateError(f"{path} lists no images")
+    return entries
+
+
+def _open_list(root: Path, labels_file: Path | None) -> ValSet:
+    if labels_file is None:
+        raise ValidateError(
+            "the list layout needs --labels: a Caffe image list, 'relative/path label' per line"
+        )
+    samples = [(root / name, label) for name, label in read_image_list(labels_file)]
+    missing = [str(path) for path, _ in samples if not path.is_file()]
+    if missing:
+        raise ValidateError(
+            f"{labels_file} lists {len(missing)} image(s) not found under {root}, e.g. {missing[0]}"
+        )
+    valset = _sorted(samples, "list", root, str(labels_file))
+    return dataclasses.replace(valset, label_order=OUTPUT_ORDER)
+
+
+def read_label_set(path: Path) -> tuple[str, ...]:
+    """Class names in output order, one per line (`/a/airfield 0` or `n01440764 tench`).
+
+    A line ending in an integer gives its index, which must be its position.
+    """
+    names = []
+    with path.open(encoding="utf-8-sig") as lines:
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text:
+                continue
+            head, _, tail = text.rpartition(" ")
+            if head and tail.isdigit():
+                if int(tail) != len(names):
+                    raise ValidateError(f"{path}:{number}: class index {tail}, expected {len(names)}")
+                text = head.strip()
+            names.append(text)
+    if not names:
+        raise ValidateError(f"{path} names no classes")
+    return tuple(names)
+
+
 def open_valset(root: str | Path, *, layout: str = "auto", labels_file: str | Path | None = None) -> ValSet:
     """Recognise the layout of `root` (or use `layout`) and list its images with labels."""
     root = Path(root)
@@ -201,13 +266,14 @@ def open_valset(root: str | Path, *, layout: str = "auto", labels_file: str | Pa
         "torchvision": lambda: _open_torchvision(root),
         "imagefolder": lambda: _open_imagefolder(root),
         "flat": lambda: _open_flat(root, labels_path),
+        "list": lambda: _open_list(root, labels_path),
     }
     if layout != "auto":
         order = [layout]
     elif labels_path is not None:
         order = ["flat"]
     else:
-        order = list(LAYOUTS)
+        order = [name for name in LAYOUTS if name != "list"]  # a list file is never guessed
     for name in order:
         valset = openers[name]()
         if valset is not None:
