@@ -239,7 +239,8 @@ def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_pa
     assert "PASS" in out and "partial run: 25 of 50000" in out
     data = json.loads(report.read_text())
     assert data["results"]["images"] == 25 and data["results"]["top1_correct"] == 25 - TOP1_WRONG
-    assert data["published"] == {"top1_error": 20.97, "top5_error": 5.54}
+    published = {key: data["published"][key] for key in ("top1_error", "top5_error", "protocol")}
+    assert published == {"top1_error": 20.97, "top5_error": 5.54, "protocol": "center-crop"}
     assert data["weights"]["sha256"] == hashlib.sha256(known_onnx.read_bytes()).hexdigest()
     assert data["data"]["layout"] == "torchvision" and data["class_order"] == "devkit"
     # What ran, not what was asked: TF32 exists only on CUDA, and the CPU decoder read every image.
@@ -254,7 +255,7 @@ def test_cli_table_report_and_check(fake: FakeImageNet, known_onnx: Path, tmp_pa
     "args, message",
     [
         ([], "no ImageNet validation set found"),
-        (["--check"], "--check needs published figures"),
+        (["--check"], "--check needs a published figure"),
         (["--model", "resnet9000"], "unknown model"),
         (["--classes", "unicorn"], "class name 'unicorn' is unknown"),
         (["--resize", "200"], "at most resize"),

@@ -7,7 +7,9 @@ never does (corner crops), against a line-by-line transcription of data_transfor
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -185,7 +187,9 @@ def test_mean_file_needs_an_image_of_its_size(small_case) -> None:
     with pytest.raises(ValueError, match="warped to exactly that size"):
         CaffePreprocess(resize=12, crop=6, resize_mode="warp", mean_bgr=None, mean_file=str(mean_file))
     crop_sized = CaffePreprocess(resize=16, crop=11, mean_bgr=None, mean_file=str(mean_file), ten_crop=True)
-    crops = torch.randint(0, 256, (1, 10, 3, 11, 11), dtype=torch.uint8)  # pycaffe: the same mean for every view
+    crops = torch.randint(
+        0, 256, (1, 10, 3, 11, 11), dtype=torch.uint8
+    )  # pycaffe: the same mean for every view
     expected = crops.flip(2).float() - torch.from_numpy(mean)
     assert torch.equal(crop_sized.normalize(crops), expected)
     with pytest.raises(ValueError, match="not both"):
@@ -241,3 +245,264 @@ def test_mean_file_crop_equals_bvlc_caffe(small_case, tmp_path: Path) -> None:
     assert any(np.array_equal(run, centre) for run in caffe) and any(
         np.array_equal(run, mirrored) for run in caffe
     )
+
+
+# --- a Places365-style set, end to end ---------------------------------------------------------
+
+SCENE_NET = """\
+name: "scene365"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 24 dim: 24 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 16 kernel_size: 3 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc365" type: "InnerProduct" bottom: "pool1" top: "fc365"
+        inner_product_param { num_output: 365 } }
+layer { name: "prob" type: "Softmax" bottom: "fc365" top: "prob" }
+"""
+# Where each image's label sits among the network's ranked classes: top-1, within top-5
+# (ranks 1..4) or outside it. 7 of 20 are top-1 wrong, 3 of 20 top-5 wrong.
+SCENE_RANKS = [0, 0, 2, 0, 0, 4, 0, 0, 364, 0, 1, 0, 0, 0, 200, 0, 3, 0, 9, 0]
+
+
+@pytest.fixture(scope="module")
+def scene_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random-weight 365-way net (converted generically) and 20 photos-like JPEGs of odd sizes."""
+    from PIL import Image
+
+    from prototxt import load_net, parse_prototxt_text, write_caffemodel
+    from prototxt.random_weights import random_blobs
+
+    root = tmp_path_factory.mktemp("scenes")
+    prototxt = root / "deploy_scene365.prototxt"
+    prototxt.write_text(SCENE_NET)
+    caffemodel = root / "scene365.caffemodel"
+    write_caffemodel(caffemodel, parse_prototxt_text(SCENE_NET), random_blobs(load_net(prototxt), seed=3))
+    rng = np.random.default_rng(11)
+    (root / "val").mkdir()
+    for index in range(len(SCENE_RANKS)):
+        height, width = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # smooth colour fields survive JPEG
+        pixels = np.array(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
+        Image.fromarray(pixels).save(root / "val" / f"Places365_val_{index + 1:08d}.jpg", quality=95)
+    mean = (rng.random((3, 28, 28)) * 40 + 100).astype(np.float32)
+    write_mean_file(root / "scene_mean.binaryproto", mean)
+    (root / "categories.txt").write_text("".join(f"/s/scene_{k:03d} {k}\n" for k in range(365)))
+    return {
+        "root": root,
+        "prototxt": prototxt,
+        "caffemodel": caffemodel,
+        "mean": root / "scene_mean.binaryproto",
+    }
+
+
+def scene_scores(scene_set: dict[str, Path], preprocess: CaffePreprocess) -> list[np.ndarray]:
+    """Per image, the mean over its views of the converted net's softmax, computed image by image."""
+    from converter import convert_caffe
+    from senet_repro.validate import read_image
+
+    net = convert_caffe(scene_set["prototxt"], scene_set["caffemodel"], outputs=["prob"]).eval()
+    scores = []
+    with torch.no_grad():
+        for path in sorted((scene_set["root"] / "val").iterdir()):
+            views = preprocess(read_image(path))
+            scores.append(net(views if preprocess.ten_crop else views[None]).double().mean(dim=0).numpy())
+    return scores
+
+
+def write_scene_list(scene_set: dict[str, Path], scores: list[np.ndarray]) -> Path:
+    """A Caffe image list whose label for image i is the class ranked SCENE_RANKS[i] by the net."""
+    lines = []
+    for index, (rank, score) in enumerate(zip(SCENE_RANKS, scores)):
+        ranked = np.argsort(-score, kind="stable")
+        gap = np.sort(score)[::-1]
+        assert rank == 364 or gap[rank] - gap[rank + 1] > 1e-9, "a near tie would make the rank fragile"
+        lines.append(f"val/Places365_val_{index + 1:08d}.jpg {int(ranked[rank])}\n")
+    listing = scene_set["root"] / "places365_val.txt"
+    listing.write_text("".join(reversed(lines)))  # any order: the harness sorts by file name
+    return listing
+
+
+@pytest.mark.slow
+def test_places365_style_set_with_ten_crops_and_a_mean_file(scene_set, tmp_path: Path) -> None:
+    """Any label set: a Caffe list over 365 classes, mean file, scale, ten crops; exact error counts."""
+    from click.testing import CliRunner
+
+    from senet_repro.cli.validate import main as validate_cli
+
+    preprocess = CaffePreprocess(
+        resize=28, resize_mode="warp", crop=24, mean_bgr=None, mean_file=str(scene_set["mean"]), scale=0.017,
+        ten_crop=True,
+    )  # fmt: skip
+    listing = write_scene_list(scene_set, scene_scores(scene_set, preprocess))
+    top1_wrong = sum(rank >= 1 for rank in SCENE_RANKS)
+    top5_wrong = sum(rank >= 5 for rank in SCENE_RANKS)
+    common = [
+        "--backend", "graph", "--prototxt", str(scene_set["prototxt"]),
+        "--weights", str(scene_set["caffemodel"]), "--data", str(scene_set["root"]),
+        "--layout", "list", "--labels", str(listing), "--device", "cpu",
+        "--workers", "0", "--batch-size", "30",
+    ]  # fmt: skip
+    flags = [
+        "--resize", "28", "--resize-mode", "warp", "--crop", "24", "--mean-file", str(scene_set["mean"]),
+        "--scale", "0.017", "--ten-crop", "--label-set", str(scene_set["root"] / "categories.txt"),
+    ]  # fmt: skip
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(validate_cli, [*common, *flags, "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())["results"]
+    assert (data["images"], data["top1_correct"], data["top5_correct"]) == (
+        20,
+        20 - top1_wrong,
+        20 - top5_wrong,
+    )
+
+    card = {
+        "name": "scene365", "title": "a Places365-style test net",
+        "prototxt": "here:deploy_scene365.prototxt", "caffemodel": "scene365.caffemodel",
+        "labels": {"set": "places365", "classes": 365, "names": "categories.txt"},
+        "preprocess": {"resize": 28, "resize_mode": "warp", "crop": 24, "mean_bgr": None,
+                       "mean_file": "scene_mean.binaryproto", "scale": 0.017, "ten_crop": True},
+        "preprocess_source": "this test",
+        "published": [{"protocol": "10-crop", "metric": "error", "top1": 100 * top1_wrong / 20,
+                       "top5": 100 * top5_wrong / 20, "source": "this test"}],
+    }  # fmt: skip
+    card_file = tmp_path / "scene365.json"
+    card_file.write_text(json.dumps(card))
+    result = CliRunner().invoke(
+        validate_cli, [*common, "--card", str(card_file), "--check", "--tolerance", "0"]
+    )
+    assert result.exit_code == 0 and "PASS" in result.output, (
+        result.output
+    )  # mean file found beside the weights
+    card["published"][0]["top1"] += 5  # one image's worth
+    card_file.write_text(json.dumps(card))
+    result = CliRunner().invoke(
+        validate_cli, [*common, "--card", str(card_file), "--check", "--tolerance", "0"]
+    )
+    assert result.exit_code == 1 and "FAIL" in result.output, result.output
+    result = CliRunner().invoke(validate_cli, [*common, "--card", str(card_file), "--centre-crop", "--check"])
+    assert result.exit_code == 2 and "10-crop" in result.output, result.output  # no figure for one crop
+
+
+def test_a_list_label_beyond_the_label_set_is_refused(scene_set, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from senet_repro.cli.validate import main as validate_cli
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("val/Places365_val_00000001.jpg 365\n")
+    result = CliRunner().invoke(
+        validate_cli,
+        ["--backend", "graph", "--prototxt", str(scene_set["prototxt"]),
+         "--weights", str(scene_set["caffemodel"]), "--data", str(scene_set["root"]),
+         "--layout", "list", "--labels", str(listing),
+         "--label-set", str(scene_set["root"] / "categories.txt"), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "label 365, but the label set has 365 classes" in result.output, (
+        result.output
+    )
+
+
+# --- model cards -------------------------------------------------------------------------------
+
+
+def zoo_sources() -> dict[str, Path]:
+    """repository@commit:path -> the file in ../shared/caffe-zoo, from its README's tables."""
+    readme = ZOO_DIR / "README.md"
+    require(readme.is_file(), f"{readme} is not there (../shared/caffe-zoo/)")
+    sources = {}
+    text = readme.read_text()
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].endswith(".prototxt") and "@" in cells[1]:
+            sources[cells[1]] = ZOO_DIR / cells[0]
+    places = re.search(r"From (CSAILVision/places365@[0-9a-f]{40}):", text)
+    assert places, "the README names the Places365 commit"
+    for path in PLACES_DIR.glob("deploy_*.prototxt"):
+        sources[f"{places.group(1)}:{path.name}"] = path
+    return sources
+
+
+def test_shipped_cards_reference_the_real_files() -> None:
+    """Each card's deploy prototxt (where ../shared holds it) has the card's input size and class count."""
+    from prototxt import load_net
+    from senet_repro.validate.cards import shipped_cards
+
+    sources = zoo_sources()
+    checked = []
+    for card in shipped_cards().values():
+        if card.prototxt not in sources:
+            continue
+        net = load_net(sources[card.prototxt])
+        crop = card.preprocess["crop"]
+        assert tuple(net.inputs.values())[0][1:] == (3, crop, crop), card.name
+        assert net.layers[-1].top_shapes[0][1] == card.num_classes, card.name
+        checked.append(card.name)
+    assert {"bvlc_alexnet", "bvlc_googlenet", "resnet50", "squeezenet_v1.1", "places365_vgg16"} <= set(
+        checked
+    )
+
+
+def test_places365_cards_use_the_released_mean_and_categories() -> None:
+    from senet_repro.validate.cards import shipped_cards
+    from senet_repro.validate.data import read_label_set
+
+    require(PLACES_DIR.is_dir(), f"{PLACES_DIR} is not there (../shared/caffe-zoo/places365/)")
+    cards = shipped_cards()
+    for name in ("places365_alexnet", "places365_vgg16", "places365_resnet152"):
+        card = cards[name]
+        assert len(read_label_set(PLACES_DIR / card.class_names)) == card.num_classes == 365
+        assert (PLACES_DIR / card.mean_file).is_file(), card.mean_file
+        card.transforms(PLACES_DIR / card.mean_file)  # the mean image fits the card's geometry
+    resnet = cards["places365_resnet152"]
+    figure = resnet.published_for(resnet.transforms(PLACES_DIR / resnet.mean_file))
+    assert figure is not None and figure.protocol == "10-crop" and figure.top1_error is None
+    assert figure.top5_error == pytest.approx(100 - 85.08)
+
+
+def test_card_figures_are_quoted_from_their_source(tmp_path: Path) -> None:
+    """Every published number appears in the quote from where it is published; protocols resolve."""
+    from senet_repro.validate.cards import CARDS_FILE, shipped_cards
+
+    records = json.loads(CARDS_FILE.read_text())
+    assert len(records) == len(shipped_cards()) >= 11
+    for record in records:
+        for figure in record["published"]:
+            assert figure["source"].startswith("https://"), record["name"]
+            quoted = {float(number) for number in re.findall(r"(\d+(?:\.\d+)?)%", figure["quote"])}
+            for key in ("top1", "top5"):
+                if key in figure:
+                    assert figure[key] in quoted, (record["name"], key, quoted)
+    mean_file = write_mean_file(
+        tmp_path / "imagenet_mean.binaryproto", np.full((3, 256, 256), 110, np.float32)
+    )
+    alexnet = shipped_cards()["bvlc_alexnet"]
+    preprocess = alexnet.transforms(mean_file)
+    assert (preprocess.resize_mode, preprocess.crop, preprocess.mean_bgr) == ("warp", 227, None)
+    assert alexnet.published_for(preprocess).top1_error == pytest.approx(42.9)
+    assert alexnet.published_for(alexnet.transforms(mean_file, ten_crop=True)) is None  # only centre crop
+    resnet = shipped_cards()["resnet50"]
+    crop_mean = write_mean_file(tmp_path / "ResNet_mean.binaryproto", np.full((3, 224, 224), 110, np.float32))
+    ten = resnet.published_for(resnet.transforms(crop_mean, ten_crop=True))
+    assert (ten.top1_error, ten.top5_error) == (22.9, 6.7)
+    assert shipped_cards()["vgg16"].published_for(shipped_cards()["vgg16"].transforms()) is None  # dense only
+
+
+def test_bad_cards_are_refused(tmp_path: Path) -> None:
+    from senet_repro.validate import ValidateError
+    from senet_repro.validate.cards import find_card
+
+    with pytest.raises(ValidateError, match="no model card 'nope'"):
+        find_card("nope")
+    path = tmp_path / "card.json"
+    base = {"name": "x", "title": "x", "prototxt": "p", "caffemodel": "c", "preprocess": {},
+            "preprocess_source": "s", "labels": {"set": "imagenet-1k", "classes": 1000}}  # fmt: skip
+    path.write_text(json.dumps(base))
+    with pytest.raises(ValidateError, match="names its class order"):
+        find_card(str(path))
+    path.write_text(json.dumps({**base, "labels": {**base["labels"], "class_order": "torchvision"},
+                                "published": [{"metric": "accuracy", "top1": 57.1}]}))  # fmt: skip
+    with pytest.raises(ValidateError, match="needs its 'source'"):
+        find_card(str(path))

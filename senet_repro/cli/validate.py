@@ -1,13 +1,13 @@
-"""senet-validate: top-1/top-5 error of a converted SENet on ImageNet val, next to the published figures."""
+"""senet-validate: top-1/top-5 error of a converted classifier on its validation set vs. published figures."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ import torch.distributed as dist
 from prototxt import InputError
 from prototxt.atomic import atomic_writer
 from senet_repro import imagenet
-from senet_repro.transforms import CaffePreprocess
+from senet_repro.transforms import CHANNEL_ORDERS, RESIZE_MODES, CaffePreprocess
 from senet_repro.validate import (
     BACKENDS,
     LAYOUTS,
@@ -33,6 +33,8 @@ from senet_repro.validate import (
     load_backend,
     open_valset,
 )
+from senet_repro.validate.cards import IMAGENET_1K, ModelCard, Published, find_card
+from senet_repro.validate.data import OUTPUT_ORDER, read_label_set
 
 from ._common import OUTPUT, force_option, guard_outputs, user_errors
 
@@ -40,12 +42,6 @@ if TYPE_CHECKING:
     from senet_repro.models import CaffeWeights
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-@dataclass(frozen=True)
-class Published:
-    top1_error: float
-    top5_error: float
 
 
 def _weights_description(model: str | None) -> CaffeWeights | None:
@@ -124,20 +120,31 @@ def _environment(device: torch.device, world_size: int) -> dict:
     }
 
 
-def _verdict(result: EvalResult, published: Published | None, tolerance: float) -> tuple[str, bool | None]:
-    """A short verdict and whether it passes (None: nothing to compare with)."""
+def _verdict(
+    result: EvalResult, published: Published | None, tolerance: float, full_size: int | None
+) -> tuple[str, bool | None]:
+    """A short verdict and whether it passes (None: nothing to compare with).
+
+    Only the figures a release published are compared; `full_size` is the size of the
+    whole validation set where known.
+    """
     if published is None:
         return "no published figures to compare with", None
-    passed = (
-        abs(result.top1_error - published.top1_error) <= tolerance
-        and abs(result.top5_error - published.top5_error) <= tolerance
-    )
+    pairs = [
+        (measured, reference)
+        for measured, reference in (
+            (result.top1_error, published.top1_error),
+            (result.top5_error, published.top5_error),
+        )
+        if reference is not None
+    ]
+    passed = all(abs(measured - reference) <= tolerance for measured, reference in pairs)
     verdict = (
         f"{'PASS' if passed else 'FAIL'}: {'within' if passed else 'further than'} "
         f"{tolerance:g} pp of published"
     )
-    if result.images != imagenet.NUM_VAL_IMAGES:
-        verdict += f" (partial run: {result.images} of {imagenet.NUM_VAL_IMAGES} images, indicative only)"
+    if full_size is not None and result.images != full_size:
+        verdict += f" (partial run: {result.images} of {full_size} images, indicative only)"
     return verdict, passed
 
 
@@ -167,6 +174,7 @@ def _report(
     valset: ValSet,
     preprocess: CaffePreprocess,
     class_order: str,
+    card: ModelCard | None,
     result: EvalResult,
     published: Published | None,
     verdict: str,
@@ -176,6 +184,7 @@ def _report(
     report = {
         "command": sys.argv,
         "model": args["model"],
+        "card": card.name if card is not None else None,
         "backend": backend.name,
         "backend_description": backend.description,
         "weights": {"path": str(weights), "sha256": _sha256(weights), "bytes": weights.stat().st_size},
@@ -188,13 +197,7 @@ def _report(
             "limit": args["limit"],
             "classes": args["classes"],
         },
-        "preprocessing": {
-            "resize": preprocess.resize,
-            "crop": preprocess.crop,
-            "mean_bgr": None if preprocess.mean_bgr is None else list(preprocess.mean_bgr),
-            "interpolation": preprocess.interpolation,
-            "decoder": _decoder(result),
-        },
+        "preprocessing": {**dataclasses.asdict(preprocess), "decoder": _decoder(result)},
         "class_order": class_order,
         "precision": {"amp": args["amp"], "tf32": backend.tf32},
         "results": {
@@ -207,14 +210,15 @@ def _report(
             "images_per_second": result.images_per_second,
             "unreadable": [{"file": name, "error": message} for name, message in result.unreadable],
         },
-        "published": None
-        if published is None
-        else {"top1_error": published.top1_error, "top5_error": published.top5_error},
+        "published": None if published is None else dataclasses.asdict(published),
         "difference": None
         if published is None
         else {
-            "top1_error": result.top1_error - published.top1_error,
-            "top5_error": result.top5_error - published.top5_error,
+            name: None if reference is None else measured - reference
+            for name, measured, reference in (
+                ("top1_error", result.top1_error, published.top1_error),
+                ("top5_error", result.top5_error, published.top5_error),
+            )
         },
         "tolerance": args["tolerance"],
         "verdict": verdict,
@@ -224,23 +228,101 @@ def _report(
         handle.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
 
 
-def _protocol(args: dict) -> tuple[CaffePreprocess, Published | None, str]:
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a run prepares images and reads outputs, and what it is compared with."""
+
+    preprocess: CaffePreprocess
+    published: Published | None
+    class_order: str  # the ImageNet class order of the outputs (ImageNet layouts only)
+    card: ModelCard | None = None
+
+
+_PREPROCESS_OPTIONS = ("resize", "crop", "resize_mode", "scale", "channel_order", "ten_crop")
+
+
+def _preprocess_overrides(args: dict) -> dict:
+    """CaffePreprocess fields given on the command line."""
+    overrides = {name: args[name] for name in _PREPROCESS_OPTIONS if args[name] is not None}
+    if args["mean_values"] is not None and args["mean_file"] is not None:
+        raise ValidateError("give --mean-values or --mean-file, not both (Caffe refuses both)")
+    if args["mean_values"] is not None:
+        try:
+            values = tuple(float(value) for value in args["mean_values"].split(","))
+        except ValueError:
+            raise ValidateError(
+                f"--mean-values {args['mean_values']!r}: expected numbers like 104,117,123"
+            ) from None
+        overrides.update(mean_bgr=values, mean_file=None)
+    if args["mean_file"] is not None:
+        overrides.update(mean_file=str(args["mean_file"]), mean_bgr=None)
+    return overrides
+
+
+def _card_mean_file(card: ModelCard, args: dict) -> Path | None:
+    """The card's mean image, looked for next to the weights and the prototxt."""
+    if card.mean_file is None:
+        return None
+    folders = [Path(args[key]).parent for key in ("weights", "prototxt") if args[key] is not None]
+    return next((folder / card.mean_file for folder in folders if (folder / card.mean_file).is_file()), None)
+
+
+def _protocol(args: dict) -> Protocol:
     """Preprocessing, published figures (None when not comparable) and class order of the run."""
+    if args["card"] is not None and args["model"] is not None:
+        raise ValidateError("give --model (a SENet release) or --card (any release), not both")
+    overrides = _preprocess_overrides(args)
+    card = find_card(args["card"]) if args["card"] is not None else None
     description = _weights_description(args["model"])
-    base = description.transforms() if description is not None else CaffePreprocess()
-    preprocess = CaffePreprocess(
-        resize=args["resize"] or base.resize,
-        crop=args["crop"] or base.crop,
-        mean_bgr=base.mean_bgr,
-        interpolation=base.interpolation,
-    )
     published = None
-    if description is not None and (preprocess.resize, preprocess.crop) == (base.resize, base.crop):
-        published = Published(description.top1_err, description.top5_err)
+    if card is not None:
+        preprocess = card.transforms(_card_mean_file(card, args), **overrides)
+        published = card.published_for(preprocess)
+        order = card.class_order or imagenet.DEVKIT
+    elif description is not None:
+        base = description.transforms()
+        preprocess = dataclasses.replace(base, **overrides)
+        if preprocess == base:
+            published = Published(
+                description.top1_err, description.top5_err, "center-crop", "hujie-frank/SENet README"
+            )
+        order = description.class_order
+    else:
+        preprocess = dataclasses.replace(CaffePreprocess(), **overrides)
+        order = imagenet.DEVKIT
     if args["check"] and published is None:
-        raise ValidateError("--check needs published figures: give --model, at its own --resize/--crop")
-    order = args["class_order"] or (description.class_order if description is not None else imagenet.DEVKIT)
-    return preprocess, published, imagenet.class_order(order)
+        raise ValidateError(
+            "--check needs a published figure for this protocol: give --model or --card at its preprocessing"
+            + (
+                f" ({card.name} publishes: {', '.join(f.protocol for f in card.published) or 'none'})"
+                if card
+                else ""
+            )
+        )
+    return Protocol(preprocess, published, imagenet.class_order(args["class_order"] or order), card)
+
+
+def _label_map(valset: ValSet, protocol: Protocol, args: dict) -> list[int] | None:
+    """Dataset labels -> the network's output indices (None: already those)."""
+    classes = None
+    if args["label_set"] is not None:
+        classes = len(read_label_set(args["label_set"]))
+    elif protocol.card is not None:
+        classes = protocol.card.num_classes
+    if valset.label_order == OUTPUT_ORDER:
+        if classes is not None and max(valset.labels) >= classes:
+            raise ValidateError(
+                f"{valset.label_source}: label {max(valset.labels)}, but the label set has {classes} classes"
+            )
+        return None
+    if protocol.card is not None and protocol.card.label_set != IMAGENET_1K:
+        raise ValidateError(
+            f"{protocol.card.name} classifies {protocol.card.label_set}: give --layout list and --labels"
+        )
+    if protocol.class_order == imagenet.DEVKIT:
+        return None
+    devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
+    return devkit.permutation_to(imagenet.imagenet_classes(protocol.class_order))
 
 
 def _decoder(result: EvalResult) -> dict:
@@ -285,7 +367,8 @@ def _backend(args: dict, device: torch.device) -> Backend:
     "--data",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="ImageNet val: torchvision root, ImageFolder tree, or flat folder with a labels file.",
+    help="ImageNet val (torchvision root, ImageFolder tree, flat folder with a labels file), or the "
+    "folder a --layout list file's paths are relative to (any label set, e.g. Places365).",
 )
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--prototxt", type=_FILE, help="Deploy prototxt for --backend graph.")
@@ -297,8 +380,8 @@ def _backend(args: dict, device: torch.device) -> Backend:
 @click.option(
     "--labels",
     type=_FILE,
-    help="Labels file for a flat folder (ILSVRC2017_val.txt or the devkit "
-    "ground truth); found automatically next to the images.",
+    help="Labels file: for a flat folder ILSVRC2017_val.txt or the devkit ground truth (found "
+    "automatically next to the images); for --layout list a Caffe image list 'path label'.",
 )
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), help="Default: cuda when available.")
@@ -310,8 +393,34 @@ def _backend(args: dict, device: torch.device) -> Backend:
     help="Only these classes: a number K (K classes evenly spaced in the devkit "
     "order) or comma-separated wnids / class names.",
 )
-@click.option("--resize", type=click.IntRange(1), help="Shorter side (default: the model's, 256).")
-@click.option("--crop", type=click.IntRange(1), help="Centre crop (default: the model's, 224).")
+@click.option(
+    "--card",
+    help="Model card of a Caffe release (e.g. bvlc_alexnet, resnet50, places365_vgg16; "
+    "or FILE.json[:NAME]): preprocessing, label set, class order and published figures.",
+)
+@click.option("--resize", type=click.IntRange(1), help="Resize target (default: the model's, 256).")
+@click.option(
+    "--resize-mode",
+    type=click.Choice(RESIZE_MODES),
+    help="shorter: shorter side to --resize; warp: to --resize x --resize, as the BVLC LMDBs.",
+)
+@click.option("--crop", type=click.IntRange(1), help="Crop size (default: the model's, 224).")
+@click.option(
+    "--ten-crop/--centre-crop",
+    default=None,
+    help="Ten crops (corners, centre, mirrors; softmax averaged) or the centre crop (default: the model's).",
+)
+@click.option("--mean-file", type=_FILE, help="Caffe mean image (.binaryproto), cropped as Caffe crops it.")
+@click.option("--mean-values", help="Per-channel means B,G,R (or one value), e.g. 104,117,123.")
+@click.option("--scale", type=click.FloatRange(0, min_open=True), help="Multiply after the mean, e.g. 0.017.")
+@click.option(
+    "--channel-order", type=click.Choice(CHANNEL_ORDERS), help="Channel order of the net (default BGR)."
+)
+@click.option(
+    "--label-set",
+    type=_FILE,
+    help="Class names in output order (e.g. categories_places365.txt), to check the labels against.",
+)
 @click.option(
     "--class-order",
     type=click.Choice(imagenet.CLASS_ORDERS),
@@ -336,24 +445,27 @@ def _backend(args: dict, device: torch.device) -> Backend:
 @force_option
 @user_errors
 def main(**args) -> None:
-    """Measure top-1/top-5 error on ImageNet val and compare with the SENet release.
+    """Measure top-1/top-5 error of a classifier and compare with its release's published figures.
 
-    Labels are mapped to the network's class order; preprocessing is the Caffe protocol
-    (shorter side 256 with OpenCV bilinear, centre 224, BGR minus 104/117/123). Works
-    under torchrun: each rank evaluates a disjoint shard, rank 0 reports.
+    --model names a SENet release, --card any other (bvlc_alexnet, resnet50, places365_vgg16,
+    ...); flags override their preprocessing. ImageNet labels are mapped to the network's
+    class order; a --layout list file (any label set) holds the network's own indices.
+    Default preprocessing is the SENet protocol (shorter side 256 with OpenCV bilinear,
+    centre 224, BGR minus 104/117/123). Works under torchrun: each rank evaluates a
+    disjoint shard, rank 0 reports.
     """
     guard_outputs([args["report"]] if args["report"] else [], force=args["force"])
     device = _resolve_device(args["device"], int(os.environ.get("LOCAL_RANK", "0")))
     if args["gpu_decode"] and device.type != "cuda":
         raise ValidateError("--gpu-decode needs --device cuda")
     distributed = init_distributed(device.type)
-    preprocess, published, class_order = _protocol(args)
-    label_map = None
-    if class_order != imagenet.DEVKIT:
-        devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
-        label_map = devkit.permutation_to(imagenet.imagenet_classes(class_order))
+    protocol = _protocol(args)
+    preprocess, published, class_order = protocol.preprocess, protocol.published, protocol.class_order
     classes = _class_subset(args["classes"])
     valset = open_valset(args["data"], layout=args["layout"], labels_file=args["labels"])
+    label_map = _label_map(valset, protocol, args)
+    if classes is not None and valset.label_order == OUTPUT_ORDER:
+        raise ValidateError("--classes picks ImageNet classes; a list layout takes --limit only")
     valset = valset.subset(classes, args["limit"])
     if len(valset) == 0:
         raise ValidateError("no images left after --classes/--limit")
@@ -364,7 +476,8 @@ def main(**args) -> None:
         options.workers = args["workers"]
     if distributed.is_main:
         click.echo(
-            f"senet-validate: {args['model'] or args['weights'].name} on {_device_name(device)} "
+            f"senet-validate: {args['model'] or args['card'] or args['weights'].name} "
+            f"on {_device_name(device)} "
             f"x{distributed.world_size}, {backend.description}; {len(valset)} images "
             f"({valset.layout} layout, labels from {valset.label_source}), class order {class_order}",
             err=True,
@@ -374,7 +487,8 @@ def main(**args) -> None:
     )
     if distributed.world_size > 1:
         dist.destroy_process_group()
-    verdict, passed = _verdict(result, published, args["tolerance"])
+    full_size = imagenet.NUM_VAL_IMAGES if valset.label_order == imagenet.DEVKIT else None
+    verdict, passed = _verdict(result, published, args["tolerance"], full_size)
     if distributed.is_main:
         for name, message in result.unreadable:
             click.echo(f"unreadable: {name}: {message}", err=True)
@@ -387,6 +501,7 @@ def main(**args) -> None:
                 valset=valset,
                 preprocess=preprocess,
                 class_order=class_order,
+                card=protocol.card,
                 result=result,
                 published=published,
                 verdict=verdict,

@@ -90,7 +90,7 @@ class ModelCard:
 
     def transforms(self, mean_file: str | Path | None = None, **overrides: Any) -> CaffePreprocess:
         """The card's preprocessing, with its mean file found at `mean_file` and `overrides` applied."""
-        arguments = {
+        arguments: dict[str, Any] = {
             key: tuple(value) if isinstance(value, list) else value
             for key, value in {**self.preprocess, **overrides}.items()
         }

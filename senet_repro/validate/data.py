@@ -235,7 +235,7 @@ def read_label_set(path: Path) -> tuple[str, ...]:
 
     A line ending in an integer gives its index, which must be its position.
     """
-    names = []
+    names: list[str] = []
     with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             text = line.strip()
