@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -284,7 +285,7 @@ def scene_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for index in range(len(SCENE_RANKS)):
         height, width = int(rng.integers(30, 60)), int(rng.integers(30, 60))
         coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # smooth colour fields survive JPEG
-        pixels = np.array(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
+        pixels = np.array(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR))
         Image.fromarray(pixels).save(root / "val" / f"Places365_val_{index + 1:08d}.jpg", quality=95)
     mean = (rng.random((3, 28, 28)) * 40 + 100).astype(np.float32)
     write_mean_file(root / "scene_mean.binaryproto", mean)
@@ -358,7 +359,7 @@ def test_places365_style_set_with_ten_crops_and_a_mean_file(scene_set, tmp_path:
         20 - top5_wrong,
     )
 
-    card = {
+    card: dict[str, Any] = {
         "name": "scene365", "title": "a Places365-style test net",
         "prototxt": "here:deploy_scene365.prototxt", "caffemodel": "scene365.caffemodel",
         "labels": {"set": "places365", "classes": 365, "names": "categories.txt"},
@@ -453,11 +454,12 @@ def test_places365_cards_use_the_released_mean_and_categories() -> None:
     cards = shipped_cards()
     for name in ("places365_alexnet", "places365_vgg16", "places365_resnet152"):
         card = cards[name]
+        assert card.class_names is not None and card.mean_file is not None, name
         assert len(read_label_set(PLACES_DIR / card.class_names)) == card.num_classes == 365
         assert (PLACES_DIR / card.mean_file).is_file(), card.mean_file
         card.transforms(PLACES_DIR / card.mean_file)  # the mean image fits the card's geometry
     resnet = cards["places365_resnet152"]
-    figure = resnet.published_for(resnet.transforms(PLACES_DIR / resnet.mean_file))
+    figure = resnet.published_for(resnet.transforms(PLACES_DIR / "places365CNN_mean.binaryproto"))
     assert figure is not None and figure.protocol == "10-crop" and figure.top1_error is None
     assert figure.top5_error == pytest.approx(100 - 85.08)
 
@@ -481,12 +483,13 @@ def test_card_figures_are_quoted_from_their_source(tmp_path: Path) -> None:
     alexnet = shipped_cards()["bvlc_alexnet"]
     preprocess = alexnet.transforms(mean_file)
     assert (preprocess.resize_mode, preprocess.crop, preprocess.mean_bgr) == ("warp", 227, None)
-    assert alexnet.published_for(preprocess).top1_error == pytest.approx(42.9)
+    centre = alexnet.published_for(preprocess)
+    assert centre is not None and centre.top1_error == pytest.approx(42.9)
     assert alexnet.published_for(alexnet.transforms(mean_file, ten_crop=True)) is None  # only centre crop
     resnet = shipped_cards()["resnet50"]
     crop_mean = write_mean_file(tmp_path / "ResNet_mean.binaryproto", np.full((3, 224, 224), 110, np.float32))
     ten = resnet.published_for(resnet.transforms(crop_mean, ten_crop=True))
-    assert (ten.top1_error, ten.top5_error) == (22.9, 6.7)
+    assert ten is not None and (ten.top1_error, ten.top5_error) == (22.9, 6.7)
     assert shipped_cards()["vgg16"].published_for(shipped_cards()["vgg16"].transforms()) is None  # dense only
 
 
@@ -497,7 +500,7 @@ def test_bad_cards_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidateError, match="no model card 'nope'"):
         find_card("nope")
     path = tmp_path / "card.json"
-    base = {"name": "x", "title": "x", "prototxt": "p", "caffemodel": "c", "preprocess": {},
+    base: dict[str, Any] = {"name": "x", "title": "x", "prototxt": "p", "caffemodel": "c", "preprocess": {},
             "preprocess_source": "s", "labels": {"set": "imagenet-1k", "classes": 1000}}  # fmt: skip
     path.write_text(json.dumps(base))
     with pytest.raises(ValidateError, match="names its class order"):
