@@ -196,20 +196,27 @@ def _open_flat(root: Path, labels_file: Path | None) -> ValSet | None:
     return None
 
 
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text without the line break) of the non-blank lines of a UTF-8 text file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def read_image_list(path: Path) -> list[tuple[str, int]]:
     """(file name, label) of each line of a Caffe image list, split at the last space as ImageData does."""
     entries = []
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            name, _, label = line.rpartition(" ")
-            if not name or not label.isdigit():
-                raise ValidateError(
-                    f"{path}:{number}: expected 'relative/path label' (label >= 0), got {line!r}"
-                )
-            entries.append((name, int(label)))
+    for number, line in _text_lines(path):
+        name, _, label = line.rpartition(" ")
+        if not name or not _is_index(label):
+            raise ValidateError(f"{path}:{number}: expected 'relative/path label' (label >= 0), got {line!r}")
+        entries.append((name, int(label)))
     if not entries:
         raise ValidateError(f"{path} lists no images")
     return entries
@@ -236,17 +243,14 @@ def read_label_set(path: Path) -> tuple[str, ...]:
     A line ending in an integer gives its index, which must be its position.
     """
     names: list[str] = []
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, 1):
-            text = line.strip()
-            if not text:
-                continue
-            head, _, tail = text.rpartition(" ")
-            if head and tail.isdigit():
-                if int(tail) != len(names):
-                    raise ValidateError(f"{path}:{number}: class index {tail}, expected {len(names)}")
-                text = head.strip()
-            names.append(text)
+    for number, line in _text_lines(path):
+        text = line.strip()
+        head, _, tail = text.rpartition(" ")
+        if head and _is_index(tail):
+            if int(tail) != len(names):
+                raise ValidateError(f"{path}:{number}: class index {tail}, expected {len(names)}")
+            text = head.strip()
+        names.append(text)
     if not names:
         raise ValidateError(f"{path} names no classes")
     return tuple(names)
