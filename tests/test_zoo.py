@@ -318,7 +318,8 @@ def write_scene_list(scene_set: dict[str, Path], scores: list[np.ndarray]) -> Pa
     for index, (rank, score) in enumerate(zip(SCENE_RANKS, scores)):
         ranked = np.argsort(-score, kind="stable")
         gap = np.sort(score)[::-1]
-        assert rank == 364 or gap[rank] - gap[rank + 1] > 1e-9, "a near tie would make the rank fragile"
+        # ONNX Runtime's float32 differs from PyTorch's by ~1e-9 in these probabilities
+        assert rank == 364 or gap[rank] - gap[rank + 1] > 1e-7, "a near tie would make the rank fragile"
         lines.append(f"val/Places365_val_{index + 1:08d}.jpg {int(ranked[rank])}\n")
     listing = scene_set["root"] / "places365_val.txt"
     listing.write_text("".join(reversed(lines)))  # any order: the harness sorts by file name
@@ -350,14 +351,26 @@ def test_places365_style_set_with_ten_crops_and_a_mean_file(scene_set, tmp_path:
         "--scale", "0.017", "--ten-crop", "--label-set", str(scene_set["root"] / "categories.txt"),
     ]  # fmt: skip
     report = tmp_path / "report.json"
+    expected = (20, 20 - top1_wrong, 20 - top5_wrong)
     result = CliRunner().invoke(validate_cli, [*common, *flags, "--report", str(report)])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())["results"]
-    assert (data["images"], data["top1_correct"], data["top5_correct"]) == (
-        20,
-        20 - top1_wrong,
-        20 - top5_wrong,
+    assert (data["images"], data["top1_correct"], data["top5_correct"]) == expected
+
+    from converter import convert_caffe
+    from converter.onnx_export import export_onnx
+
+    onnx = export_onnx(
+        convert_caffe(scene_set["prototxt"], scene_set["caffemodel"], outputs=["fc365"]).eval(),
+        tmp_path / "scene365.onnx",
+        torch.zeros(2, 3, 24, 24),
+        output_names=["fc365"],
     )
+    onnx_run = [*common[6:], "--backend", "onnxruntime", "--weights", str(onnx)]
+    result = CliRunner().invoke(validate_cli, [*onnx_run, *flags, "--report", str(report), "--force"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())["results"]
+    assert (data["images"], data["top1_correct"], data["top5_correct"]) == expected
 
     card: dict[str, Any] = {
         "name": "scene365", "title": "a Places365-style test net",
@@ -509,3 +522,50 @@ def test_bad_cards_are_refused(tmp_path: Path) -> None:
                                 "published": [{"metric": "accuracy", "top1": 57.1}]}))  # fmt: skip
     with pytest.raises(ValidateError, match="needs its 'source'"):
         find_card(str(path))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("val/missing.jpg 3\n", "lists 1 image(s) not found"),
+        ("val/a.jpg\n", "expected 'relative/path label'"),
+        ("val/a.jpg -1\n", "expected 'relative/path label'"),
+        ("val/a.jpg ３\n", "expected 'relative/path label'"),  # a full-width digit is not a label
+        ("\n\n", "lists no images"),
+    ],
+)
+def test_bad_image_lists_are_refused_in_one_line(tmp_path: Path, content: str, message: str) -> None:
+    from senet_repro.validate import ValidateError, open_valset
+
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "a.jpg").write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_text(content, encoding="utf-8")
+    with pytest.raises(ValidateError, match=re.escape(message)):
+        open_valset(tmp_path, layout="list", labels_file=listing)
+
+
+def test_image_list_with_spaces_and_bom_and_label_sets(tmp_path: Path) -> None:
+    """Caffe splits a list line at its last space; a BOM is not part of the first name."""
+    from senet_repro.validate import ValidateError, open_valset
+    from senet_repro.validate.data import OUTPUT_ORDER, read_label_set
+
+    (tmp_path / "my photos").mkdir()
+    for name in ("b 1.jpg", "a.jpg"):
+        (tmp_path / "my photos" / name).write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\ufeffmy photos/b 1.jpg 7\r\nmy photos/a.jpg 364\r\n", encoding="utf-8")
+    valset = open_valset(tmp_path, layout="list", labels_file=listing)
+    assert [path.name for path in valset.paths] == ["a.jpg", "b 1.jpg"] and valset.labels == (364, 7)
+    assert valset.label_order == OUTPUT_ORDER
+    with pytest.raises(ValidateError, match="needs --labels"):
+        open_valset(tmp_path, layout="list")
+    names = tmp_path / "names.txt"
+    names.write_text("/a/airfield 0\n/a/airplane_cabin 1\n")
+    assert read_label_set(names) == ("/a/airfield", "/a/airplane_cabin")
+    names.write_text("/a/airfield 0\n/a/airplane_cabin 2\n")
+    with pytest.raises(ValidateError, match="class index 2, expected 1"):
+        read_label_set(names)
+    names.write_bytes(b"\xff\xfe/a/airfield 0\n")
+    with pytest.raises(ValidateError, match="not UTF-8"):
+        read_label_set(names)

@@ -1,4 +1,4 @@
-"""senet-validate: measure a converted SENet on the ImageNet validation set, exactly.
+"""senet-validate: measure a converted classifier on its validation set (ImageNet or any label set), exactly.
 
     valset = open_valset("/data/imagenet")                      # any of the three layouts
     backend = load_backend("torch", model="se_resnet50", weights="se_resnet50.pth",
