@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+import numpy as np
 
 from . import caffe_pb2
 from .errors import NetDefinitionError
@@ -634,6 +638,175 @@ def _im2col_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list
     if any(out <= 0 for out in spatial):
         raise NetDefinitionError(f"input {bottom} too small for the kernel", layer=layer.name)
     return [(bottom[0], bottom[1] * math.prod(g["kernel"]), *spatial)]
+
+
+# --- the SSD fork's layers (weiliu89/caffe, branch ssd) ------------------------------------
+
+
+def legacy_hw(shape: Shape) -> tuple[int, int]:
+    """Caffe's Blob::height()/width(): axes 2 and 3, 1 where the blob has fewer axes."""
+    return (shape[2] if len(shape) > 2 else 1, shape[3] if len(shape) > 3 else 1)
+
+
+def permute_order(layer: caffe_pb2.LayerParameter, ndim: int) -> list[int]:
+    """The fork's Permute order: the given axes, then the unnamed ones in increasing order."""
+    order = list(layer.permute_param.order)
+    if any(axis >= ndim for axis in order) or len(set(order)) != len(order):
+        raise NetDefinitionError(
+            f"order {order} must name distinct axes of the {ndim}-D input", layer=layer.name
+        )
+    return order + [axis for axis in range(ndim) if axis not in order]
+
+
+@_register(SHAPE_RULES, "Permute")
+def _permute_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    return [tuple(bottoms[0][axis] for axis in permute_order(layer, len(bottoms[0])))]
+
+
+@_register(SHAPE_RULES, "Normalize")
+def _normalize_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    _expect_bottoms(layer, bottoms, 1)
+    if not 2 <= len(bottoms[0]) <= 4:
+        raise NetDefinitionError(f"Normalize needs a 2-D to 4-D input, got {bottoms[0]}", layer=layer.name)
+    return [bottoms[0]]
+
+
+@_register(BLOB_RULES, "Normalize")
+def _normalize_blobs(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    """One scale: a scalar blob (shape ()) when channel_shared, else one per channel."""
+    return [()] if layer.norm_param.channel_shared else [(bottoms[0][1],)]
+
+
+@dataclass(frozen=True)
+class PriorBoxSpec:
+    """A PriorBox layer's parameters as the fork's LayerSetUp keeps them (float32 values).
+
+    `min_sizes`/`max_sizes` are ints: the fork's Forward reads them into `int`
+    (prior_box_layer.cpp, `int min_size_ = min_sizes_[s]`), truncating 30.5 to 30.
+    `img_hw`/`step_hw` are None where the layer takes them from its bottoms.
+    """
+
+    min_sizes: tuple[int, ...]
+    max_sizes: tuple[int, ...]
+    aspect_ratios: tuple[float, ...]  # 1 first, then each new ratio (and its flip)
+    clip: bool
+    variances: tuple[float, ...]  # 1 or 4 values
+    img_hw: tuple[int, int] | None
+    step_hw: tuple[float, float] | None
+    offset: float
+
+    @property
+    def num_priors(self) -> int:
+        return len(self.aspect_ratios) * len(self.min_sizes) + len(self.max_sizes)
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def prior_box_spec(layer: caffe_pb2.LayerParameter) -> PriorBoxSpec:
+    """Read and check a PriorBox layer's parameters (the fork's PriorBoxLayer::LayerSetUp)."""
+    p = layer.prior_box_param
+
+    def fail(reason: str) -> NoReturn:
+        raise NetDefinitionError(reason, layer=layer.name)
+
+    if not p.min_size or any(size <= 0 for size in p.min_size):
+        fail("PriorBox needs min_size, every one positive")
+    if p.max_size and (
+        len(p.max_size) != len(p.min_size) or any(hi <= lo for lo, hi in zip(p.min_size, p.max_size))
+    ):
+        fail("PriorBox needs one max_size per min_size, each greater than its min_size")
+    ratios = [1.0]
+    for ratio in (_f32(r) for r in p.aspect_ratio):
+        if all(abs(ratio - known) >= 1e-6 for known in ratios):
+            ratios.append(ratio)
+            if p.flip:
+                ratios.append(_f32(1.0 / ratio))
+    if len(p.variance) not in (0, 1, 4) or any(v <= 0 for v in p.variance):
+        fail(f"PriorBox takes 1 or 4 positive variances, got {list(p.variance)}")
+    img_hw = step_hw = None
+    if p.HasField("img_h") or p.HasField("img_w"):
+        if p.HasField("img_size"):
+            fail("give either img_size or img_h/img_w, not both")
+        img_hw = (p.img_h, p.img_w)
+    elif p.HasField("img_size"):
+        img_hw = (p.img_size, p.img_size)
+    if p.HasField("step_h") or p.HasField("step_w"):
+        if p.HasField("step"):
+            fail("give either step or step_h/step_w, not both")
+        step_hw = (_f32(p.step_h), _f32(p.step_w))
+    elif p.HasField("step"):
+        step_hw = (_f32(p.step), _f32(p.step))
+    if (img_hw and min(img_hw) <= 0) or (step_hw and min(step_hw) <= 0):
+        fail("img_size/img_h/img_w and step/step_h/step_w must be positive")
+    return PriorBoxSpec(
+        min_sizes=tuple(int(_f32(size)) for size in p.min_size),
+        max_sizes=tuple(int(_f32(size)) for size in p.max_size),
+        aspect_ratios=tuple(ratios),
+        clip=p.clip,
+        variances=tuple(_f32(v) for v in p.variance) or (_f32(0.1),),
+        img_hw=img_hw,
+        step_hw=step_hw,
+        offset=_f32(p.offset),
+    )
+
+
+@_register(SHAPE_RULES, "PriorBox")
+def _prior_box_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    """1 x 2 x (H * W * priors * 4): the boxes, then their variances."""
+    _expect_bottoms(layer, bottoms, 2)
+    if any(len(shape) > 4 for shape in bottoms):
+        raise NetDefinitionError(f"PriorBox bottoms have at most 4 axes, got {bottoms}", layer=layer.name)
+    height, width = legacy_hw(bottoms[0])
+    return [(1, 2, height * width * prior_box_spec(layer).num_priors * 4)]
+
+
+def detection_heads(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> tuple[int, int]:
+    """Check DetectionOutput's bottoms (loc, conf, priors); return (priors, location classes)."""
+    p = layer.detection_output_param
+    _expect_bottoms(layer, bottoms, 3)
+    if not p.HasField("num_classes") or p.num_classes < 1:
+        raise NetDefinitionError("DetectionOutput needs num_classes", layer=layer.name)
+    if p.nms_param.nms_threshold < 0 or not 0 < p.nms_param.eta <= 1:
+        raise NetDefinitionError("nms_threshold must be >= 0 and eta in (0, 1]", layer=layer.name)
+    if p.share_location and p.background_label_id == -1:
+        # DecodeBBoxesAll skips the shared location label -1 as "background"; Forward then aborts.
+        raise NetDefinitionError(
+            "background_label_id -1 with share_location: the SSD fork aborts on this "
+            "(no location predictions for label -1)",
+            layer=layer.name,
+        )
+    loc, conf, prior = bottoms
+    if any(len(shape) < 2 for shape in bottoms) or len(prior) > 4:
+        raise NetDefinitionError(f"unexpected bottom shapes {bottoms}", layer=layer.name)
+    priors = legacy_hw(prior)[0] // 4
+    loc_classes = 1 if p.share_location else p.num_classes
+    expected = (priors * loc_classes * 4, priors * p.num_classes)
+    # The fork checks channels() and then reads count(1) values per image: both must agree.
+    per_image = (math.prod(loc[1:]), math.prod(conf[1:]))
+    prior_values = priors * 4 * (1 if p.variance_encoded_in_target else 2)  # boxes, then variances
+    if (
+        loc[0] != conf[0]
+        or (loc[1], conf[1]) != expected
+        or per_image != expected
+        or priors == 0
+        or math.prod(prior) < prior_values
+    ):
+        raise NetDefinitionError(
+            f"{priors} priors need {expected[0]} location and {expected[1]} confidence values "
+            f"per image, got bottoms {bottoms}",
+            layer=layer.name,
+        )
+    return priors, loc_classes
+
+
+@_register(SHAPE_RULES, "DetectionOutput")
+def _detection_output_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    """1 x 1 x rows x 7; the row count is known only after NMS, so this is Caffe's placeholder 1."""
+    detection_heads(layer, bottoms)
+    return [(1, 1, 1, 7)]
 
 
 def expected_blob_shapes(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:

@@ -1,3 +1,3 @@
 """Converters for each Caffe layer type; importing this package registers them."""
 
-from . import activation, arithmetic, conv, norm, pooling, tensor  # noqa: F401
+from . import activation, arithmetic, conv, norm, pooling, ssd, tensor  # noqa: F401

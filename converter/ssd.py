@@ -1,0 +1,292 @@
+"""The SSD fork's inference layers (weiliu89/caffe, branch ssd) as nn.Modules.
+
+Each follows the fork's CPU code operation by operation, in the precision the
+fork uses: PriorBox mixes float and double arithmetic (prior_box_layer.cpp),
+DetectionOutput works on float32 whatever the net's Dtype (its boxes are
+`NormalizedBBox` protobufs with float fields and its scores `vector<float>`,
+bbox_util.cpp), so a float64 net gets float32-exact detections widened to float64.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from prototxt.shapes import PriorBoxSpec
+
+
+class Permute(nn.Module):
+    """The fork's Permute: transpose to `order` (every axis named)."""
+
+    def __init__(self, order: list[int]) -> None:
+        super().__init__()
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.order)
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}"
+
+
+class Normalize(nn.Module):
+    """The fork's Normalize: L2 norm over C x H x W (across_spatial) or over C per position, then a scale.
+
+    eps sits inside the square root: sqrt(sum x^2 + eps) (normalize_layer.cpp). Across
+    space the fork multiplies by 1/norm, per position it divides by the norm; so do we.
+    """
+
+    def __init__(self, scale: torch.Tensor, across_spatial: bool, eps: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(scale)
+        self.across_spatial, self.eps = across_spatial, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squares = x * x
+        if self.across_spatial:
+            norm = torch.sqrt(squares.flatten(1).sum(1) + self.eps)
+            out = x * (1.0 / norm).reshape(-1, *(1,) * (x.dim() - 1))
+        else:
+            out = x / torch.sqrt(squares.sum(1, keepdim=True) + self.eps)
+        return out * self.scale.reshape(*self.scale.shape, *(1,) * (x.dim() - 2))
+
+    def extra_repr(self) -> str:
+        return f"across_spatial={self.across_spatial}, eps={self.eps}"
+
+
+@functools.lru_cache(maxsize=64)
+def prior_boxes(
+    spec: PriorBoxSpec, feature_hw: tuple[int, int], image_hw: tuple[int, int], dtype: np.dtype
+) -> np.ndarray:
+    """The fork's PriorBox output (1 x 2 x H*W*priors*4) for a feature map and image size.
+
+    The fork computes centres and box sizes in float, each coordinate
+    `(center - size / 2.) / img_size` in double, and stores it in Dtype; we replay that.
+    The sqrt of an aspect ratio is taken in double (the C library's sqrt).
+    """
+    f32 = np.float32
+    height, width = feature_hw
+    img_h, img_w = spec.img_hw or image_hw
+    if spec.step_hw is None:
+        step_h, step_w = f32(img_h) / f32(height), f32(img_w) / f32(width)
+    else:
+        step_h, step_w = f32(spec.step_hw[0]), f32(spec.step_hw[1])
+    center_y = (np.arange(height, dtype=f32) + f32(spec.offset)) * step_h
+    center_x = (np.arange(width, dtype=f32) + f32(spec.offset)) * step_w
+    sizes: list[tuple[float, float]] = []  # (box width, box height), in the fork's order
+    for s, min_size in enumerate(spec.min_sizes):
+        sizes.append((min_size, min_size))
+        if spec.max_sizes:
+            side = np.sqrt(float(min_size * spec.max_sizes[s]))
+            sizes.append((side, side))
+        for ratio in spec.aspect_ratios:  # ratio boxes have min_size's area, with or without max_size
+            if abs(ratio - 1.0) < 1e-6:
+                continue
+            root = np.sqrt(float(ratio))
+            sizes.append((min_size * root, min_size / root))
+    box = np.array(sizes, dtype=f32).astype(np.float64)  # float box_width/box_height
+    half_w, half_h = box[:, 0] / 2.0, box[:, 1] / 2.0
+    cx = center_x.astype(np.float64)[None, :, None]
+    cy = center_y.astype(np.float64)[:, None, None]
+    shape = (height, width, len(sizes))
+    coords = np.stack(
+        [
+            np.broadcast_to((cx - half_w) / img_w, shape),
+            np.broadcast_to((cy - half_h) / img_h, shape),
+            np.broadcast_to((cx + half_w) / img_w, shape),
+            np.broadcast_to((cy + half_h) / img_h, shape),
+        ],
+        axis=-1,
+    ).astype(dtype)
+    if spec.clip:
+        coords = np.clip(coords, 0, 1)
+    variances = np.broadcast_to(np.array(spec.variances, dtype=np.float32).astype(dtype), coords.shape)
+    out = np.stack([coords.reshape(-1), variances.reshape(-1)])[None]
+    out.setflags(write=False)
+    return out
+
+
+class PriorBox(nn.Module):
+    """The fork's PriorBox: prior boxes and variances from the feature map's and image's sizes."""
+
+    def __init__(self, spec: PriorBoxSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, feature: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        dtype = np.dtype(np.float64 if feature.dtype == torch.float64 else np.float32)
+        priors = prior_boxes(self.spec, _legacy_hw(feature), _legacy_hw(image), dtype)
+        return torch.from_numpy(priors.copy()).to(feature.device, feature.dtype)
+
+    def extra_repr(self) -> str:
+        return str(self.spec)
+
+
+def _legacy_hw(x: torch.Tensor) -> tuple[int, int]:
+    return (int(x.shape[2]) if x.dim() > 2 else 1, int(x.shape[3]) if x.dim() > 3 else 1)
+
+
+CODE_TYPES = ("CORNER", "CENTER_SIZE", "CORNER_SIZE")
+
+
+def decode_boxes(
+    loc: torch.Tensor, priors: torch.Tensor, variances: torch.Tensor | None, code_type: str
+) -> torch.Tensor:
+    """bbox_util.cpp's DecodeBBox on float32 tensors: (..., P, 4) offsets -> (..., P, 4) corners.
+
+    `variances` None: variance_encoded_in_target (the offsets are used as they are).
+    Float operations are applied one at a time in the fork's order; the exp and the
+    final `center -/+ size / 2.` are evaluated in double and stored as float, as there.
+    """
+    var = torch.ones_like(priors) if variances is None else variances
+    pmin, pmax = priors[..., :2], priors[..., 2:]
+    if code_type == "CORNER":
+        return torch.cat([pmin + var[..., :2] * loc[..., :2], pmax + var[..., 2:] * loc[..., 2:]], -1)
+    size = pmax - pmin
+    if code_type == "CORNER_SIZE":
+        return torch.cat(
+            [pmin + var[..., :2] * loc[..., :2] * size, pmax + var[..., 2:] * loc[..., 2:] * size], -1
+        )
+    center = (pmin + pmax) / 2
+    box_center = var[..., :2] * loc[..., :2] * size + center
+    box_size = torch.exp((var[..., 2:] * loc[..., 2:]).double()).float() * size
+    half = box_size.double() / 2.0
+    return torch.cat([box_center.double() - half, box_center.double() + half], -1).float()
+
+
+def fork_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, threshold: float, top_k: int, nms_threshold: float, eta: float
+) -> torch.Tensor:
+    """bbox_util.cpp's ApplyNMSFast for one class: indices kept, best score first.
+
+    Candidates score > threshold, stably sorted (ties: lower index first), cut to
+    top_k before suppression; a candidate is dropped when its IoU with a kept box
+    exceeds the threshold. torchvision's nms computes the same float32 IoU, so it
+    decides when eta is 1; the adaptive threshold (eta < 1) needs the loop.
+    """
+    candidates = torch.nonzero(scores > threshold).flatten()
+    order = torch.sort(scores[candidates], descending=True, stable=True).indices
+    candidates = candidates[order]
+    if top_k > -1:
+        candidates = candidates[:top_k]
+    if eta >= 1:
+        rank = torch.arange(len(candidates), 0, -1, dtype=torch.float32)  # torchvision re-sorts by score
+        return candidates[torchvision.ops.nms(boxes[candidates], rank, nms_threshold)]
+    kept: list[int] = []
+    adaptive = np.float32(nms_threshold)
+    overlaps = torchvision.ops.box_iou(boxes[candidates], boxes[candidates])
+    for position in range(len(candidates)):
+        # NaN (two empty boxes) compares false, as the fork's IoU of 0 keeps the box.
+        if not any(bool(overlaps[position, k] > float(adaptive)) for k in kept):
+            kept.append(position)
+            if adaptive > 0.5:
+                adaptive = np.float32(adaptive * np.float32(eta))
+    return candidates[kept]
+
+
+class DetectionOutput(nn.Module):
+    """The fork's DetectionOutput: decode, per-class NMS, keep_top_k; 1 x 1 x rows x 7.
+
+    Each row is [image, label, score, xmin, ymin, xmax, ymax], images in order, labels
+    ascending, scores descending. With no detection at all in the batch, one row
+    [image, -1, -1, -1, -1, -1, -1] per image, as the fork writes. Not exportable to
+    ONNX exactly (`onnx_exportable`): the fork cuts candidates to top_k before NMS.
+    """
+
+    onnx_exportable = False
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        share_location: bool,
+        background_label_id: int,
+        code_type: str,
+        variance_encoded_in_target: bool,
+        confidence_threshold: float,
+        nms_threshold: float,
+        top_k: int,
+        eta: float,
+        keep_top_k: int,
+        heads: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.share_location = num_classes, share_location
+        self.background_label_id, self.code_type = background_label_id, code_type
+        self.variance_encoded_in_target = variance_encoded_in_target
+        self.confidence_threshold, self.nms_threshold = confidence_threshold, nms_threshold
+        self.top_k, self.eta, self.keep_top_k = top_k, eta, keep_top_k
+        self.heads = heads  # the Caffe blobs it reads, for the ONNX refusal message
+
+    @torch.no_grad()
+    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        dtype, device = loc.dtype, loc.device  # the net's Dtype; the work is float32, as in the fork
+        num, loc_classes = loc.shape[0], 1 if self.share_location else self.num_classes
+        priors = prior.shape[2] // 4
+        prior = prior.reshape(-1).float().cpu()
+        corners = prior[: priors * 4].reshape(priors, 4)
+        # Variances follow the boxes; a net whose targets carry them may give boxes alone.
+        variances = (
+            None if self.variance_encoded_in_target else prior[priors * 4 : priors * 8].reshape(priors, 4)
+        )
+        loc = loc.reshape(num, priors, loc_classes, 4).float().cpu().transpose(1, 2)
+        conf = conf.reshape(num, priors, self.num_classes).float().cpu()
+        boxes = decode_boxes(loc, corners, variances, self.code_type)
+        rows: list[torch.Tensor] = []
+        for image in range(num):
+            kept: list[tuple[int, torch.Tensor]] = []  # (label, prior indices), labels ascending
+            for label in range(self.num_classes):
+                if label == self.background_label_id:
+                    continue
+                label_boxes = boxes[image, 0 if self.share_location else label]
+                indices = fork_nms(
+                    label_boxes,
+                    conf[image, :, label],
+                    self.confidence_threshold,
+                    self.top_k,
+                    self.nms_threshold,
+                    self.eta,
+                )
+                kept.append((label, indices))
+            kept = self._keep_top_k(kept, conf[image])
+            for label, indices in kept:
+                label_boxes = boxes[image, 0 if self.share_location else label]
+                rows.append(self._rows(image, label, conf[image, indices, label], label_boxes[indices]))
+        out = torch.cat(rows) if rows else torch.zeros(0, 7)
+        if not len(out):  # the fork's "no detections": one row of -1 per image
+            out = torch.full((num, 7), -1.0)
+            out[:, 0] = torch.arange(num, dtype=out.dtype)
+        return out.to(device, dtype).reshape(1, 1, -1, 7)
+
+    def _keep_top_k(
+        self, kept: list[tuple[int, torch.Tensor]], scores: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
+        """Keep the keep_top_k best detections of an image over all classes.
+
+        The fork sorts with std::sort (unstable): the order of equal scores at the cut
+        is unspecified there; we keep the lower label, then the earlier NMS rank.
+        """
+        total = sum(len(indices) for _, indices in kept)
+        if self.keep_top_k <= -1 or total <= self.keep_top_k:
+            return kept
+        labels = torch.cat([torch.full((len(i),), label) for label, i in kept])
+        indices = torch.cat([i for _, i in kept])
+        order = torch.sort(scores[indices, labels], descending=True, stable=True).indices
+        order = order[: self.keep_top_k]
+        return [(label, indices[order[labels[order] == label]]) for label, _ in kept]
+
+    @staticmethod
+    def _rows(image: int, label: int, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        ids = torch.tensor([float(image), float(label)]).expand(len(scores), 2)
+        return torch.cat([ids, scores[:, None], boxes], 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, code_type={self.code_type}, "
+            f"confidence_threshold={self.confidence_threshold}, nms_threshold={self.nms_threshold}, "
+            f"top_k={self.top_k}, eta={self.eta}, keep_top_k={self.keep_top_k}"
+        )
