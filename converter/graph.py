@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
-from prototxt import Net, NetDefinitionError, WeightsMismatchError
+from prototxt import ConversionError, Net, NetDefinitionError, WeightsMismatchError
 
 from . import ops  # noqa: F401  (registers the converters)
 from .ops._blobs import DTYPE
@@ -129,3 +129,21 @@ def convert(
     for parameter in gm.parameters():
         parameter.requires_grad_(False)
     return gm
+
+
+def require_traceable(module: nn.Module, target: str) -> None:
+    """One-line ConversionError when `module` holds a layer whose output size depends on the data.
+
+    Tracing exporters (ONNX, torch.export) record the shapes of one run, so such a
+    layer (SSD's DetectionOutput, marked `data_dependent_shape`) cannot go into them exactly.
+    """
+    layers = {target: name for name, target in getattr(module, "caffe_layer_modules", {}).items()}
+    for name, submodule in module.named_modules():
+        if getattr(submodule, "data_dependent_shape", False):
+            heads = ",".join(getattr(submodule, "heads", ()))
+            raise ConversionError(
+                f"layer '{layers.get(name, name)}' ({type(submodule).__name__}) cannot go into {target}: "
+                "it keeps a data-dependent number of boxes (NMS, with top_k applied before suppression); "
+                f"export its inputs instead (--outputs {heads}) and run it in PyTorch, "
+                "or convert to .safetensors"
+            )

@@ -21,6 +21,8 @@ from torch import nn
 from prototxt import ConversionError, InputError
 from prototxt.atomic import atomic_path
 
+from .graph import require_traceable
+
 if TYPE_CHECKING:
     import onnxruntime
 
@@ -81,21 +83,6 @@ def _declare_outputs(model: onnx.ModelProto, dims: list[list[Dim]]) -> None:
                 dim.dim_param = size
 
 
-def _refuse_inexact(module: nn.Module | torch.export.ExportedProgram) -> None:
-    """One-line ValueError for a layer with no exact ONNX form (SSD's DetectionOutput)."""
-    if isinstance(module, torch.export.ExportedProgram):
-        return
-    layers = {target: name for name, target in getattr(module, "caffe_layer_modules", {}).items()}
-    for target, submodule in module.named_modules():
-        if getattr(submodule, "onnx_exportable", True) is False:
-            heads = ",".join(getattr(submodule, "heads", ()))
-            raise ValueError(
-                f"layer '{layers.get(target, target)}' ({type(submodule).__name__}) has no exact ONNX form "
-                "(its NMS keeps a data-dependent number of boxes, with top_k applied before suppression); "
-                f"export its inputs instead (--outputs {heads}) and run it in PyTorch"
-            )
-
-
 def export_onnx(
     module: nn.Module | torch.export.ExportedProgram,
     path: str | os.PathLike[str],
@@ -120,7 +107,8 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise InputError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
-    _refuse_inexact(module)
+    if not isinstance(module, torch.export.ExportedProgram):
+        require_traceable(module, "ONNX")
     dims = _output_dims(module, example)
     halved = module if fp16 and isinstance(module, nn.Module) else None
     if halved is not None:

@@ -8,9 +8,10 @@ Reshape + Scale + Eltwise), never the original.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def opencv_forward(
         return [np.asarray(out) for out in opencv_net.forward(list(blobs))]
 
 
+def _comparable(module: CaffeGraphModule, net: Net, blob: str) -> Callable[[np.ndarray], np.ndarray]:
+    """How to compare values of `blob` across runtimes: flattened, unless the layer that writes
+    it says otherwise (`comparable`: SSD detections are sets of rows, ordered and padded
+    differently by OpenCV)."""
+    writer = [layer.name for layer in net.layers if blob in layer.tops][-1:]
+    target = module.caffe_layer_modules.get(writer[0]) if writer else None
+    layer = module.get_submodule(target) if target else None
+    return getattr(layer, "comparable", np.ravel)
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Max abs difference; infinite when the two disagree on how many values there are."""
+    return float(np.abs(a - b).max(initial=0.0)) if a.shape == b.shape else math.inf
+
+
 @torch.no_grad()
 def self_check(
     module: CaffeGraphModule, net: Net, caffemodel: str | os.PathLike[str] | None, seed: int = 0
@@ -63,16 +79,17 @@ def self_check(
     """Run `module` on a seeded image-like input in float32 and float64, and OpenCV."""
     x = image_like(next(iter(net.inputs.values())), seed)
     blob = module.caffe_outputs[0]
+    form = _comparable(module, net, blob)
     out32 = module(x)
-    out32 = out32[0] if isinstance(out32, tuple) else out32
+    out32 = form((out32[0] if isinstance(out32, tuple) else out32).numpy())
     out64 = module.double()(x.double())
     module.float()
-    out64 = out64[0] if isinstance(out64, tuple) else out64
-    scale = float(out64.abs().max()) or 1.0
-    ours = float((out32.double() - out64).abs().max()) / scale
+    out64 = form((out64[0] if isinstance(out64, tuple) else out64).numpy())
+    scale = float(np.abs(out64).max(initial=0.0)) or 1.0
+    ours = _distance(out32, out64) / scale
     reference = None
     if caffemodel is not None:
         result = opencv_forward(net, caffemodel, x.numpy(), [blob])
         if result is not None:
-            reference = float(np.abs(result[0].reshape(out32.shape) - out32.numpy()).max()) / scale
+            reference = _distance(form(result[0]), out32) / scale
     return SelfCheck(blob=blob, scale=scale, float32_vs_float64=ours, opencv_vs_ours=reference)

@@ -22,7 +22,7 @@ from prototxt import ConversionError, InputError, Net, load_net, write_prototxt
 from prototxt.atomic import atomic_path, atomic_paths
 
 from .fold import fold_batchnorm
-from .graph import CaffeGraphModule, convert
+from .graph import CaffeGraphModule, convert, require_traceable
 
 
 def prototxt_beside(path: Path) -> Path:
@@ -46,6 +46,7 @@ def save_converted(
     """Save as `.pt2` or `.safetensors` (+ `.prototxt` beside it); returns files written."""
     target = Path(path)
     if target.suffix == ".pt2":
+        require_traceable(module, "a .pt2 program")
         # A batch of 1 would be specialised as a constant; trace with 2.
         example = example[:1].expand(2, *example.shape[1:]).contiguous()
         batch = torch.export.Dim("batch", min=1)

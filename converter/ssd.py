@@ -193,11 +193,11 @@ class DetectionOutput(nn.Module):
 
     Each row is [image, label, score, xmin, ymin, xmax, ymax], images in order, labels
     ascending, scores descending. With no detection at all in the batch, one row
-    [image, -1, -1, -1, -1, -1, -1] per image, as the fork writes. Not exportable to
-    ONNX exactly (`onnx_exportable`): the fork cuts candidates to top_k before NMS.
+    [image, -1, -1, -1, -1, -1, -1] per image, as the fork writes. Its row count depends
+    on the data, so tracing exporters refuse it (`data_dependent_shape`).
     """
 
-    onnx_exportable = False
+    data_dependent_shape = True
 
     def __init__(
         self,
@@ -220,7 +220,7 @@ class DetectionOutput(nn.Module):
         self.variance_encoded_in_target = variance_encoded_in_target
         self.confidence_threshold, self.nms_threshold = confidence_threshold, nms_threshold
         self.top_k, self.eta, self.keep_top_k = top_k, eta, keep_top_k
-        self.heads = heads  # the Caffe blobs it reads, for the ONNX refusal message
+        self.heads = heads  # the Caffe blobs it reads, for the exporters' refusal message
 
     @torch.no_grad()
     def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -278,6 +278,14 @@ class DetectionOutput(nn.Module):
         order = torch.sort(scores[indices, labels], descending=True, stable=True).indices
         order = order[: self.keep_top_k]
         return [(label, indices[order[labels[order] == label]]) for label, _ in kept]
+
+    @staticmethod
+    def comparable(rows: np.ndarray) -> np.ndarray:
+        """Detections as a canonical set, to compare runtimes: all-zero rows dropped (OpenCV pads
+        to keep_top_k with them), rows by image, label, score descending, then xmin."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+        rows = rows[~np.all(rows == 0, axis=1)]
+        return rows[np.lexsort((rows[:, 3], -rows[:, 2], rows[:, 1], rows[:, 0]))]
 
     @staticmethod
     def _rows(image: int, label: int, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

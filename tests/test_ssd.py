@@ -22,17 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from caffe_factory import make_random_caffemodel
-from test_converter_ops import TinyNet
 
-from converter import convert, convert_caffe
+from converter import convert
 from converter.calibrate import image_like
 from converter.onnx_export import compare_onnx, export_onnx
+from converter.serialize import save_converted
+from converter.ssd import DetectionOutput, decode_boxes
 from prototxt import NetDefinitionError, load_net
+from tests.caffe_factory import make_random_caffemodel
+from tests.conftest import CAFFE_ZOO_DIR, require_shared
+from tests.test_converter_ops import TinyNet
 
 cv2 = pytest.importorskip("cv2")
 
-MOBILENET_SSD = Path(__file__).resolve().parents[2] / "shared" / "caffe-zoo" / "mobilenet_ssd.prototxt"
 BOX_ULPS = 2 * 2.0**-22  # 2 float32 ulps at magnitude 2 (see the module docstring)
 F32 = np.float32
 
@@ -43,15 +45,8 @@ def float32_bound(terms: int) -> float:
     return (terms + 3) * 2.0**-24
 
 
-def sorted_rows(rows: np.ndarray) -> np.ndarray:
-    """Detections in a canonical order (image, label, score descending, box): OpenCV sorts
-    by score across labels, the fork by label."""
-    rows = rows.reshape(-1, 7)
-    return rows[np.lexsort((rows[:, 3], -rows[:, 2], rows[:, 1], rows[:, 0]))]
-
-
 def assert_same_detections(ours: np.ndarray, theirs: np.ndarray) -> None:
-    ours, theirs = sorted_rows(ours), sorted_rows(theirs)
+    ours, theirs = DetectionOutput.comparable(ours), DetectionOutput.comparable(theirs)
     assert ours.shape == theirs.shape, f"{len(ours)} detections, reference {len(theirs)}"
     np.testing.assert_array_equal(ours[:, :3], theirs[:, :3])
     np.testing.assert_allclose(ours[:, 3:], theirs[:, 3:], rtol=0, atol=BOX_ULPS)
@@ -112,9 +107,12 @@ def test_normalize_matches_the_fork_and_opencv(
 # --- PriorBox -------------------------------------------------------------------------------
 
 PRIOR_CASES = {
-    "ssd300-conv4_3": "min_size: 30 max_size: 60 aspect_ratio: 2 flip: true clip: false variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 8",
-    "two-sizes-no-flip-clip": "min_size: 20 min_size: 50 max_size: 40 max_size: 90 aspect_ratio: 2 aspect_ratio: 3 aspect_ratio: 2 flip: false clip: true variance: 0.1",
-    "steps-offset": "min_size: 64 aspect_ratio: 0.5 step_h: 12 step_w: 20 offset: 0.25 variance: 0.2 clip: false",
+    "ssd300-conv4_3": "min_size: 30 max_size: 60 aspect_ratio: 2 flip: true clip: false "
+    "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 8",
+    "two-sizes-no-flip-clip": "min_size: 20 min_size: 50 max_size: 40 max_size: 90 "
+    "aspect_ratio: 2 aspect_ratio: 3 aspect_ratio: 2 flip: false clip: true variance: 0.1",
+    "steps-offset": "min_size: 64 aspect_ratio: 0.5 step_h: 12 step_w: 20 offset: 0.25 "
+    "variance: 0.2 clip: false",
     "one-size": "min_size: 16 variance: 0.1",  # OpenCV needs the variance that the fork defaults
 }
 
@@ -122,7 +120,10 @@ PRIOR_CASES = {
 @pytest.mark.parametrize("params", PRIOR_CASES.values(), ids=PRIOR_CASES.keys())
 def test_prior_box_matches_opencv(tmp_path: Path, params: str) -> None:
     inputs = {"feature": np.zeros((1, 2, 5, 7), F32), "data": np.zeros((1, 3, 90, 120), F32)}
-    layer = f'layer {{ name: "pb" type: "PriorBox" bottom: "feature" bottom: "data" top: "pb" prior_box_param {{ {params} }} }}'
+    layer = (
+        'layer { name: "pb" type: "PriorBox" bottom: "feature" bottom: "data" top: "pb" '
+        f"prior_box_param {{ {params} }} }}"
+    )
     net = TinyNet(tmp_path, inputs, layer)
     (ours,) = net.ours("pb")
     (theirs,) = net.opencv("pb")
@@ -167,7 +168,7 @@ def test_prior_box_by_hand(tmp_path: Path) -> None:
         [(150 - w / 2) / 300, (150 - h / 2) / 300, (150 + w / 2) / 300, (150 + h / 2) / 300] for w, h in sides
     ]
     expected = np.array([np.ravel(corners), [F32(0.1)] * 12])[None]
-    module = convert_caffe(net.prototxt, net.caffemodel).double()
+    module = convert(load_net(net.prototxt, net.caffemodel), dtype=torch.float64)
     with torch.no_grad():
         got = module(*(torch.from_numpy(net.inputs[n]).double() for n in module.caffe_inputs)).numpy()
     assert got.dtype == np.float64
@@ -178,7 +179,7 @@ def test_prior_box_by_hand(tmp_path: Path) -> None:
 # --- DetectionOutput ------------------------------------------------------------------------
 
 
-def fork_detection_output(loc, conf, prior, p: dict) -> np.ndarray:  # noqa: C901  (one replay, kept whole)
+def fork_detection_output(loc, conf, prior, p: dict) -> np.ndarray:
     """DetectionOutputLayer<float>::Forward_cpu replayed in Python with numpy float32 scalars."""
     num, classes = loc.shape[0], p["num_classes"]
     priors = prior.shape[2] // 4
@@ -336,8 +337,7 @@ def test_detection_output_matches_the_fork(tmp_path: Path, case: str) -> None:
         np.testing.assert_array_equal(ours, [[[[0, -1, -1, -1, -1, -1, -1], [1, -1, -1, -1, -1, -1, -1]]]])
     if case not in OPENCV_DEPARTS:
         (theirs,) = net.opencv("det")
-        theirs = theirs.reshape(-1, 7)
-        assert_same_detections(ours, theirs[~np.all(theirs == 0, axis=1)])  # OpenCV pads with zeros
+        assert_same_detections(ours, theirs)  # OpenCV pads with zero rows, which comparable() drops
 
 
 def test_detection_output_breaks_ties_by_prior_index(tmp_path: Path) -> None:
@@ -358,10 +358,11 @@ def test_detection_output_float64_net_detects_in_float32(tmp_path: Path) -> None
     """The fork keeps boxes and scores in float whatever the Dtype: a float64 net's rows are
     float32 values widened."""
     net = detection_net(tmp_path, {})
-    module = convert_caffe(net.prototxt, net.caffemodel)
-    args = [torch.from_numpy(net.inputs[n]) for n in module.caffe_inputs]
+    loaded = load_net(net.prototxt, net.caffemodel)
+    single, double = convert(loaded), convert(loaded, dtype=torch.float64)
+    args = [torch.from_numpy(net.inputs[n]) for n in single.caffe_inputs]
     with torch.no_grad():
-        single, double = module(*args), module.double()(*(a.double() for a in args))
+        single, double = single(*args), double(*(a.double() for a in args))
     assert double.dtype == torch.float64
     np.testing.assert_array_equal(double.numpy(), single.numpy().astype(np.float64))
 
@@ -369,7 +370,10 @@ def test_detection_output_float64_net_detects_in_float32(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ("num_classes: 4 share_location: true background_label_id: -1", "background_label_id -1 with share_location"),
+        (
+            "num_classes: 4 share_location: true background_label_id: -1",
+            "background_label_id -1 with share_location",
+        ),
         ("share_location: true num_classes: 5", "need 240 location and 300 confidence"),
     ],
 )
@@ -391,7 +395,8 @@ def test_prior_box_refuses_bad_sizes(tmp_path: Path) -> None:
     net = TinyNet(
         tmp_path,
         inputs,
-        'layer { name: "pb" type: "PriorBox" bottom: "feature" bottom: "data" top: "pb" prior_box_param { min_size: 4 max_size: 2 } }',
+        'layer { name: "pb" type: "PriorBox" bottom: "feature" bottom: "data" top: "pb" '
+        "prior_box_param { min_size: 4 max_size: 2 } }",
     )
     with pytest.raises(NetDefinitionError, match="greater than its min_size"):
         load_net(net.prototxt)
@@ -404,9 +409,8 @@ HEADS = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
 @pytest.fixture(scope="module")
 def mobilenet_ssd() -> tuple[Path, Path]:
-    if not MOBILENET_SSD.is_file():
-        pytest.skip(f"{MOBILENET_SSD} is absent (../shared/caffe-zoo/)")
-    return make_random_caffemodel(MOBILENET_SSD, seed=0)
+    prototxt = require_shared(CAFFE_ZOO_DIR / "mobilenet_ssd.prototxt", "MobileNet-SSD's deploy prototxt")
+    return make_random_caffemodel(prototxt, seed=0)
 
 
 @pytest.mark.slow
@@ -441,7 +445,7 @@ def test_mobilenet_ssd_matches_opencv(mobilenet_ssd: tuple[Path, Path]) -> None:
     with torch.no_grad():
         from_their_heads = detector(*(torch.from_numpy(t) for t in theirs[:3])).numpy()
     assert_same_detections(from_their_heads, theirs[3])
-    ours_rows, theirs_rows = sorted_rows(ours[3]), sorted_rows(theirs[3])
+    ours_rows, theirs_rows = DetectionOutput.comparable(ours[3]), DetectionOutput.comparable(theirs[3])
     assert ours_rows.shape == theirs_rows.shape == (100, 7)
     np.testing.assert_array_equal(ours_rows[:, :2], theirs_rows[:, :2])
     score_gap = float(np.abs(ours[1] - theirs[1]).max())
@@ -453,8 +457,6 @@ def test_mobilenet_ssd_matches_opencv(mobilenet_ssd: tuple[Path, Path]) -> None:
 
 def detector_boxes(detector: torch.nn.Module, loc: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Every prior's decoded box for these offsets (what NMS would see)."""
-    from converter.ssd import decode_boxes
-
     priors = prior.shape[2] // 4
     boxes = torch.from_numpy(prior.reshape(2, priors, 4))
     return decode_boxes(
@@ -474,7 +476,9 @@ def test_mobilenet_ssd_onnx_refuses_detection_output_and_exports_heads(
         match=r"'detection_out' \(DetectionOutput\).*--outputs mbox_loc,mbox_conf_flatten,mbox_priorbox",
     ):
         export_onnx(convert(net), tmp_path / "refused.onnx", example)
-    assert not (tmp_path / "refused.onnx").exists()
+    with pytest.raises(ValueError, match=r"'detection_out' \(DetectionOutput\) cannot go into a \.pt2"):
+        save_converted(convert(net), net, tmp_path / "refused.pt2", example)
+    assert not (tmp_path / "refused.onnx").exists() and not (tmp_path / "refused.pt2").exists()
     heads = convert(net, HEADS)
     export_onnx(heads, tmp_path / "heads.onnx", example)
     with torch.no_grad():
