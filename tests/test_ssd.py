@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,7 +180,9 @@ def test_prior_box_by_hand(tmp_path: Path) -> None:
 # --- DetectionOutput ------------------------------------------------------------------------
 
 
-def fork_detection_output(loc, conf, prior, p: dict) -> np.ndarray:
+def fork_detection_output(
+    loc: np.ndarray, conf: np.ndarray, prior: np.ndarray, p: dict[str, Any]
+) -> np.ndarray:
     """DetectionOutputLayer<float>::Forward_cpu replayed in Python with numpy float32 scalars."""
     num, classes = loc.shape[0], p["num_classes"]
     priors = prior.shape[2] // 4
@@ -231,7 +234,8 @@ def fork_detection_output(loc, conf, prior, p: dict) -> np.ndarray:
         )
         if p["top_k"] > -1:
             order = order[: p["top_k"]]
-        kept, adaptive = [], F32(p["nms_threshold"])
+        kept: list[int] = []
+        adaptive = F32(p["nms_threshold"])
         for i in order:
             keep = all(jaccard(boxes[i], boxes[k]) <= adaptive for k in kept)
             if keep:
@@ -276,7 +280,7 @@ DEFAULTS = {
     "eta": 1.0,
     "keep_top_k": 15,
 }
-DETECTION_CASES = {
+DETECTION_CASES: dict[str, dict[str, Any]] = {
     "center-size": {},
     "corner": {"code_type": "CORNER"},
     "variance-in-target": {"variance_encoded_in_target": True},
@@ -291,8 +295,10 @@ DETECTION_CASES = {
 OPENCV_DEPARTS = {"corner-size", "adaptive-nms", "nothing-detected"}
 
 
-def detection_net(directory: Path, params: dict, num: int = 2, priors: int = 60, seed: int = 0) -> TinyNet:
-    """Random priors, offsets and scores; a DetectionOutput over them."""
+def detection_net(
+    directory: Path, params: dict[str, Any], num: int = 2, priors: int = 60, seed: int = 0
+) -> tuple[TinyNet, dict[str, Any]]:
+    """Random priors, offsets and scores; a DetectionOutput over them; and its parameters."""
     rng = np.random.default_rng(seed)
     p = {**DEFAULTS, **params}
     loc_classes = 1 if p["share_location"] else p["num_classes"]
@@ -319,16 +325,14 @@ def detection_net(directory: Path, params: dict, num: int = 2, priors: int = 60,
         'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" '
         f'top: "det" detection_output_param {{ {fields} nms_param {{ {nms} }} }} }}'
     )
-    net = TinyNet(directory, inputs, layer)
-    net.params = p  # type: ignore[attr-defined]
-    return net
+    return TinyNet(directory, inputs, layer), p
 
 
 @pytest.mark.parametrize("case", DETECTION_CASES, ids=DETECTION_CASES.keys())
 def test_detection_output_matches_the_fork(tmp_path: Path, case: str) -> None:
-    net = detection_net(tmp_path, DETECTION_CASES[case])
+    net, params = detection_net(tmp_path, DETECTION_CASES[case])
     (ours,) = net.ours("det")
-    replay = fork_detection_output(net.inputs["loc"], net.inputs["conf"], net.inputs["prior"], net.params)
+    replay = fork_detection_output(net.inputs["loc"], net.inputs["conf"], net.inputs["prior"], params)
     assert_same_detections(ours, replay)
     # The fork's order: by image, then label ascending, then score descending.
     rows = ours.reshape(-1, 7)
@@ -343,13 +347,13 @@ def test_detection_output_matches_the_fork(tmp_path: Path, case: str) -> None:
 def test_detection_output_breaks_ties_by_prior_index(tmp_path: Path) -> None:
     """Equal scores: the fork's stable sort visits the lower prior index first, so of two
     identical boxes with equal scores the first one survives NMS."""
-    net = detection_net(tmp_path, {"keep_top_k": -1}, num=1, priors=6)
+    net, params = detection_net(tmp_path, {"keep_top_k": -1}, num=1, priors=6)
     net.inputs["conf"][:] = 0
     net.inputs["conf"].reshape(6, 4)[[1, 4], 2] = 0.5  # priors 1 and 4, class 2
     net.inputs["loc"].reshape(6, 4)[4] = net.inputs["loc"].reshape(6, 4)[1]
     net.inputs["prior"].reshape(2, 6, 4)[0, 4] = net.inputs["prior"].reshape(2, 6, 4)[0, 1]
     (ours,) = net.ours("det")
-    replay = fork_detection_output(net.inputs["loc"], net.inputs["conf"], net.inputs["prior"], net.params)
+    replay = fork_detection_output(net.inputs["loc"], net.inputs["conf"], net.inputs["prior"], params)
     np.testing.assert_array_equal(ours, replay)
     assert ours.shape == (1, 1, 1, 7)
 
@@ -357,7 +361,7 @@ def test_detection_output_breaks_ties_by_prior_index(tmp_path: Path) -> None:
 def test_detection_output_float64_net_detects_in_float32(tmp_path: Path) -> None:
     """The fork keeps boxes and scores in float whatever the Dtype: a float64 net's rows are
     float32 values widened."""
-    net = detection_net(tmp_path, {})
+    net, _ = detection_net(tmp_path, {})
     loaded = load_net(net.prototxt, net.caffemodel)
     single, double = convert(loaded), convert(loaded, dtype=torch.float64)
     args = [torch.from_numpy(net.inputs[n]) for n in single.caffe_inputs]
@@ -378,7 +382,7 @@ def test_detection_output_float64_net_detects_in_float32(tmp_path: Path) -> None
     ],
 )
 def test_detection_output_refuses_what_the_fork_rejects(tmp_path: Path, params: str, message: str) -> None:
-    net = detection_net(tmp_path, {})
+    net, _ = detection_net(tmp_path, {})
     text = (
         net.prototxt.read_text()
         .replace("num_classes: 4", "")
@@ -442,6 +446,7 @@ def test_mobilenet_ssd_matches_opencv(mobilenet_ssd: tuple[Path, Path]) -> None:
     conf = ours[1].reshape(-1, 21)[:, 1:]
     assert (conf > 0.25).sum() > 100
     detector = module.get_submodule(module.caffe_layer_modules["detection_out"])
+    assert isinstance(detector, DetectionOutput)
     with torch.no_grad():
         from_their_heads = detector(*(torch.from_numpy(t) for t in theirs[:3])).numpy()
     assert_same_detections(from_their_heads, theirs[3])
@@ -455,7 +460,7 @@ def test_mobilenet_ssd_matches_opencv(mobilenet_ssd: tuple[Path, Path]) -> None:
     np.testing.assert_allclose(ours_rows[:, 3:], theirs_rows[:, 3:], rtol=0, atol=box_gap)
 
 
-def detector_boxes(detector: torch.nn.Module, loc: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def detector_boxes(detector: DetectionOutput, loc: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Every prior's decoded box for these offsets (what NMS would see)."""
     priors = prior.shape[2] // 4
     boxes = torch.from_numpy(prior.reshape(2, priors, 4))
