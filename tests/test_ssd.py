@@ -29,7 +29,7 @@ from converter.calibrate import image_like
 from converter.onnx_export import compare_onnx, export_onnx
 from converter.serialize import save_converted
 from converter.ssd import DetectionOutput, decode_boxes
-from prototxt import NetDefinitionError, load_net
+from prototxt import ConversionError, NetDefinitionError, load_net
 from tests.caffe_factory import make_random_caffemodel
 from tests.conftest import CAFFE_ZOO_DIR, require_shared
 from tests.test_converter_ops import TinyNet
@@ -477,11 +477,11 @@ def test_mobilenet_ssd_onnx_refuses_detection_output_and_exports_heads(
     net = load_net(prototxt, caffemodel)
     example = image_like((1, 3, 300, 300), seed=2)
     with pytest.raises(
-        ValueError,
+        ConversionError,
         match=r"'detection_out' \(DetectionOutput\).*--outputs mbox_loc,mbox_conf_flatten,mbox_priorbox",
     ):
         export_onnx(convert(net), tmp_path / "refused.onnx", example)
-    with pytest.raises(ValueError, match=r"'detection_out' \(DetectionOutput\) cannot go into a \.pt2"):
+    with pytest.raises(ConversionError, match=r"'detection_out' \(DetectionOutput\) cannot go into a \.pt2"):
         save_converted(convert(net), net, tmp_path / "refused.pt2", example)
     assert not (tmp_path / "refused.onnx").exists() and not (tmp_path / "refused.pt2").exists()
     heads = convert(net, HEADS)
