@@ -27,6 +27,20 @@ if TYPE_CHECKING:
     import onnxruntime
 
 MIN_OPSET = 17
+# The newest opset both the installed onnx and torch's default (TorchScript) exporter support.
+MAX_OPSET = min(
+    onnx.defs.onnx_opset_version(),
+    getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", MIN_OPSET),
+)
+
+
+def check_opset(opset: int) -> None:
+    """One-line InputError for an opset outside MIN_OPSET..MAX_OPSET."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(
+            f"--opset {opset}: supported are {MIN_OPSET}..{MAX_OPSET} "
+            f"(onnx {onnx.__version__}, torch {torch.__version__.split('+')[0]})"
+        )
 
 
 # An output dimension as ONNX declares it: a size, a symbol ("batch"), or None (unknown).
@@ -104,8 +118,7 @@ def export_onnx(
         if fp16:
             raise ConversionError("--fp16 needs a .safetensors conversion, not a .pt2 program")
         exporter = "dynamo"
-    if opset < MIN_OPSET:
-        raise InputError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+    check_opset(opset)
     names = list(output_names or getattr(module, "caffe_outputs", None) or ["output"])
     if not isinstance(module, torch.export.ExportedProgram):
         require_traceable(module, "ONNX")

@@ -231,9 +231,24 @@ def _check_text_fields(message: Message, path: str, layer: str | None = None) ->
                 _check_text_fields(item, path, name if isinstance(name, str) else None)
 
 
+def _looks_like_text(head: bytes) -> bool:
+    """Printable UTF-8 only; a binary caffemodel has length bytes and tags below 0x20 in its first bytes."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of `head`
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return bool(text) and all(ch.isprintable() or ch in "\t\n\r\f" for ch in text)
+
+
 def parse_caffemodel_buffer(buffer: memoryview | bytes, *, path: str = "<memory>") -> CaffeModel:
     """Parse caffemodel bytes; arrays view `buffer`, which must outlive them."""
     view = memoryview(buffer)
+    if _looks_like_text(bytes(view[:4096])):
+        raise CaffemodelFormatError(
+            "this looks like a prototxt (text), not a binary .caffemodel; give it as the prototxt", path=path
+        )
     reader = _Reader(view, path)
     net_meta: list[bytes] = []
     blobs: dict[str, list[np.ndarray]] = {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from converter.onnx_export import MAX_OPSET, MIN_OPSET
 from prototxt import OutputError
 from prototxt.atomic import atomic_path, atomic_writer
 from senet_repro.assets import CaffePair
@@ -286,3 +287,78 @@ def test_special_outputs_are_one_line_errors(pair: CaffePair, tmp_path: Path, sp
         assert_one_line_error(convert("portable-prototxt", pair.prototxt, target, *extra), fragment)
     assert special != "fifo" or stat.S_ISFIFO(target.stat().st_mode)
     assert special != "parent-file" or (tmp_path / "afile").read_text() == "keep"
+
+
+# ----------------------------------------------------------------------------- one-line errors, no allocation
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("dim: 8 dim: 8", "dim: 100000 dim: 100000"),  # 120 GB of activations
+        ("pad: 1 stride: 2", "pad: 1000000 stride: 2"),  # a 1e6 x 1e6 convolution output
+    ],
+    ids=["huge-input", "huge-pad"],
+)
+def test_nets_too_large_for_memory_are_refused_before_allocating(
+    pair: CaffePair, tmp_path: Path, change: tuple[str, str]
+) -> None:
+    huge = tmp_path / "huge.prototxt"
+    text = pair.prototxt.read_text()
+    assert change[0] in text
+    huge.write_text(text.replace(*change))
+    for command, output in (("caffe2torch", "x.pt2"), ("caffe2onnx", "x.onnx")):
+        result = convert(
+            command, "--prototxt", huge, "--caffemodel", pair.caffemodel, "-o", tmp_path / output
+        )
+        assert_one_line_error(result, "GiB", "--max-memory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.prototxt", "net.caffemodel", "net.prototxt"]
+
+
+def test_the_memory_limit_is_applied_and_adjustable(pair: CaffePair, tmp_path: Path) -> None:
+    """The tiny net needs kilobytes: a limit below that refuses it, the default converts it."""
+    args = ["--prototxt", pair.prototxt, "--caffemodel", pair.caffemodel, "-o", tmp_path / "x.pt2"]
+    assert_one_line_error(convert("caffe2torch", *args, "--max-memory", "1e-9"), "GiB")
+    assert convert("caffe2torch", *args).exit_code == 0
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_model: CaffePair, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny net converted to .safetensors (+ .prototxt beside it)."""
+    path = tmp_path_factory.mktemp("converted") / "tiny.safetensors"
+    done = convert("caffe2torch", "--caffemodel", tiny_model.caffemodel, "-o", path)
+    assert done.exit_code == 0, done.output
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--input-shape", "-1,3,8,8"], ["--input-shape", "positive"]),
+        (["--input-shape", "1,3,x,8"], ["--input-shape"]),
+        (["--input-shape", "1,3,100000,100000"], ["GiB", "--max-memory"]),
+        (["--input-shape", "1,5,8,8"], ["input of shape [3, 5, 8, 8] does not fit the net"]),
+        (["--opset", "99"], ["--opset 99", f"supported are {MIN_OPSET}..{MAX_OPSET}"]),
+        (["--opset", "5"], ["--opset 5"]),
+    ],
+)
+def test_torch2onnx_bad_shapes_and_opsets(
+    converted: Path, tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    output = tmp_path / "x.onnx"
+    assert_one_line_error(convert("torch2onnx", converted, "-o", output, *args), *fragments)
+    assert not output.exists() and hidden_files(tmp_path) == []
+
+
+def test_the_newest_supported_opset_exports_and_runs(converted: Path, tmp_path: Path) -> None:
+    """MAX_OPSET is real: onnx, torch's exporter and ONNX Runtime all take it."""
+    result = convert("torch2onnx", converted, "-o", tmp_path / "x.onnx", "--opset", str(MAX_OPSET))
+    assert result.exit_code == 0, result.output
+
+
+def test_a_prototxt_given_as_caffemodel_is_named_as_such(pair: CaffePair, tmp_path: Path) -> None:
+    for command in (
+        ["inspect", pair.prototxt, "--weights", pair.prototxt],
+        ["caffe2torch", "--caffemodel", pair.prototxt, "-o", tmp_path / "x.pt2"],
+    ):
+        assert_one_line_error(convert(*command), "net.prototxt", "looks like a prototxt")

@@ -110,6 +110,17 @@ def _outputs_option(function):
     )(function)
 
 
+def _max_memory_option(function):
+    return click.option(
+        "--max-memory",
+        type=click.FloatRange(min=0, min_open=True),
+        default=16.0,
+        show_default=True,
+        metavar="GIB",
+        help="Refuse (before allocating) forward passes estimated to need more memory than this.",
+    )(function)
+
+
 def _input_shape(net: Net) -> tuple[int, ...]:
     """The shape of the net's one input; the export and self-check paths take one image batch."""
     if len(net.inputs) != 1:
@@ -187,6 +198,7 @@ def _input_shape(net: Net) -> tuple[int, ...]:
     help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.",
 )
 @_outputs_option
+@_max_memory_option
 @force_option
 @user_errors
 def caffe2torch(
@@ -203,6 +215,7 @@ def caffe2torch(
     fold_normalisation: bool,
     fold: str,
     outputs: str | None,
+    max_memory: float,
     force: bool,
 ) -> None:
     """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
@@ -220,6 +233,7 @@ def caffe2torch(
 
     from converter import convert
     from converter.fold import fold_batchnorm
+    from converter.memory import check_memory, net_bytes
     from converter.selfcheck import self_check
     from converter.serialize import save_converted, written_by_save
     from senet_repro import checkpoints
@@ -250,6 +264,8 @@ def caffe2torch(
         raise InputError("--devkit and --labels give the permutation for --class-order torchvision")
     guard_outputs([output], force=force)  # the files beside it once the kind of net is known
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
+    # The self-check runs the net in float32 and float64 at its declared input shape.
+    check_memory(net_bytes(net, element_bytes=8), max_memory, f"'{net.name}' at its input {dict(net.inputs)}")
     target = checkpoints.senet_target(
         net, model, output, wants_generic=bool(generic_options) or output.suffix == ".pt2"
     )
@@ -324,9 +340,16 @@ def caffe2torch(
     required=True,
     help="The .onnx file to write.",
 )
-@click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
+@click.option(
+    "--opset",
+    type=int,
+    default=17,
+    show_default=True,
+    help="ONNX opset (17 up to what onnx and torch support).",
+)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @_outputs_option
+@_max_memory_option
 @force_option
 @user_errors
 def caffe2onnx(
@@ -336,6 +359,7 @@ def caffe2onnx(
     opset: int,
     fp16: bool,
     outputs: str | None,
+    max_memory: float,
     force: bool,
 ) -> None:
     """Convert a Caffe net straight to ONNX (input 'data', outputs named after Caffe blobs)."""
@@ -346,7 +370,7 @@ def caffe2onnx(
     net = load_net(prototxt, caffemodel)
     shape = _input_shape(net)
     module = convert(net, outputs.split(",") if outputs else None, progress=True)
-    _export_and_compare(module, shape, output, opset, fp16)
+    _export_and_compare(module, shape, output, opset, fp16, max_memory)
 
 
 def _export_and_compare(
@@ -355,14 +379,24 @@ def _export_and_compare(
     output: Path,
     opset: int,
     fp16: bool,
+    max_memory: float,
     output_names: list[str] | None = None,
 ) -> None:
-    """Export to ONNX, then run ONNX Runtime and PyTorch on a seeded batch of 3 and compare."""
+    """Export to ONNX, then run ONNX Runtime and PyTorch on a seeded batch of 3 and compare.
+
+    The opset and the memory of the batch of 3 are checked before anything is allocated.
+    """
     import torch
 
     from converter.calibrate import image_like
-    from converter.onnx_export import compare_onnx, export_onnx
+    from converter.memory import check_memory, module_bytes
+    from converter.onnx_export import check_opset, compare_onnx, export_onnx
 
+    check_opset(opset)
+    runnable = module.module() if isinstance(module, torch.export.ExportedProgram) else module
+    check_memory(
+        module_bytes(runnable, (3, *shape[1:])), max_memory, f"a batch of 3 of shape {list(shape[1:])}"
+    )
     example = image_like(shape)
     export_onnx(module, output, example, opset=opset, fp16=fp16, output_names=output_names)
     batch = torch.cat([example] * 3) if not fp16 else example
@@ -389,12 +423,26 @@ def _export_and_compare(
     show_default=True,
     help="Example input shape for export (the batch axis stays dynamic).",
 )
-@click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
+@click.option(
+    "--opset",
+    type=int,
+    default=17,
+    show_default=True,
+    help="ONNX opset (17 up to what onnx and torch support).",
+)
 @click.option("--fp16", is_flag=True, help="Export in float16.")
+@_max_memory_option
 @force_option
 @user_errors
 def torch2onnx(
-    converted: Path, output: Path, model: str | None, input_shape: str, opset: int, fp16: bool, force: bool
+    converted: Path,
+    output: Path,
+    model: str | None,
+    input_shape: str,
+    opset: int,
+    fp16: bool,
+    max_memory: float,
+    force: bool,
 ) -> None:
     """Export a converted net to ONNX: a SENet checkpoint (--model) or a generic .pt2/.safetensors.
 
@@ -404,9 +452,11 @@ def torch2onnx(
     try:
         shape = tuple(int(d) for d in input_shape.split(","))
     except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
         raise InputError(
-            f"--input-shape {input_shape!r}: expected comma-separated integers such as 1,3,224,224"
-        ) from None
+            f"--input-shape {input_shape!r}: expected positive comma-separated integers such as 1,3,224,224"
+        )
     from converter.serialize import read_by_load
 
     guard_outputs([output], force=force, inputs=[] if model else read_by_load(converted))
@@ -414,11 +464,11 @@ def torch2onnx(
         from senet_repro.models import get_model
 
         module = get_model(model, weights=converted).eval()
-        _export_and_compare(module, shape, output, opset, fp16, output_names=["classifier"])
+        _export_and_compare(module, shape, output, opset, fp16, max_memory, output_names=["classifier"])
     else:
         from converter.serialize import load_converted
 
-        _export_and_compare(load_converted(converted), shape, output, opset, fp16)
+        _export_and_compare(load_converted(converted), shape, output, opset, fp16, max_memory)
 
 
 @main.command("portable-prototxt")

@@ -1,0 +1,87 @@
+"""Refuse a forward pass that would not fit in memory, before anything is allocated.
+
+A prototxt with huge input dims or pads, or an `--input-shape` of 100000 x 100000,
+would otherwise ask for hundreds of GB and be killed (or make the machine swap).
+The commands estimate what their forward passes need and refuse beyond
+`--max-memory` (default `DEFAULT_MAX_MEMORY_GIB`), which the user may raise.
+
+The estimate is an upper bound on the peak: the parameters plus every tensor
+the forward creates, as if none were freed. For a Caffe net it comes from
+Caffe's own blob shapes (no torch); for any module from a forward on the meta
+device, which allocates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from prototxt import InputError, Net
+
+DEFAULT_MAX_MEMORY_GIB = 16.0
+GIB = 2**30
+
+
+class MemoryLimitError(InputError):
+    """The estimated memory of a forward pass exceeds the limit."""
+
+
+def net_bytes(net: Net, batch: int | None = None, element_bytes: int = 4) -> int:
+    """Parameters plus every blob of `net` for `batch` images (default: as declared), from Caffe's shapes."""
+    inputs = list(net.inputs.values())
+    declared = inputs[0][0] if inputs and inputs[0] else 1
+    blobs = sum(math.prod(shape) for shape in net.blob_shapes.values())
+    scale = (batch or declared) / max(declared, 1)
+    return int(element_bytes * (net.learnable_parameters + blobs * scale))
+
+
+class _CountCreated(TorchDispatchMode):
+    """Adds up the bytes of every tensor an operator returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.total += sum(
+            t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+        )
+        return out
+
+
+def module_bytes(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Parameters plus every tensor a float32 forward of `module` on `shape` creates, measured on meta.
+
+    Raises InputError (one line) when the module cannot take `shape` at all.
+    """
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    for prefix, child in module.named_modules():  # plain tensor attributes (export's constants)
+        for name, value in vars(child).items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{name}" if prefix else name] = value
+    meta = {name: torch.empty_like(value, device="meta") for name, value in tensors.items()}
+    weights = sum(value.numel() * value.element_size() for value in tensors.values())
+    try:
+        with torch.no_grad(), _CountCreated() as counter:
+            functional_call(module, meta, (torch.empty(shape, device="meta"),))
+    except Exception as exc:  # whatever the module raises for an input it cannot take
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"an input of shape {list(shape)} does not fit the net ({reason[:200]})") from None
+    return weights + counter.total
+
+
+def check_memory(need: int, limit_gib: float, what: str) -> None:
+    """Raise `MemoryLimitError` when `need` bytes exceed `limit_gib`."""
+    if need > limit_gib * GIB:
+        raise MemoryLimitError(
+            f"{what} would need about {need / GIB:,.1f} GiB, over the limit of {limit_gib:g} GiB; "
+            "nothing was allocated (raise it with --max-memory GIB if the machine has the memory)"
+        )
