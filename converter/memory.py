@@ -22,7 +22,7 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from prototxt import InputError, Net
+from prototxt import ConversionError, InputError, Net
 
 DEFAULT_MAX_MEMORY_GIB = 16.0
 GIB = 2**30
@@ -59,9 +59,9 @@ class _CountCreated(TorchDispatchMode):
 def module_bytes(module: nn.Module, shape: tuple[int, ...]) -> int:
     """Parameters plus every tensor a float32 forward of `module` on `shape` creates, measured on meta.
 
-    Raises InputError (one line) when the module cannot take `shape` at all.
+    Raises ConversionError (one line) when the module cannot take `shape` at all.
     """
-    tensors = dict(module.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(module.named_buffers())
     for prefix, child in module.named_modules():  # plain tensor attributes (export's constants)
         for name, value in vars(child).items():
@@ -74,7 +74,9 @@ def module_bytes(module: nn.Module, shape: tuple[int, ...]) -> int:
             functional_call(module, meta, (torch.empty(shape, device="meta"),))
     except Exception as exc:  # whatever the module raises for an input it cannot take
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"an input of shape {list(shape)} does not fit the net ({reason[:200]})") from None
+        raise ConversionError(
+            f"an input of shape {list(shape)} does not fit the net ({reason[:200]})"
+        ) from None
     return weights + counter.total
 
 

@@ -317,7 +317,14 @@ def test_nets_too_large_for_memory_are_refused_before_allocating(
 
 def test_the_memory_limit_is_applied_and_adjustable(pair: CaffePair, tmp_path: Path) -> None:
     """The tiny net needs kilobytes: a limit below that refuses it, the default converts it."""
-    args = ["--prototxt", pair.prototxt, "--caffemodel", pair.caffemodel, "-o", tmp_path / "x.pt2"]
+    args: list[str | Path] = [
+        "--prototxt",
+        pair.prototxt,
+        "--caffemodel",
+        pair.caffemodel,
+        "-o",
+        tmp_path / "x.pt2",
+    ]
     assert_one_line_error(convert("caffe2torch", *args, "--max-memory", "1e-9"), "GiB")
     assert convert("caffe2torch", *args).exit_code == 0
 
@@ -357,8 +364,9 @@ def test_the_newest_supported_opset_exports_and_runs(converted: Path, tmp_path: 
 
 
 def test_a_prototxt_given_as_caffemodel_is_named_as_such(pair: CaffePair, tmp_path: Path) -> None:
-    for command in (
+    commands: list[list[str | Path]] = [
         ["inspect", pair.prototxt, "--weights", pair.prototxt],
         ["caffe2torch", "--caffemodel", pair.prototxt, "-o", tmp_path / "x.pt2"],
-    ):
+    ]
+    for command in commands:
         assert_one_line_error(convert(*command), "net.prototxt", "looks like a prototxt")
