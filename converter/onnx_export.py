@@ -60,7 +60,7 @@ def _output_dims(module: nn.Module | torch.export.ExportedProgram, example: torc
     and where shapes are computed on the fly (CaffePool2d's explicit padding). So the net
     runs on the example's batch n and on n + 1: a size that does not change is declared as
     is, one that is n then n + 1 is "batch", any other is left unknown. A net that runs
-    only its example's batch declares that batch. A one-line ValueError when `example`
+    only its example's batch declares that batch. A one-line ConversionError when `example`
     does not fit the net at all.
     """
     runnable = module.module() if isinstance(module, torch.export.ExportedProgram) else module

@@ -314,7 +314,8 @@ def build_net(
     """Build a deploy `Net` from a NetParameter: filter, find inputs, infer shapes.
 
     Data, loss and accuracy layers are dropped (their image top becomes an input
-    when its shape is known); `input_shape` overrides or supplies input shapes.
+    when its shape is known); `input_shape` overrides or supplies input shapes, by
+    input blob name ("" for the net's only input).
     """
     state = caffe_pb2.NetState(phase=phase)
     inputs = _legacy_inputs(proto)
@@ -346,11 +347,12 @@ def build_net(
         kept.append(_deploy_form(layer, notes))
     if not inputs:
         inputs = data_inputs
-    for name, shape in (input_shape or {}).items():
-        inputs[name] = tuple(int(d) for d in shape)
+    image_tops = [layer.top[0] for layer in all_layers if _is_data_layer(layer) and layer.top]
+    inputs.update(_given_shapes(input_shape or {}, list(inputs) or list(dict.fromkeys(image_tops))))
     if not inputs:
         raise NetDefinitionError(
-            "the net has no input (no Input layer or input declaration); give its shape explicitly"
+            "the net has no input (no Input layer, input declaration or data layer with a crop "
+            "size); give its shape (--input-shape N,C,H,W)"
         )
     for blob, shape in inputs.items():
         if any(dim < 0 for dim in shape):
@@ -358,6 +360,25 @@ def build_net(
     if not kept:
         raise NetDefinitionError("the net has no layers")
     return _infer(proto.name, inputs, kept, notes)
+
+
+def _given_shapes(given: Mapping[str, Sequence[int]], names: list[str]) -> dict[str, Shape]:
+    """`input_shape` resolved against the net's input blobs `names` (its declared inputs, or
+    the image tops of its data layers); the key "" stands for the only one."""
+    shapes = {name: tuple(int(d) for d in shape) for name, shape in given.items()}
+    if "" in shapes:
+        if len(names) != 1:
+            raise NetDefinitionError(
+                f"an input shape without a blob name needs a net with one input; this one has "
+                f"{len(names)} ({', '.join(names) or 'none'}): name it, as BLOB=N,C,H,W"
+            )
+        shapes[names[0]] = shapes.pop("")
+    unknown = [name for name in shapes if name not in names]
+    if unknown:
+        raise NetDefinitionError(
+            f"no input blob named {', '.join(unknown)} (the net's inputs: {', '.join(names) or 'none'})"
+        )
+    return shapes
 
 
 def _infer(

@@ -171,15 +171,18 @@ class _LayerProgress(Mapping):
 
 
 def read_caffe(
-    caffemodel: str | os.PathLike[str], prototxt: str | os.PathLike[str] | None = None
+    caffemodel: str | os.PathLike[str],
+    prototxt: str | os.PathLike[str] | None = None,
+    input_shape: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[Net, dict[str, list[np.ndarray]]]:
-    """The deploy net (with weights) and *all* blobs of the caffemodel, by layer name.
+    """The deploy net (with weights) and *all* blobs of the caffemodel, by layer name
+    (`input_shape` as in `prototxt.build_net`).
 
     The net drops blobs of layers it does not have (with a note); the raw blobs
     keep them, so that `caffe_to_state_dict` can report every blob that lands nowhere.
     """
     model = read_caffemodel(caffemodel)
-    net = load_net(prototxt, model)
+    net = load_net(prototxt, model, input_shape=input_shape)
     return net, {name: list(arrays) for name, arrays in model.blobs.items() if len(arrays)}
 
 

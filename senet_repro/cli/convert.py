@@ -14,11 +14,42 @@ from ._common import OUTPUT, force_option, guard_outputs, user_errors
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-def _load_pair(path: Path, weights: Path | None) -> Net:
+def _dims(text: str, option: str = "--input-shape") -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        dims = ()
+    if not dims or any(d <= 0 for d in dims):
+        raise InputError(f"{option} {text!r}: expected positive comma-separated integers such as 1,3,224,224")
+    return dims
+
+
+def _input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """--input-shape values, [BLOB=]N,C,H,W each, by blob name ("" for the net's only input)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, _, dims = value.rpartition("=")
+        shapes[name] = _dims(dims, f"--input-shape {value!r}:" if name else "--input-shape")
+    return shapes
+
+
+_input_shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="[BLOB=]N,C,H,W",
+    help="Shape of the net's input; needed by nets without an Input layer whose data layers "
+    "do not tell it (train/val nets), and overrides a declared one. Repeat with BLOB= for "
+    "nets with several inputs.",
+)
+
+
+def _load_pair(path: Path, weights: Path | None, input_shapes: tuple[str, ...] = ()) -> Net:
     """A prototxt (optionally with weights) or a lone caffemodel."""
+    shapes = _input_shapes(input_shapes)
     if path.suffix == ".caffemodel" and weights is None:
-        return load_net(caffemodel=path)
-    return load_net(path, weights)
+        return load_net(caffemodel=path, input_shape=shapes)
+    return load_net(path, weights, input_shape=shapes)
 
 
 def _layer_rows(net: Net) -> list[dict]:
@@ -49,15 +80,16 @@ def main() -> None:
 @click.argument("file", type=_FILE)
 @click.option("--weights", type=_FILE, help="A .caffemodel to check against FILE (a prototxt).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead.")
+@_input_shape_option
 @user_errors
-def inspect(file: Path, weights: Path | None, as_json: bool) -> None:
+def inspect(file: Path, weights: Path | None, as_json: bool, input_shapes: tuple[str, ...]) -> None:
     """Print a layer table of FILE: type, bottoms -> tops, output shape, parameters, MACs.
 
     FILE is a deploy .prototxt or a .caffemodel (whose embedded net is used, with
     data, loss and accuracy layers dropped). With --weights, every blob of the
     caffemodel is checked against the shape the prototxt implies.
     """
-    net = _load_pair(file, weights)
+    net = _load_pair(file, weights, input_shapes)
     rows = _layer_rows(net)
     totals = {
         "layers": len(rows),
@@ -71,24 +103,27 @@ def inspect(file: Path, weights: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"net": net.name, "layers": rows, "totals": totals}, indent=1))
         return
-    name_width = min(max(len(r["layer"]) for r in rows), 40)
+    # Full names and bottoms -> tops, however long: the columns are as wide as their longest cell.
+    flows = [f"{','.join(r['bottoms'])} -> {','.join(r['tops'])}" for r in rows]
+    name_width = max(len("layer"), *(len(r["layer"]) for r in rows))
+    type_width = max(12, *(len(r["type"]) for r in rows))
+    flow_width = max(len("bottoms -> tops"), *(len(flow) for flow in flows))
     header = (
-        f"{'layer':<{name_width}}  {'type':<12} {'bottoms -> tops':<44} {'output':<18} "
+        f"{'layer':<{name_width}}  {'type':<{type_width}} {'bottoms -> tops':<{flow_width}} {'output':<18} "
         f"{'params':>11} {'MACs':>14}"
     )
     click.echo(f"net '{net.name}': {len(rows)} layers")
     click.echo(header)
     click.echo("-" * len(header))
-    for r in rows:
-        flow = f"{','.join(r['bottoms'])} -> {','.join(r['tops'])}"
+    for r, flow in zip(rows, flows):
         shape = "x".join(str(d) for d in r["output_shape"])
         click.echo(
-            f"{r['layer'][:40]:<{name_width}}  {r['type']:<12} {flow[:44]:<44} {shape:<18} "
+            f"{r['layer']:<{name_width}}  {r['type']:<{type_width}} {flow:<{flow_width}} {shape:<18} "
             f"{r['parameters']:>11,} {r['multiply_adds']:>14,}"
         )
     click.echo("-" * len(header))
     click.echo(
-        f"{'total':<{name_width}}  {'':<12} {'':<44} {'':<18} "
+        f"{'total':<{name_width}}  {'':<{type_width}} {'':<{flow_width}} {'':<18} "
         f"{net.learnable_parameters:>11,} {net.multiply_adds:>14,}"
     )
     click.echo(
@@ -199,6 +234,7 @@ def _input_shape(net: Net) -> tuple[int, ...]:
 )
 @_outputs_option
 @_max_memory_option
+@_input_shape_option
 @force_option
 @user_errors
 def caffe2torch(
@@ -216,6 +252,7 @@ def caffe2torch(
     fold: str,
     outputs: str | None,
     max_memory: float,
+    input_shapes: tuple[str, ...],
     force: bool,
 ) -> None:
     """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
@@ -263,7 +300,7 @@ def caffe2torch(
     if (devkit or labels) and class_order != "torchvision":
         raise InputError("--devkit and --labels give the permutation for --class-order torchvision")
     guard_outputs([output], force=force)  # the files beside it once the kind of net is known
-    net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
+    net, blobs = checkpoints.read_caffe(caffemodel, prototxt, _input_shapes(input_shapes))
     # The self-check runs the net in float32 and float64 at its declared input shape.
     check_memory(net_bytes(net, element_bytes=8), max_memory, f"'{net.name}' at its input {dict(net.inputs)}")
     target = checkpoints.senet_target(
@@ -350,6 +387,7 @@ def caffe2torch(
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @_outputs_option
 @_max_memory_option
+@_input_shape_option
 @force_option
 @user_errors
 def caffe2onnx(
@@ -360,6 +398,7 @@ def caffe2onnx(
     fp16: bool,
     outputs: str | None,
     max_memory: float,
+    input_shapes: tuple[str, ...],
     force: bool,
 ) -> None:
     """Convert a Caffe net straight to ONNX (input 'data', outputs named after Caffe blobs)."""
@@ -367,7 +406,7 @@ def caffe2onnx(
 
     guard_outputs([output], force=force)
 
-    net = load_net(prototxt, caffemodel)
+    net = load_net(prototxt, caffemodel, input_shape=_input_shapes(input_shapes))
     shape = _input_shape(net)
     module = convert(net, outputs.split(",") if outputs else None, progress=True)
     _export_and_compare(module, shape, output, opset, fp16, max_memory)
@@ -449,14 +488,7 @@ def torch2onnx(
     The ONNX input is named 'data' (BGR, 0..255 minus the Caffe means) with a dynamic
     batch axis; a SENet's output is 'classifier' (logits), as the Caffe blob.
     """
-    try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise InputError(
-            f"--input-shape {input_shape!r}: expected positive comma-separated integers such as 1,3,224,224"
-        )
+    shape = _dims(input_shape)
     from converter.serialize import read_by_load
 
     guard_outputs([output], force=force, inputs=[] if model else read_by_load(converted))
