@@ -344,7 +344,7 @@ def converted(tiny_model: CaffePair, tmp_path_factory: pytest.TempPathFactory) -
         (["--input-shape", "-1,3,8,8"], ["--input-shape", "positive"]),
         (["--input-shape", "1,3,x,8"], ["--input-shape"]),
         (["--input-shape", "1,3,100000,100000"], ["GiB", "--max-memory"]),
-        (["--input-shape", "1,5,8,8"], ["input of shape [3, 5, 8, 8] does not fit the net"]),
+        (["--input-shape", "1,5,8,8"], ["input of shape (1, 5, 8, 8) does not fit the net"]),
         (["--opset", "99"], ["--opset 99", f"supported are {MIN_OPSET}..{MAX_OPSET}"]),
         (["--opset", "5"], ["--opset 5"]),
     ],
