@@ -68,7 +68,7 @@ def synthetic_valset(folder: Path, count: int) -> Path:
 
 def forward_throughput(backend: TorchBackend, batch_size: int, crop: int, seconds: float) -> float:
     """Images/s of the backend alone on one pre-loaded normalised batch (after warm-up)."""
-    batch = CaffePreprocess(resize=crop, crop=crop).normalize(
+    batch = CaffePreprocess(resize=crop, crop=crop).normalise(
         torch.randint(0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, device=backend.device)
     )
     for _ in range(3):

@@ -10,21 +10,13 @@ only by float32 round-off.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import fx, nn
 
+from prototxt import FoldLevel
+
 from .graph import CaffeGraphModule
 from .modules import Affine, pair, running_statistics
-
-
-class FoldLevel(StrEnum):
-    """What `fold_batchnorm` has done to a net (its `caffe_fold`), from least to most."""
-
-    NONE = "none"  # Caffe's BatchNorm + Scale as they are
-    BN = "bn"  # each pair one affine BatchNorm2d
-    CONV = "conv"  # and each of those after a convolution folded into it
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

@@ -25,7 +25,7 @@ from .graph import CaffeGraphModule
 
 
 @dataclass
-class SelfCheck:
+class GraphCheck:
     blob: str
     scale: float  # max |value| of the blob in float64
     float32_vs_float64: float  # relative max abs difference of our own float32 run
@@ -73,9 +73,9 @@ def _distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def self_check(
+def check_graph(
     module: CaffeGraphModule, net: Net, caffemodel: str | os.PathLike[str] | None, seed: int = 0
-) -> SelfCheck:
+) -> GraphCheck:
     """Run `module` on a seeded image-like input in float32 and float64, and OpenCV."""
     x = image_like(next(iter(net.inputs.values())), seed)
     blob = module.caffe_outputs[0]
@@ -92,4 +92,4 @@ def self_check(
         result = opencv_forward(net, caffemodel, x.numpy(), [blob])
         if result is not None:
             reference = _distance(form(result[0]), out32) / scale
-    return SelfCheck(blob=blob, scale=scale, float32_vs_float64=ours, opencv_vs_ours=reference)
+    return GraphCheck(blob=blob, scale=scale, float32_vs_float64=ours, opencv_vs_ours=reference)

@@ -22,6 +22,7 @@ from .errors import (
     PrototxtSyntaxError,
     WeightsMismatchError,
 )
+from .foldlevel import FoldLevel
 from .net import Layer, Net, attach_weights, build_net, load_net
 from .portable import portable_net
 from .text import format_prototxt, parse_prototxt, parse_prototxt_text, write_prototxt
@@ -30,6 +31,7 @@ __all__ = [
     "CaffeError",
     "CaffeModel",
     "CaffemodelFormatError",
+    "FoldLevel",
     "ConversionError",
     "InputError",
     "Layer",

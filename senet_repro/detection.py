@@ -45,9 +45,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from prototxt import ConversionError
 
 from .models import SENet, from_timm_state_dict, get_model, load_weights, resolve_name
+from .transforms import CAFFE_MEAN_BGR
 
 # For RGB images in 0..1 (torchvision's detection convention): (x - mean) / std = 255 x - mean_rgb.
-CAFFE_IMAGE_MEAN = (123.0 / 255.0, 117.0 / 255.0, 104.0 / 255.0)
+CAFFE_IMAGE_MEAN = tuple(mean / 255.0 for mean in reversed(CAFFE_MEAN_BGR))  # RGB, on 0..1
 CAFFE_IMAGE_STD = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
 
 # Frozen from the input side; trainable_layers=k keeps the last k of these trainable.

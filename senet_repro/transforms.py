@@ -65,6 +65,10 @@ BVLC ImageNet LMDBs were built (`convert_imageset --resize_height 256 --resize_w
 CHANNEL_ORDERS = ("BGR", "RGB")
 
 
+# The per-channel means (B, G, R) every Caffe ImageNet release subtracts, on 0..255 pixels.
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+
+
 @dataclass(frozen=True)
 class CaffePreprocess:
     """Caffe's test-time data transformation, after an OpenCV bilinear resize.
@@ -80,13 +84,13 @@ class CaffePreprocess:
 
     Call it on a PIL image or on a uint8 CHW RGB tensor (CPU or CUDA); the result is a
     float32 CHW tensor (views x CHW with `ten_crop`) on the input's device. The two halves
-    are also available separately (`resize_views` on uint8, `normalize`), so a data loader
+    are also available separately (`resize_views` on uint8, `normalise`), so a data loader
     can ship 8-bit crops and normalise on the accelerator.
     """
 
     resize: int = 256
     crop: int = 224
-    mean_bgr: tuple[float, ...] | None = (104.0, 117.0, 123.0)
+    mean_bgr: tuple[float, ...] | None = CAFFE_MEAN_BGR
     interpolation: str = INTERPOLATION
     resize_mode: str = "shorter"
     mean_file: str | None = None
@@ -197,7 +201,7 @@ class CaffePreprocess:
         offset = self.crop_offset(new_h, new_w)
         return _resize_region(image, (new_h, new_w), offset, (self.crop, self.crop))
 
-    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
+    def normalise(self, crops: torch.Tensor) -> torch.Tensor:
         """uint8 RGB crops (..., 3, crop, crop) -> float32 `(pixel - mean) * scale` in the net's order.
 
         With a mean file and ten crops the views axis (-4) must hold the ten views in the
@@ -223,8 +227,8 @@ class CaffePreprocess:
         elif not isinstance(image, torch.Tensor):
             raise TypeError(f"expected a PIL image or a uint8 CHW tensor, got {type(image).__name__}")
         if self.ten_crop:
-            return self.normalize(self.resize_views(image))
-        return self.normalize(self.resize_crop(image))
+            return self.normalise(self.resize_views(image))
+        return self.normalise(self.resize_crop(image))
 
 
 def _check_image(image: torch.Tensor) -> torch.Tensor:

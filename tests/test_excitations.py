@@ -191,7 +191,7 @@ def test_collect_on_images_per_class_per_layer_with_plots(fake: FakeImageNet) ->
         per_class=4,
         device=CPU,
         batch_size=3,
-        output_order=imagenet.TORCHVISION,
+        output_order=imagenet.ClassOrder.TORCHVISION,
         progress=False,
     )
     assert result.images == [4, 4, 4]
@@ -332,7 +332,7 @@ def test_command_writes_figures_data_and_a_summary_that_agree(
     keys = [
         wnids[0],
         f"caffe:{classes.index(wnids[1])}",
-        f"torchvision:{imagenet.imagenet_classes(imagenet.TORCHVISION).index(wnids[2])}",
+        f"torchvision:{imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION).index(wnids[2])}",
         name,
     ]
     out = tmp_path / "figs"

@@ -10,8 +10,7 @@ import pytest
 
 from senet_repro import imagenet
 from senet_repro.imagenet import (
-    DEVKIT,
-    TORCHVISION,
+    ClassOrder,
     LabelError,
     imagenet_classes,
     permutation_devkit_to_torchvision,
@@ -41,14 +40,14 @@ def test_real_label_file_joined_with_imagenet_classes(senet_labels: dict[str, in
     assert permutation[489] == 65
     assert sorted(permutation) == list(range(1000))
     # The built-in devkit order is exactly what the two files imply.
-    devkit, torchvision = imagenet_classes(DEVKIT), imagenet_classes(TORCHVISION)
+    devkit, torchvision = imagenet_classes(ClassOrder.DEVKIT), imagenet_classes(ClassOrder.TORCHVISION)
     assert devkit.permutation_to(torchvision) == permutation
     assert devkit.wnid(489) == torchvision.wnid(65) == "n01751748"
     assert devkit.name(489) == torchvision.name(65) == "sea snake"
 
 
 def test_orders_agree_with_imagenet_classes_and_the_devkit_convention() -> None:
-    devkit, torchvision = imagenet_classes(DEVKIT), imagenet_classes(TORCHVISION)
+    devkit, torchvision = imagenet_classes(ClassOrder.DEVKIT), imagenet_classes(ClassOrder.TORCHVISION)
     assert devkit.wnid(0) == "n02119789" and devkit.name(0) == "kit fox"
     assert torchvision.wnid(0) == "n01440764" and torchvision.name(0) == "tench"
     assert list(torchvision.wnids) == sorted(devkit.wnids)
@@ -68,7 +67,9 @@ def test_permutation_from_a_fake_devkit_meta_mat(tmp_path: Path) -> None:
         "ILSVRC2012_val_00000003.JPEG": 999,
     }
     permutation = permutation_devkit_to_torchvision(devkit.meta)
-    assert permutation == imagenet_classes(DEVKIT).permutation_to(imagenet_classes(TORCHVISION))
+    assert permutation == imagenet_classes(ClassOrder.DEVKIT).permutation_to(
+        imagenet_classes(ClassOrder.TORCHVISION)
+    )
     assert permutation[489] == 65
 
 
@@ -79,7 +80,7 @@ def test_torchvision_parses_our_fake_devkit_archive(tmp_path: Path, monkeypatch:
     write_devkit_archive(tmp_path / imagenet.DEVKIT_ARCHIVE, ground_truth=[490, 1, 1000])
     tv_imagenet.parse_devkit_archive(str(tmp_path))
     wnid_to_classes, val_wnids = tv_imagenet.load_meta_file(str(tmp_path))
-    devkit = imagenet_classes(DEVKIT)
+    devkit = imagenet_classes(ClassOrder.DEVKIT)
     assert list(wnid_to_classes) == list(devkit.wnids)
     assert val_wnids == [devkit.wnid(489), devkit.wnid(0), devkit.wnid(999)]
     assert wnid_to_classes["n02119789"] == ("kit fox", "Vulpes macrotis")
@@ -134,7 +135,7 @@ def test_joins_that_are_not_bijections_are_refused() -> None:
 
 
 def test_class_lookup_by_wnid_index_and_name() -> None:
-    classes = imagenet_classes(DEVKIT)
+    classes = imagenet_classes(ClassOrder.DEVKIT)
     assert classes.index("n02119789") == classes.index(0) == classes.index("kit fox") == 0
     assert classes.index("Vulpes macrotis") == 0
     assert classes.index("kit fox, Vulpes macrotis") == 0

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from prototxt import Net, load_net
 from prototxt.caffe_pb2 import PoolingParameter
 from prototxt.shapes import conv_geometry, pool_geometry
+from senet_repro.imagenet import ClassOrder
 from senet_repro.models import (
     ALIASES,
     SEBNInception,
@@ -409,7 +410,7 @@ def test_weights_descriptions():
     resnext = weights_for("se_resnext50")
     assert (resnext.top1_err, resnext.top5_err, resnext.caffemodel_mb) == (20.97, 5.54, 105)
     assert SENetWeights.SENET154.top1_err == 18.68  # attribute access falls through
-    assert resnext.class_order == "ilsvrc2012_devkit"
+    assert resnext.class_order == ClassOrder.DEVKIT
     assert resnext.mean_bgr == (104.0, 117.0, 123.0) and resnext.channel_order == "BGR"
     preprocess = resnext.transforms()
     assert (preprocess.resize, preprocess.crop, preprocess.mean_bgr) == (

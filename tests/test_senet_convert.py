@@ -80,7 +80,7 @@ def test_clean_model_matches_generic_graph(caffe_pair, model):
     assert result.check.scale > 1e-2  # calibrated weights: the logits are not vanishing
     if model == "se_bn_inception":  # the check notices a wrong weight (and then runs float64)
         wrong = dict(result.state_dict, **{"fc.bias": result.state_dict["fc.bias"] + 1e-3})
-        failed = checkpoints.self_check(model, net, wrong)
+        failed = checkpoints.check_model(model, net, wrong)
         assert not failed.passed and failed.float32_error is not None
         assert failed.difference == pytest.approx(1e-3 / failed.scale, rel=1e-2)
 
@@ -300,7 +300,7 @@ def test_permutation_from_every_source_agrees(label_file, tmp_path):
     write_devkit_archive(archive, ground_truth=[490])
     folder = tmp_path / "unpacked" / imagenet.DEVKIT_DIR / "data"
     folder.mkdir(parents=True)
-    classes = imagenet.imagenet_classes(imagenet.DEVKIT)
+    classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     write_meta_mat(folder / "meta.mat", classes.wnids, classes.words)
     built_in, source = checkpoints.class_permutation()
     assert "built into" in source
@@ -315,7 +315,7 @@ def test_permutation_from_every_source_agrees(label_file, tmp_path):
 
 def test_permutation_sources_are_checked(label_file, tmp_path):
     (tmp_path / "nothing").mkdir()
-    classes = imagenet.imagenet_classes(imagenet.DEVKIT)
+    classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     shuffled = tmp_path / "meta.mat"
     write_meta_mat(shuffled, classes.wnids[::-1], classes.words[::-1])
     with pytest.raises(imagenet.LabelError, match="not list the ILSVRC2012 classes in the devkit order"):

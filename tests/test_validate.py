@@ -104,11 +104,11 @@ def test_three_layouts_give_identical_and_exactly_expected_results(fake: FakeIma
 
 def test_a_wrong_label_order_is_caught(fake: FakeImageNet) -> None:
     """A network in the torchvision order scores right only once labels are mapped to that order."""
-    net = known_answer_net(fake, RANKS, order=imagenet.TORCHVISION)
+    net = known_answer_net(fake, RANKS, order=imagenet.ClassOrder.TORCHVISION)
     unmapped = run(net, fake.layouts["flat"])
     assert counts(unmapped) != (25, TOP1_WRONG, TOP5_WRONG)
-    permutation = imagenet.imagenet_classes(imagenet.DEVKIT).permutation_to(
-        imagenet.imagenet_classes(imagenet.TORCHVISION)
+    permutation = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT).permutation_to(
+        imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION)
     )
     mapped = run(net, fake.layouts["flat"], label_map=permutation)
     assert counts(mapped) == (25, TOP1_WRONG, TOP5_WRONG)
@@ -145,7 +145,7 @@ def test_torchvision_root_with_meta_bin_is_the_one_torchvision_reads(
     assert valset.layout == "torchvision" and "meta.bin" in valset.label_source
     assert valset.labels == open_valset(fake.layouts["flat"]).labels
     theirs = tv_imagenet.ImageNet(str(root), split="val")
-    devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
+    devkit = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     ours = {path.name: devkit.wnid(label) for path, label in zip(valset.paths, valset.labels)}
     assert {Path(path).name: theirs.wnids[target] for path, target in theirs.samples} == ours
 
@@ -394,7 +394,7 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
         "onnxruntime": load_backend("onnxruntime", weights=onnx_path, device=CPU),
     }
 
-    batch = CaffePreprocess().normalize(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
+    batch = CaffePreprocess().normalise(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
     logits = {name: backend(batch) for name, backend in backends.items()}
     scale = logits["graph"].abs().max()
     for name, value in logits.items():

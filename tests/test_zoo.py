@@ -138,7 +138,7 @@ def test_ten_crops_follow_data_transformer_at_each_views_offset(small_case) -> N
     assert views == tuple((top, left, m) for m in (False, True) for top, left in corners_and_centre)
     crops = preprocess.resize_views(image)  # an 11x11 image warped to 11x11 is itself
     assert crops.shape == (10, 3, 6, 6) and crops.dtype == torch.uint8
-    ours = preprocess.normalize(crops.unsqueeze(0))[0].numpy()
+    ours = preprocess.normalise(crops.unsqueeze(0))[0].numpy()
     bgr = image.flip(0).numpy()
     for index, (top, left, mirrored) in enumerate(views):
         expected = transformer_transcription(bgr, mean, 6, 0.017, top, left, mirrored)
@@ -192,7 +192,7 @@ def test_mean_file_needs_an_image_of_its_size(small_case) -> None:
         0, 256, (1, 10, 3, 11, 11), dtype=torch.uint8
     )  # pycaffe: the same mean for every view
     expected = crops.flip(2).float() - torch.from_numpy(mean)
-    assert torch.equal(crop_sized.normalize(crops), expected)
+    assert torch.equal(crop_sized.normalise(crops), expected)
     with pytest.raises(ValueError, match="not both"):
         CaffePreprocess(resize=11, crop=6, resize_mode="warp", mean_file=str(mean_file))
 
@@ -239,7 +239,7 @@ def test_mean_file_crop_equals_bvlc_caffe(small_case, tmp_path: Path) -> None:
         scale=0.017,
         ten_crop=True,
     )
-    ours = preprocess.normalize(preprocess.resize_views(image).unsqueeze(0))[0].numpy()
+    ours = preprocess.normalise(preprocess.resize_views(image).unsqueeze(0))[0].numpy()
     centre, mirrored = ours[4], ours[9]
     matches = [np.array_equal(run, centre) or np.array_equal(run, mirrored) for run in caffe]
     assert all(matches), "a Caffe output equals neither our centre view nor its mirror"

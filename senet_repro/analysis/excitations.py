@@ -63,7 +63,11 @@ SUMMARY_DEFINITIONS = {
 }
 
 _INDEX_KEY = re.compile(r"^(caffe|devkit|torchvision):(\d+)$", re.IGNORECASE)
-_ORDER_OF_PREFIX = {"caffe": imagenet.DEVKIT, "devkit": imagenet.DEVKIT, "torchvision": imagenet.TORCHVISION}
+_ORDER_OF_PREFIX = {
+    "caffe": imagenet.ClassOrder.DEVKIT,
+    "devkit": imagenet.ClassOrder.DEVKIT,
+    "torchvision": imagenet.ClassOrder.TORCHVISION,
+}
 
 
 class ExcitationError(InputError):
@@ -114,7 +118,7 @@ def _unknown_name(text: str, classes: imagenet.ImageNetClasses) -> ExcitationErr
 
 def resolve_class(key: str) -> ClassChoice:
     """A class given by WordNet id, by index with its order (`caffe:1`, `torchvision:1`) or by name."""
-    devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
+    devkit = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     text = key.strip()
     index_key = _INDEX_KEY.match(text)
     if index_key:
@@ -134,7 +138,7 @@ def resolve_class(key: str) -> ClassChoice:
             wnid = devkit.wnid(devkit.index(text))
         except imagenet.LabelError as exc:  # ambiguous: the message lists the candidates
             raise ExcitationError(f"{exc}; give the WordNet id instead") from None
-    torchvision = imagenet.imagenet_classes(imagenet.TORCHVISION)
+    torchvision = imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION)
     caffe_index = devkit.index(wnid)
     return ClassChoice(text, wnid, devkit.words[caffe_index], caffe_index, torchvision.index(wnid))
 
@@ -394,7 +398,7 @@ def collect_excitations(
     device: torch.device,
     batch_size: int = 50,
     workers: int = 0,
-    output_order: str | None = imagenet.DEVKIT,
+    output_order: str | None = imagenet.ClassOrder.DEVKIT,
     progress: bool = True,
 ) -> ExcitationResult:
     """Run `model` over up to `per_class` images of each class and average the gates of `layers`.
@@ -414,7 +418,7 @@ def collect_excitations(
         position[choice.caffe_index] = k
     target = None
     if output_order is not None:
-        devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
+        devkit = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
         target = torch.tensor(devkit.permutation_to(imagenet.imagenet_classes(output_order)), device=device)
     backend = TorchBackend(model, device)
     # The harness's dataset and collation; its DataLoader builder is internal to its evaluation loop.
@@ -441,7 +445,7 @@ def collect_excitations(
     ):
         for crops, labels, batch_indices, errors in loader:
             views = crops.to(device, non_blocking=True)  # images x views x CHW, one view here
-            logits = backend(preprocess.normalize(views).flatten(0, 1))
+            logits = backend(preprocess.normalise(views).flatten(0, 1))
             readable = torch.tensor([not message for message in errors])
             positions = torch.where(readable, position[labels], -1).to(device)
             recorder.add(positions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,6 +19,11 @@ F = TypeVar("F", bound=Callable)
 # Errors that mean "your input is wrong" (or unreadable), as opposed to a bug in this program,
 # which keeps its traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (InputError, OSError)
+
+
+def choices(vocabulary: type[StrEnum], *extra: str) -> click.Choice:
+    """An option's choices: the values of one of the project's vocabularies (plus `extra`)."""
+    return click.Choice([*extra, *(member.value for member in vocabulary)])
 
 
 class UserError(click.ClickException):

@@ -21,9 +21,9 @@ from senet_repro.analysis.excitations import (
 from senet_repro.analysis.plots import figure_paths, write_figures
 from senet_repro.models import get_model, weights_for
 from senet_repro.transforms import CaffePreprocess
-from senet_repro.validate import LAYOUTS, ValidateError, configure_precision, open_valset
+from senet_repro.validate import FolderLayout, ValidateError, configure_precision, open_valset
 
-from ._common import OUTPUT, force_option, guard_outputs, user_errors
+from ._common import OUTPUT, choices, force_option, guard_outputs, user_errors
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -73,7 +73,7 @@ def _device(name: str | None) -> torch.device:
     type=OUTPUT,
     help="Folder for the figures, gates.json/.csv and summary.csv/.txt.",
 )
-@click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True)
+@click.option("--layout", type=choices(FolderLayout, "auto"), default="auto", show_default=True)
 @click.option(
     "--labels", type=_FILE, help="Labels file for a flat folder (found automatically next to the images)."
 )
@@ -114,7 +114,7 @@ def excitations(
     base = weights_for(model).transforms()
     preprocess = CaffePreprocess(resize=resize or base.resize, crop=crop or base.crop, mean_bgr=base.mean_bgr)
     valset = open_valset(data, layout=layout, labels_file=labels)
-    if valset.label_order != imagenet.DEVKIT:
+    if valset.label_order != imagenet.ClassOrder.DEVKIT:
         raise ValidateError(
             "the excitation study picks ImageNet classes: give an ImageNet layout, not a list"
         )
@@ -148,7 +148,7 @@ def excitations(
         device=target,
         batch_size=batch_size,
         workers=workers,
-        output_order=imagenet.DEVKIT,
+        output_order=imagenet.ClassOrder.DEVKIT,
     )
     for name, message in result.unreadable:
         click.echo(f"unreadable (left out): {name}: {message}", err=True)

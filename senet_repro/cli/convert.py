@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from prototxt import InputError, Net, load_net
+from prototxt import FoldLevel, InputError, Net, load_net
+from senet_repro.imagenet import ClassOrder
+from senet_repro.layout import KeyLayout
 
-from ._common import OUTPUT, force_option, guard_outputs, user_errors
+from ._common import OUTPUT, choices, force_option, guard_outputs, user_errors
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -193,18 +195,18 @@ def _input_shape(net: Net) -> tuple[int, ...]:
 )
 @click.option(
     "--layout",
-    type=click.Choice(["ours", "timm"]),
-    default="ours",
+    type=choices(KeyLayout),
+    default=KeyLayout.OURS.value,
     show_default=True,
     help="SENet: state_dict keys of senet_repro.models or of timm's legacy_se* models.",
 )
 @click.option(
     "--class-order",
-    type=click.Choice(["caffe", "torchvision"]),
-    default="caffe",
+    type=choices(ClassOrder),
+    default=ClassOrder.DEVKIT.value,
     show_default=True,
-    help="SENet: classifier rows in the Caffe (ILSVRC2012 devkit) order or the sorted "
-    "WordNet-id order of torchvision and timm.",
+    help="SENet: classifier rows in the ILSVRC2012 devkit order (the Caffe releases') or the "
+    "sorted WordNet-id order of torchvision and timm.",
 )
 @click.option(
     "--devkit",
@@ -227,8 +229,8 @@ def _input_shape(net: Net) -> tuple[int, ...]:
 )
 @click.option(
     "--fold",
-    type=click.Choice(["none", "bn", "conv"]),
-    default="none",
+    type=choices(FoldLevel),
+    default=FoldLevel.NONE.value,
     show_default=True,
     help="Generic net: fold BatchNorm+Scale into one BatchNorm ('bn') or into the convolution.",
 )
@@ -271,21 +273,25 @@ def caffe2torch(
     from converter import convert
     from converter.fold import fold_batchnorm
     from converter.memory import check_memory, net_bytes
-    from converter.selfcheck import self_check
+    from converter.selfcheck import check_graph
     from converter.serialize import save_converted, written_by_save
     from senet_repro import checkpoints
 
     generic_options = [
         name
-        for name, given in (("--generic", generic), ("--fold", fold != "none"), ("--outputs", outputs))
+        for name, given in (
+            ("--generic", generic),
+            ("--fold", fold != FoldLevel.NONE),
+            ("--outputs", outputs),
+        )
         if given
     ]
     senet_options = [
         name
         for name, given in (
             ("--safetensors", also_safetensors),
-            ("--layout", layout != "ours"),
-            ("--class-order", class_order != "caffe"),
+            ("--layout", layout != KeyLayout.OURS),
+            ("--class-order", class_order != ClassOrder.DEVKIT),
             ("--devkit", devkit),
             ("--labels", labels),
             ("--fold-normalisation", fold_normalisation),
@@ -297,7 +303,7 @@ def caffe2torch(
             f"--model converts to a SENet state_dict; {', '.join(generic_options)} "
             "apply to the generic graph only"
         )
-    if (devkit or labels) and class_order != "torchvision":
+    if (devkit or labels) and class_order != ClassOrder.TORCHVISION:
         raise InputError("--devkit and --labels give the permutation for --class-order torchvision")
     guard_outputs([output], force=force)  # the files beside it once the kind of net is known
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt, _input_shapes(input_shapes))
@@ -317,9 +323,9 @@ def caffe2torch(
         guard_outputs(written_by_save(output), force=force)
         shape = _input_shape(net)
         module = convert(net, outputs.split(",") if outputs else None, progress=True)
-        if fold != "none":
+        if fold != FoldLevel.NONE:
             fold_batchnorm(module, fold)
-        check = self_check(module, net, caffemodel)
+        check = check_graph(module, net, caffemodel)
         written = save_converted(module, net, output, torch.zeros(tuple(shape)))
         parameters = sum(p.numel() for p in module.parameters())
         click.echo(
@@ -331,7 +337,9 @@ def caffe2torch(
         return
     paths = checkpoints.output_paths(output, also_safetensors)
     guard_outputs(paths, force=force)
-    permutation = checkpoints.class_permutation(devkit, labels) if class_order == "torchvision" else None
+    permutation = (
+        checkpoints.class_permutation(devkit, labels) if class_order == ClassOrder.TORCHVISION else None
+    )
     result = checkpoints.convert_senet(
         net,
         blobs,
@@ -346,7 +354,7 @@ def caffe2torch(
         checkpoints.save_state_dict(result.state_dict, path, result.metadata())
     loader = (
         f"timm.create_model('{result.metadata()['timm_model']}')"
-        if layout == "timm"
+        if layout == KeyLayout.TIMM
         else f"senet_repro.models.get_model('{target}')"
     )
     click.echo(

@@ -21,10 +21,10 @@ from senet_repro import imagenet
 from senet_repro.transforms import CHANNEL_ORDERS, RESIZE_MODES, CaffePreprocess
 from senet_repro.validate import (
     BACKENDS,
-    LAYOUTS,
     Backend,
     EvalOptions,
     EvalResult,
+    FolderLayout,
     ValidateError,
     ValSet,
     configure_precision,
@@ -36,7 +36,7 @@ from senet_repro.validate import (
 from senet_repro.validate.cards import IMAGENET_1K, ModelCard, Published, find_card
 from senet_repro.validate.data import OUTPUT_ORDER, read_label_set
 
-from ._common import OUTPUT, force_option, guard_outputs, user_errors
+from ._common import OUTPUT, choices, force_option, guard_outputs, user_errors
 
 if TYPE_CHECKING:
     from senet_repro.models import CaffeWeights
@@ -57,7 +57,7 @@ def _class_subset(spec: str | None) -> list[int] | None:
     """'K' -> K classes evenly spaced in the devkit order; else comma-separated wnids or names."""
     if spec is None:
         return None
-    classes = imagenet.imagenet_classes(imagenet.DEVKIT)
+    classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     text = spec.strip()
     if text.isdigit():
         count = int(text)
@@ -278,7 +278,7 @@ def _protocol(args: dict) -> Protocol:
     if card is not None:
         preprocess = card.transforms(_card_mean_file(card, args), **overrides)
         published = card.published_for(preprocess)
-        order = card.class_order or imagenet.DEVKIT
+        order = card.class_order or imagenet.ClassOrder.DEVKIT
     elif description is not None:
         base = description.transforms()
         preprocess = dataclasses.replace(base, **overrides)
@@ -289,7 +289,7 @@ def _protocol(args: dict) -> Protocol:
         order = description.class_order
     else:
         preprocess = dataclasses.replace(CaffePreprocess(), **overrides)
-        order = imagenet.DEVKIT
+        order = imagenet.ClassOrder.DEVKIT
     if args["check"] and published is None:
         raise ValidateError(
             "--check needs a published figure for this protocol: give --model or --card at its preprocessing"
@@ -319,9 +319,9 @@ def _label_map(valset: ValSet, protocol: Protocol, args: dict) -> list[int] | No
         raise ValidateError(
             f"{protocol.card.name} classifies {protocol.card.label_set}: give --layout list and --labels"
         )
-    if protocol.class_order == imagenet.DEVKIT:
+    if protocol.class_order == imagenet.ClassOrder.DEVKIT:
         return None
-    devkit = imagenet.imagenet_classes(imagenet.DEVKIT)
+    devkit = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     return devkit.permutation_to(imagenet.imagenet_classes(protocol.class_order))
 
 
@@ -383,7 +383,7 @@ def _backend(args: dict, device: torch.device) -> Backend:
     help="Labels file: for a flat folder ILSVRC2017_val.txt or the devkit ground truth (found "
     "automatically next to the images); for --layout list a Caffe image list 'path label'.",
 )
-@click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True)
+@click.option("--layout", type=choices(FolderLayout, "auto"), default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), help="Default: cuda when available.")
 @click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Data loader processes (default: min(8, CPUs)).")
@@ -423,7 +423,7 @@ def _backend(args: dict, device: torch.device) -> Backend:
 )
 @click.option(
     "--class-order",
-    type=click.Choice(imagenet.CLASS_ORDERS),
+    type=choices(imagenet.ClassOrder),
     help="Class order of the network's outputs (default: the model's, devkit).",
 )
 @click.option("--tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPU (default: strict fp32).")
@@ -487,7 +487,7 @@ def main(**args) -> None:
     )
     if distributed.world_size > 1:
         dist.destroy_process_group()
-    full_size = imagenet.NUM_VAL_IMAGES if valset.label_order == imagenet.DEVKIT else None
+    full_size = imagenet.NUM_VAL_IMAGES if valset.label_order == imagenet.ClassOrder.DEVKIT else None
     verdict, passed = _verdict(result, published, args["tolerance"], full_size)
     if distributed.is_main:
         for name, message in result.unreadable:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from senet_repro.imagenet import ClassOrder
+from senet_repro.transforms import CAFFE_MEAN_BGR, CaffePreprocess
 
 from .registry import resolve_name
-
-if TYPE_CHECKING:
-    from senet_repro.transforms import CaffePreprocess
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,12 @@ class CaffeWeights:
     top1_err: float  # %, published
     top5_err: float  # %, published
     num_classes: int = 1000
-    class_order: str = "ilsvrc2012_devkit"
+    class_order: ClassOrder = ClassOrder.DEVKIT
     resize: int = 256  # shorter side
     crop: int = 224  # centre crop
     channel_order: str = "BGR"
     pixel_range: tuple[float, float] = (0.0, 255.0)
-    mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
+    mean_bgr: tuple[float, ...] = CAFFE_MEAN_BGR
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -49,9 +49,7 @@ class CaffeWeights:
         return asdict(self)
 
     def transforms(self) -> CaffePreprocess:
-        """The matching preprocessing: image -> BGR tensor minus the means (imported lazily)."""
-        from senet_repro.transforms import CaffePreprocess
-
+        """The matching preprocessing: image -> BGR tensor minus the means."""
         return CaffePreprocess(resize=self.resize, crop=self.crop, mean_bgr=self.mean_bgr)
 
 

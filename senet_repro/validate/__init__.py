@@ -10,7 +10,7 @@ The command-line front end is `senet_repro.cli.validate` (`senet-validate`).
 """
 
 from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, load_backend
-from .data import LAYOUTS, ValImages, ValSet, open_valset, read_image
+from .data import FolderLayout, ValImages, ValSet, open_valset, read_image
 from .errors import ValidateError
 from .metrics import TopKCounter, correct_at_k
 from .runner import Distributed, EvalOptions, EvalResult, configure_precision, evaluate, init_distributed
@@ -21,7 +21,7 @@ __all__ = [
     "Distributed",
     "EvalOptions",
     "EvalResult",
-    "LAYOUTS",
+    "FolderLayout",
     "OnnxRuntimeBackend",
     "TorchBackend",
     "TopKCounter",

@@ -23,6 +23,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -34,7 +35,16 @@ from senet_repro.transforms import CaffePreprocess
 
 from .errors import ValidateError
 
-LAYOUTS = ("torchvision", "imagefolder", "flat", "list")
+
+class FolderLayout(StrEnum):
+    """How a validation set's images and labels are arranged on disk (tried in this order)."""
+
+    TORCHVISION = "torchvision"  # torchvision's ImageNet: val/<wnid>/ beside the devkit
+    IMAGEFOLDER = "imagefolder"  # one folder per WordNet id
+    FLAT = "flat"  # all images in one folder, labels from a file
+    LIST = "list"  # a Caffe image list (path label), labels already output indices
+
+
 OUTPUT_ORDER = "output"
 """`ValSet.label_order` of a Caffe image list: its labels are the network's output indices."""
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -48,16 +58,16 @@ MAX_IMAGE_PIXELS = 89_478_485
 class ValSet:
     """A validation set: image paths sorted by file name, labels in `label_order`.
 
-    `label_order` is imagenet.DEVKIT (ImageNet layouts: devkit indices, mapped to the
+    `label_order` is imagenet.ClassOrder.DEVKIT (ImageNet layouts: devkit indices, mapped to the
     network's class order later) or OUTPUT_ORDER (a Caffe list: the network's own indices).
     """
 
-    layout: str
+    layout: FolderLayout
     root: Path
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     label_source: str
-    label_order: str = imagenet.DEVKIT
+    label_order: str = imagenet.ClassOrder.DEVKIT
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -95,7 +105,7 @@ def _class_folders(folder: Path) -> list[Path]:
         return [Path(e.path) for e in entries if e.is_dir() and imagenet.is_wnid(e.name)]
 
 
-def _sorted(pairs: Iterable[tuple[Path, int]], layout: str, root: Path, source: str) -> ValSet:
+def _sorted(pairs: Iterable[tuple[Path, int]], layout: FolderLayout, root: Path, source: str) -> ValSet:
     ordered = sorted(pairs, key=lambda pair: (pair[0].name, str(pair[0])))
     if not ordered:
         raise ValidateError(f"{root}: the {layout} layout was recognised but holds no images")
@@ -103,7 +113,7 @@ def _sorted(pairs: Iterable[tuple[Path, int]], layout: str, root: Path, source: 
 
 
 def _folder_samples(folders: Sequence[Path]) -> list[tuple[Path, int]]:
-    classes = imagenet.imagenet_classes(imagenet.DEVKIT)
+    classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     return [(path, classes.index(folder.name)) for folder in folders for path in _images_in(folder)]
 
 
@@ -133,7 +143,7 @@ def _open_torchvision(root: Path) -> ValSet | None:
     if meta is None:
         return None
     meta.check_standard()
-    valset = _sorted(_folder_samples(folders), "torchvision", root, f"folder names ({source})")
+    valset = _sorted(_folder_samples(folders), FolderLayout.TORCHVISION, root, f"folder names ({source})")
     if ground_truth is not None:
         wrong = [
             path.name
@@ -152,7 +162,7 @@ def _open_imagefolder(root: Path) -> ValSet | None:
     for folder in (root / "val", root):
         folders = _class_folders(folder)
         if folders:
-            return _sorted(_folder_samples(folders), "imagefolder", folder, "folder names")
+            return _sorted(_folder_samples(folders), FolderLayout.IMAGEFOLDER, folder, "folder names")
     return None
 
 
@@ -192,7 +202,7 @@ def _open_flat(root: Path, labels_file: Path | None) -> ValSet | None:
             raise ValidateError(
                 f"{source} has no label for {len(unlabelled)} image(s), e.g. {sorted(unlabelled)[0]}"
             )
-        return _sorted(((p, labels[p.name]) for p in images), "flat", folder, source)
+        return _sorted(((p, labels[p.name]) for p in images), FolderLayout.FLAT, folder, source)
     return None
 
 
@@ -233,7 +243,7 @@ def _open_list(root: Path, labels_file: Path | None) -> ValSet:
         raise ValidateError(
             f"{labels_file} lists {len(missing)} image(s) not found under {root}, e.g. {missing[0]}"
         )
-    valset = _sorted(samples, "list", root, str(labels_file))
+    valset = _sorted(samples, FolderLayout.LIST, root, str(labels_file))
     return dataclasses.replace(valset, label_order=OUTPUT_ORDER)
 
 
@@ -261,23 +271,23 @@ def open_valset(root: str | Path, *, layout: str = "auto", labels_file: str | Pa
     root = Path(root)
     if not root.is_dir():
         raise ValidateError(f"{root} is not a folder")
-    if layout not in ("auto", *LAYOUTS):
-        raise ValidateError(f"unknown layout {layout!r}; choose auto or one of {', '.join(LAYOUTS)}")
+    if layout not in ("auto", *FolderLayout):
+        raise ValidateError(f"unknown layout {layout!r}; choose auto or one of {', '.join(FolderLayout)}")
     labels_path = Path(labels_file) if labels_file is not None else None
     if labels_path is not None and not labels_path.is_file():
         raise ValidateError(f"labels file {labels_path} does not exist")
     openers = {
-        "torchvision": lambda: _open_torchvision(root),
-        "imagefolder": lambda: _open_imagefolder(root),
-        "flat": lambda: _open_flat(root, labels_path),
-        "list": lambda: _open_list(root, labels_path),
+        FolderLayout.TORCHVISION: lambda: _open_torchvision(root),
+        FolderLayout.IMAGEFOLDER: lambda: _open_imagefolder(root),
+        FolderLayout.FLAT: lambda: _open_flat(root, labels_path),
+        FolderLayout.LIST: lambda: _open_list(root, labels_path),
     }
     if layout != "auto":
-        order = [layout]
+        order = [FolderLayout(layout)]
     elif labels_path is not None:
-        order = ["flat"]
+        order = [FolderLayout.FLAT]
     else:
-        order = [name for name in LAYOUTS if name != "list"]  # a list file is never guessed
+        order = [name for name in FolderLayout if name != FolderLayout.LIST]  # a list file is never guessed
     for name in order:
         valset = openers[name]()
         if valset is not None:

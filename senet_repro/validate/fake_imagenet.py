@@ -37,6 +37,7 @@ from torch import nn
 from converter.onnx_export import export_onnx
 from prototxt import InputError
 from senet_repro import imagenet
+from senet_repro.transforms import CAFFE_MEAN_BGR
 
 MAX_CODES = 64
 _CODE_STEP = 4  # grey levels between codes: JPEG and resizing may move a level by one, never by two
@@ -67,7 +68,7 @@ class FakeImageNet:
     images: tuple[FakeImage, ...]
     layouts: dict[str, Path]  # layout name -> the folder to hand to senet-validate --data
 
-    def labels(self, order: str = imagenet.DEVKIT) -> list[int]:
+    def labels(self, order: str = imagenet.ClassOrder.DEVKIT) -> list[int]:
         """True class of each image in the given class order."""
         classes = imagenet.imagenet_classes(order)
         return [classes.index(image.wnid) for image in self.images]
@@ -127,7 +128,7 @@ def write_meta_mat(
 
 def write_devkit_archive(path: Path, ground_truth: Sequence[int]) -> None:
     """ILSVRC2012_devkit_t12.tar.gz with the standard meta.mat and `ground_truth` (ILSVRC2012_IDs)."""
-    classes = imagenet.imagenet_classes(imagenet.DEVKIT)
+    classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     meta = io.BytesIO()
     write_meta_mat(meta, classes.wnids, classes.words, internal_nodes=_INTERNAL_NODES)
     members = {
@@ -160,7 +161,7 @@ def make_fake_imagenet(
     if not 0 < total <= MAX_CODES:
         raise InputError(f"{total} images requested; the grey-level code allows 1..{MAX_CODES}")
     rng = np.random.default_rng(seed)
-    classes = imagenet.imagenet_classes(imagenet.DEVKIT)
+    classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     chosen = sorted(rng.choice(len(classes), size=num_classes, replace=False).tolist())
     labels = rng.permutation(np.repeat(chosen, images_per_class)).tolist()
     codes = rng.permutation(MAX_CODES)[:total].tolist()
@@ -201,7 +202,7 @@ class KnownAnswerNet(nn.Module):
     table: torch.Tensor
     mean: torch.Tensor
 
-    def __init__(self, table: torch.Tensor, mean_bgr: Sequence[float] = (104.0, 117.0, 123.0)) -> None:
+    def __init__(self, table: torch.Tensor, mean_bgr: Sequence[float] = CAFFE_MEAN_BGR) -> None:
         super().__init__()
         self.register_buffer("table", table.float())
         self.register_buffer("mean", torch.tensor(mean_bgr, dtype=torch.float32).view(1, 3))
@@ -216,7 +217,7 @@ def known_answer_net(
     fake: FakeImageNet,
     ranks: Sequence[int],
     *,
-    order: str = imagenet.DEVKIT,
+    order: str = imagenet.ClassOrder.DEVKIT,
     num_classes: int = imagenet.NUM_CLASSES,
     seed: int = 0,
 ) -> KnownAnswerNet:

@@ -190,7 +190,7 @@ def evaluate(
         unreadable.extend(bad)
         readable = torch.tensor([not message for message in errors]).to(device, non_blocking=True)
         targets = (labels if mapping is None else mapping[labels]).to(device, non_blocking=True)
-        scores = _scores(backend, preprocess.normalize(crops)).to(device)
+        scores = _scores(backend, preprocess.normalise(crops)).to(device)
         counter.update(scores, targets, readable)
         if options.keep_predictions:
             top = scores.topk(min(5, scores.shape[1]), dim=1).indices.tolist()
