@@ -119,15 +119,13 @@ class PriorBox(nn.Module):
 
     def forward(self, feature: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         dtype = np.dtype(np.float64 if feature.dtype == torch.float64 else np.float32)
-        priors = prior_boxes(self.spec, _legacy_hw(feature), _legacy_hw(image), dtype)
+        # Caffe's height()/width(): axes 2 and 3, 1 where the blob has fewer (at most 4, checked).
+        feature_hw, image_hw = ((*x.shape, 1, 1)[2:4] for x in (feature, image))
+        priors = prior_boxes(self.spec, feature_hw, image_hw, dtype)
         return torch.from_numpy(priors.copy()).to(feature.device, feature.dtype)
 
     def extra_repr(self) -> str:
         return str(self.spec)
-
-
-def _legacy_hw(x: torch.Tensor) -> tuple[int, int]:
-    return (int(x.shape[2]) if x.dim() > 2 else 1, int(x.shape[3]) if x.dim() > 3 else 1)
 
 
 CODE_TYPES = ("CORNER", "CENTER_SIZE", "CORNER_SIZE")
@@ -178,10 +176,10 @@ def fork_nms(
         return candidates[torchvision.ops.nms(boxes[candidates], rank, nms_threshold)]
     kept: list[int] = []
     adaptive = np.float32(nms_threshold)
-    overlaps = torchvision.ops.box_iou(boxes[candidates], boxes[candidates])
+    overlaps = torchvision.ops.box_iou(boxes[candidates], boxes[candidates]).numpy()
     for position in range(len(candidates)):
         # NaN (two empty boxes) compares false, as the fork's IoU of 0 keeps the box.
-        if not any(bool(overlaps[position, k] > float(adaptive)) for k in kept):
+        if not (overlaps[position, kept] > adaptive).any():
             kept.append(position)
             if adaptive > 0.5:
                 adaptive = np.float32(adaptive * np.float32(eta))

@@ -643,11 +643,6 @@ def _im2col_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list
 # --- the SSD fork's layers (weiliu89/caffe, branch ssd) ------------------------------------
 
 
-def legacy_hw(shape: Shape) -> tuple[int, int]:
-    """Caffe's Blob::height()/width(): axes 2 and 3, 1 where the blob has fewer axes."""
-    return (shape[2] if len(shape) > 2 else 1, shape[3] if len(shape) > 3 else 1)
-
-
 def permute_order(layer: caffe_pb2.LayerParameter, ndim: int) -> list[int]:
     """The fork's Permute order: the given axes, then the unnamed ones in increasing order."""
     order = list(layer.permute_param.order)
@@ -757,9 +752,8 @@ def prior_box_spec(layer: caffe_pb2.LayerParameter) -> PriorBoxSpec:
 def _prior_box_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     """1 x 2 x (H * W * priors * 4): the boxes, then their variances."""
     _expect_bottoms(layer, bottoms, 2)
-    if any(len(shape) > 4 for shape in bottoms):
-        raise NetDefinitionError(f"PriorBox bottoms have at most 4 axes, got {bottoms}", layer=layer.name)
-    height, width = legacy_hw(bottoms[0])
+    legacy_shape(layer, bottoms[1])  # the image: at most 4 axes too
+    height, width = legacy_shape(layer, bottoms[0])[2:]
     return [(1, 2, height * width * prior_box_spec(layer).num_priors * 4)]
 
 
@@ -779,9 +773,9 @@ def detection_heads(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> tu
             layer=layer.name,
         )
     loc, conf, prior = bottoms
-    if any(len(shape) < 2 for shape in bottoms) or len(prior) > 4:
+    if any(len(shape) < 2 for shape in bottoms):
         raise NetDefinitionError(f"unexpected bottom shapes {bottoms}", layer=layer.name)
-    priors = legacy_hw(prior)[0] // 4
+    priors = legacy_shape(layer, prior)[2] // 4  # the fork's height() / 4
     loc_classes = 1 if p.share_location else p.num_classes
     expected = (priors * loc_classes * 4, priors * p.num_classes)
     # The fork checks channels() and then reads count(1) values per image: both must agree.

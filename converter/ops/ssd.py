@@ -40,6 +40,7 @@ def prior_box(layer: Layer) -> nn.Module:
 
 @register("DetectionOutput")
 def detection_output(layer: Layer) -> nn.Module:
+    """save_output_param and visualize (the fork's result files and display) compute nothing: unused."""
     p = layer.param.detection_output_param
     detection_heads(layer.param, layer.bottom_shapes)
     f32 = lambda value: float(np.float32(value))  # noqa: E731  (the fork keeps these as float)
