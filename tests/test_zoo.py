@@ -569,3 +569,39 @@ def test_image_list_with_spaces_and_bom_and_label_sets(tmp_path: Path) -> None:
     names.write_bytes(b"\xff\xfe/a/airfield 0\n")
     with pytest.raises(ValidateError, match="not UTF-8"):
         read_label_set(names)
+
+
+@pytest.mark.slow
+def test_a_shipped_card_runs_its_real_deploy_prototxt(tmp_path: Path) -> None:
+    """--card squeezenet_v1.1 on the released deploy prototxt (random weights) runs the card's protocol."""
+    from click.testing import CliRunner
+
+    from prototxt import load_net, parse_prototxt, write_caffemodel
+    from prototxt.random_weights import random_blobs
+    from senet_repro.cli.validate import main as validate_cli
+    from senet_repro.validate.fake_imagenet import make_fake_imagenet
+
+    prototxt = ZOO_DIR / "squeezenet_v1.1.prototxt"
+    require(prototxt.is_file(), f"{prototxt} is not there (../shared/caffe-zoo/)")
+    caffemodel = tmp_path / "squeezenet_v1.1.caffemodel"
+    write_caffemodel(caffemodel, parse_prototxt(prototxt), random_blobs(load_net(prototxt), seed=1))
+    fake = make_fake_imagenet(tmp_path / "imagenet", num_classes=2, images_per_class=2)
+    report = tmp_path / "report.json"
+    arguments = [
+        "--card", "squeezenet_v1.1", "--backend", "graph", "--prototxt", str(prototxt),
+        "--weights", str(caffemodel), "--data", str(fake.layouts["flat"]), "--device", "cpu",
+        "--workers", "0", "--report", str(report),
+    ]  # fmt: skip
+    result = CliRunner().invoke(validate_cli, arguments)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["card"] == "squeezenet_v1.1" and data["class_order"] == "torchvision"
+    preprocessing = data["preprocessing"]
+    assert (preprocessing["resize_mode"], preprocessing["resize"], preprocessing["crop"]) == (
+        "warp",
+        256,
+        227,
+    )
+    assert preprocessing["mean_bgr"] == [104, 117, 123] and data["results"]["images"] == 4
+    result = CliRunner().invoke(validate_cli, [*arguments[:-2], "--check"])
+    assert result.exit_code == 2 and "squeezenet_v1.1 publishes: none" in result.output, result.output

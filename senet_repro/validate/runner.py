@@ -137,9 +137,16 @@ def _scores(backend: Backend, batch: torch.Tensor) -> torch.Tensor:
     """Scores (N, classes) of a batch of views (N, views, C, H, W).
 
     One view: the network's logits. Ten views: the mean of their softmax probabilities,
-    as `caffe.Classifier.predict(oversample=True)` averages the `prob` blob.
+    as `caffe.Classifier.predict(oversample=True)` averages the `prob` blob. Fully
+    convolutional classifiers (SqueezeNet, MobileNet) score as N x classes x 1 x 1.
     """
     logits = backend(batch.flatten(0, 1))
+    if logits.dim() > 2:
+        if any(size != 1 for size in logits.shape[2:]):
+            raise ValidateError(
+                f"the scored output has shape {tuple(logits.shape)}; expected N x classes (x 1 x 1)"
+            )
+        logits = logits.flatten(1)
     if batch.shape[1] == 1:
         return logits
     return logits.double().softmax(dim=1).view(batch.shape[0], batch.shape[1], -1).mean(dim=1)
