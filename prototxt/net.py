@@ -486,6 +486,20 @@ def attach_weights(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, sourc
     return net
 
 
+def _refuse_ambiguous_rounding(proto: caffe_pb2.NetParameter) -> None:
+    """A binary PoolingParameter field 13 is BVLC's `round_mode` (0 = CEIL) but the fork field
+    `ceil_mode` (BVLC PR #3057, 0 = false = floor) in the caffemodels of the forks that have it:
+    the two read the same bytes with opposite meanings, so only a prototxt can tell which."""
+    layers = [*proto.layer, *proto.layers]
+    stored = [layer.name for layer in layers if layer.pooling_param.HasField("round_mode")]
+    if stored:
+        raise NetDefinitionError(
+            "the caffemodel stores PoolingParameter field 13, which BVLC Caffe reads as round_mode "
+            "and forks with ceil_mode as the opposite rounding; give the deploy prototxt as well",
+            layer=stored[0],
+        )
+
+
 def load_net(
     prototxt: str | os.PathLike[str] | None = None,
     caffemodel: str | os.PathLike[str] | CaffeModel | None = None,
@@ -500,6 +514,7 @@ def load_net(
         proto = parse_prototxt(prototxt)
     elif model is not None:
         proto = model.net
+        _refuse_ambiguous_rounding(proto)
     else:
         raise InputError("give a prototxt, a caffemodel, or both")
     net = build_net(proto, input_shape=input_shape)

@@ -130,6 +130,23 @@ def test_fork_ceil_mode_is_caffes_rounding() -> None:
         _pool("pool: MAX kernel_size: 3 stride: 2 ceil_mode: false round_mode: CEIL")
 
 
+def test_a_caffemodel_alone_with_pooling_field_13_is_refused(tmp_path: Path) -> None:
+    """Field 13 is round_mode to BVLC and ceil_mode (opposite meaning) to forks: the prototxt decides."""
+    text = (
+        'input: "x0" input_shape { dim: 1 dim: 1 dim: 8 dim: 8 }\n'
+        'layer { name: "p" type: "Pooling" bottom: "x0" top: "p" '
+        "pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }"
+    )
+    caffemodel, prototxt = tmp_path / "net.caffemodel", tmp_path / "net.prototxt"
+    write_caffemodel(caffemodel, parse_prototxt_text(text), {})
+    prototxt.write_text(text)
+    with pytest.raises(
+        NetDefinitionError, match="layer 'p': the caffemodel stores PoolingParameter field 13"
+    ):
+        load_net(caffemodel=caffemodel)
+    assert load_net(prototxt, caffemodel).blob_shapes["p"] == (1, 1, 3, 3)
+
+
 def test_pooling_clips_a_last_window_that_starts_in_the_padding() -> None:
     # ceil((5 + 2 - 2) / 2) + 1 = 4, but the 4th window would start at 6 >= 5 + 1.
     assert _pool("pool: MAX kernel_size: 2 stride: 2 pad: 1", (1, 1, 5, 5)) == (1, 1, 3, 3)
