@@ -23,14 +23,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from converter import convert
 from converter.calibrate import image_like
 from converter.onnx_export import compare_onnx, export_onnx
-from converter.serialize import save_converted
+from converter.serialize import load_converted, save_converted
 from converter.ssd import DetectionOutput, decode_boxes
 from prototxt import ConversionError, NetDefinitionError, load_net
+from senet_repro.cli.convert import main
 from tests.caffe_factory import make_random_caffemodel
+from tests.cli_assertions import assert_one_line_error
 from tests.conftest import CAFFE_ZOO_DIR, require_shared
 from tests.test_converter_ops import TinyNet
 
@@ -494,3 +497,30 @@ def test_mobilenet_ssd_onnx_refuses_detection_output_and_exports_heads(
     heads.float()
     scale = max(float(t.abs().max()) for t in heads(example))
     assert compare_onnx(tmp_path / "heads.onnx", heads, example) / scale <= max(1e-4, 3 * own_error)
+
+
+@pytest.mark.slow
+def test_mobilenet_ssd_command_line(mobilenet_ssd: tuple[Path, Path], tmp_path: Path) -> None:
+    """caffe2onnx refuses DetectionOutput in one line and writes nothing, exports the heads
+    when asked; caffe2torch writes a .safetensors that loads back into the same detector."""
+    prototxt, caffemodel = mobilenet_ssd
+
+    common = ["--prototxt", str(prototxt), "--caffemodel", str(caffemodel)]
+    refused = CliRunner().invoke(main, ["caffe2onnx", *common, "-o", str(tmp_path / "ssd.onnx")])
+    assert_one_line_error(
+        refused, "'detection_out' (DetectionOutput)", "--outputs mbox_loc,mbox_conf_flatten,mbox_priorbox"
+    )
+    assert not list(tmp_path.iterdir())
+    heads = CliRunner().invoke(
+        main, ["caffe2onnx", *common, "-o", str(tmp_path / "heads.onnx"), "--outputs", ",".join(HEADS)]
+    )
+    assert heads.exit_code == 0, heads.output
+    saved = CliRunner().invoke(main, ["caffe2torch", *common, "-o", str(tmp_path / "ssd.safetensors")])
+    assert saved.exit_code == 0, saved.output
+    assert "self-check on 'detection_out'" in saved.output
+    loaded = load_converted(tmp_path / "ssd.safetensors")
+    direct = convert(load_net(prototxt, caffemodel))
+    x = image_like((1, 3, 300, 300), seed=3)
+    with torch.no_grad():
+        assert isinstance(loaded, torch.nn.Module)
+        np.testing.assert_array_equal(loaded(x).numpy(), direct(x).numpy())
