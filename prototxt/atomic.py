@@ -33,6 +33,7 @@ StrPath = str | os.PathLike[str]
 # Temporary files not yet renamed into place, removed by the signal handler.
 _pending: set[str] = set()
 _previous_handlers: dict[int, object] = {}
+_owner = [os.getpid()]  # the process whose temporary files `_pending` lists
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
@@ -96,9 +97,10 @@ def same_file(a: StrPath, b: StrPath) -> bool:
 
 
 def _remove_pending_and_reraise(signum: int, frame: FrameType | None) -> None:
-    for name in list(_pending):
-        with contextlib.suppress(OSError):
-            os.unlink(name)
+    if os.getpid() == _owner[0]:  # a forked child (a data loader worker) leaves the parent's files alone
+        for name in list(_pending):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
     _pending.clear()
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     signal.signal(signum, previous)  # type: ignore[arg-type]
@@ -108,6 +110,7 @@ def _remove_pending_and_reraise(signum: int, frame: FrameType | None) -> None:
 def _track(name: str) -> None:
     """Register a temporary file; the first one installs the cleanup on SIGTERM/SIGHUP."""
     if not _pending and threading.current_thread() is threading.main_thread():
+        _owner[0] = os.getpid()
         for signum in _TERMINATING:
             previous = signal.getsignal(signum)
             if previous is not signal.SIG_IGN:  # a process told to ignore it keeps ignoring it
