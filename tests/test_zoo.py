@@ -1,14 +1,13 @@
 """Model-zoo validation: Caffe's data transformation (mean file, scale, ten crops) and mean files.
 
 The preprocessing is checked against BVLC Caffe's own DataTransformer (built by
-../shared/caffe-reference/build.sh; a ten-line tool links it) and, for what its TEST phase
+`make caffe-reference`; tests/transform_reference.cpp links it) and, for what its TEST phase
 never does (corner crops), against a line-by-line transcription of data_transformer.cpp.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,21 +20,10 @@ import torch
 
 from prototxt import CaffemodelFormatError, caffe_pb2, parse_blobproto_buffer, read_blobproto
 from senet_repro.transforms import CaffePreprocess
+from tests.caffe_reference import REFERENCE_HOME, require_reference
+from tests.conftest import CAFFE_ZOO_DIR, require_shared
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DIR = Path(os.environ.get("SENET_REPRO_SHARED", REPO_ROOT.parent / "shared"))
-ZOO_DIR = SHARED_DIR / "caffe-zoo"
-PLACES_DIR = ZOO_DIR / "places365"
-CAFFE_HOME = Path(os.environ.get("CAFFE_REFERENCE_HOME", Path.home() / ".cache" / "caffe-reference"))
-
-
-def require(present: bool, reason: str) -> None:
-    """Skip when a shared input is absent; in CI (CI=true) its absence is a failure."""
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
+PLACES_DIR = CAFFE_ZOO_DIR / "places365"
 
 
 def write_mean_file(path: Path, mean: np.ndarray) -> Path:
@@ -76,8 +64,7 @@ def test_blobproto_reader_refuses_what_is_not_a_blob(tmp_path: Path, content: by
 
 
 def test_places365_mean_file_reads_as_published() -> None:
-    mean_file = PLACES_DIR / "places365CNN_mean.binaryproto"
-    require(mean_file.is_file(), f"{mean_file} is not there (../shared/caffe-zoo/places365/)")
+    mean_file = require_shared(PLACES_DIR / "places365CNN_mean.binaryproto", "the Places365 mean file")
     mean = read_blobproto(mean_file)
     assert mean.shape == (1, 3, 256, 256)  # the README: BlobProto 1x3x256x256, BGR
     per_channel = mean[0].reshape(3, -1).mean(axis=1)
@@ -199,17 +186,19 @@ def test_mean_file_needs_an_image_of_its_size(small_case) -> None:
 
 def transform_reference(tmp_path: Path) -> Path:
     """Compile tests/transform_reference.cpp against the reference Caffe's libcaffe."""
-    library = CAFFE_HOME / "build" / "lib" / "libcaffe.so"
+    require_reference()
+    library = REFERENCE_HOME / "build" / "lib" / "libcaffe.so"
     compiler = shutil.which("c++")
-    require(
-        library.is_file() and compiler is not None,
-        f"the BVLC Caffe reference is not built ({library}; ../shared/caffe-reference/build.sh) or no c++",
-    )
+    assert library.is_file() and compiler is not None, "the reference build leaves libcaffe and needs c++"
     tool = tmp_path / "transform_reference"
-    includes = [CAFFE_HOME / "build" / "include", CAFFE_HOME / "build", CAFFE_HOME / "src" / "include"]
+    includes = [
+        REFERENCE_HOME / "build" / "include",
+        REFERENCE_HOME / "build",
+        REFERENCE_HOME / "src" / "include",
+    ]
     command = [
         str(compiler), "-std=gnu++14", "-O1", "-DCPU_ONLY", *(f"-I{path}" for path in includes),
-        str(REPO_ROOT / "tests" / "transform_reference.cpp"), "-o", str(tool), str(library),
+        str(Path(__file__).with_name("transform_reference.cpp")), "-o", str(tool), str(library),
         f"-Wl,-rpath,{library.parent}", "-lglog", "-lgflags", "-lprotobuf", "-lboost_system",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, timeout=300)
@@ -424,14 +413,13 @@ def test_a_list_label_beyond_the_label_set_is_refused(scene_set, tmp_path: Path)
 
 def zoo_sources() -> dict[str, Path]:
     """repository@commit:path -> the file in ../shared/caffe-zoo, from its README's tables."""
-    readme = ZOO_DIR / "README.md"
-    require(readme.is_file(), f"{readme} is not there (../shared/caffe-zoo/)")
+    readme = require_shared(CAFFE_ZOO_DIR / "README.md", "the caffe-zoo README")
     sources = {}
     text = readme.read_text()
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) >= 2 and cells[0].endswith(".prototxt") and "@" in cells[1]:
-            sources[cells[1]] = ZOO_DIR / cells[0]
+            sources[cells[1]] = CAFFE_ZOO_DIR / cells[0]
     places = re.search(r"From (CSAILVision/places365@[0-9a-f]{40}):", text)
     assert places, "the README names the Places365 commit"
     for path in PLACES_DIR.glob("deploy_*.prototxt"):
@@ -463,7 +451,7 @@ def test_places365_cards_use_the_released_mean_and_categories() -> None:
     from senet_repro.validate.cards import shipped_cards
     from senet_repro.validate.data import read_label_set
 
-    require(PLACES_DIR.is_dir(), f"{PLACES_DIR} is not there (../shared/caffe-zoo/places365/)")
+    require_shared(PLACES_DIR, "the Places365 files")
     cards = shipped_cards()
     for name in ("places365_alexnet", "places365_vgg16", "places365_resnet152"):
         card = cards[name]
@@ -581,8 +569,7 @@ def test_a_shipped_card_runs_its_real_deploy_prototxt(tmp_path: Path) -> None:
     from senet_repro.cli.validate import main as validate_cli
     from senet_repro.validate.fake_imagenet import make_fake_imagenet
 
-    prototxt = ZOO_DIR / "squeezenet_v1.1.prototxt"
-    require(prototxt.is_file(), f"{prototxt} is not there (../shared/caffe-zoo/)")
+    prototxt = require_shared(CAFFE_ZOO_DIR / "squeezenet_v1.1.prototxt", "SqueezeNet v1.1's deploy prototxt")
     caffemodel = tmp_path / "squeezenet_v1.1.caffemodel"
     write_caffemodel(caffemodel, parse_prototxt(prototxt), random_blobs(load_net(prototxt), seed=1))
     fake = make_fake_imagenet(tmp_path / "imagenet", num_classes=2, images_per_class=2)
