@@ -187,7 +187,7 @@ def fork_nms(
 
 
 class DetectionOutput(nn.Module):
-    """The fork's DetectionOutput: decode, per-class NMS, keep_top_k; 1 x 1 x rows x 7.
+    """The fork's DetectionOutput (Forward_cpu): decode, per-class NMS, keep_top_k; 1 x 1 x rows x 7.
 
     Each row is [image, label, score, xmin, ymin, xmax, ymax], images in order, labels
     ascending, scores descending. With no detection at all in the batch, one row
