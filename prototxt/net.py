@@ -490,8 +490,8 @@ def _refuse_ambiguous_rounding(proto: caffe_pb2.NetParameter) -> None:
     """A binary PoolingParameter field 13 is BVLC's `round_mode` (0 = CEIL) but the fork field
     `ceil_mode` (BVLC PR #3057, 0 = false = floor) in the caffemodels of the forks that have it:
     the two read the same bytes with opposite meanings, so only a prototxt can tell which."""
-    layers = [*proto.layer, *proto.layers]
-    stored = [layer.name for layer in layers if layer.pooling_param.HasField("round_mode")]
+    stored = [layer.name for layer in proto.layer if layer.pooling_param.HasField("round_mode")]
+    stored += [layer.name for layer in proto.layers if layer.pooling_param.HasField("round_mode")]
     if stored:
         raise NetDefinitionError(
             "the caffemodel stores PoolingParameter field 13, which BVLC Caffe reads as round_mode "

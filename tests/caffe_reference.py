@@ -246,6 +246,15 @@ def compare_with_caffe(net: Net, caffemodel: Path, x: torch.Tensor, workdir: Pat
     return agreement
 
 
+def single_input_net(input_shape: Sequence[int], layers: str) -> str:
+    """Prototxt text: an Input layer "data" of `input_shape`, then `layers`."""
+    dims = " ".join(f"dim: {d}" for d in input_shape)
+    return (
+        f'name: "case" layer {{ name: "data" type: "Input" top: "data" '
+        f"input_param {{ shape {{ {dims} }} }} }}\n{layers}"
+    )
+
+
 def deploy_net(proto: caffe_pb2.NetParameter, input_shape: Sequence[int] | None = None) -> Net:
     """Our deploy form of `proto`, its only input reshaped to `input_shape` when given."""
     net = build_net(proto)

@@ -16,16 +16,14 @@ from converter.calibrate import image_like
 from prototxt import load_net
 from senet_repro.assets import CaffePair
 from tests.caffe_factory import make_random_caffemodel
-from tests.caffe_reference import Agreement, assert_matches_caffe, compare_with_caffe, require_reference
+from tests.caffe_reference import (
+    Agreement,
+    assert_matches_caffe,
+    compare_with_caffe,
+    require_reference,
+    single_input_net,
+)
 from tests.conftest import SENET_CAFFE_DIR
-
-
-def _net(input_shape: tuple[int, ...], layers: str) -> str:
-    dims = " ".join(f"dim: {d}" for d in input_shape)
-    return (
-        f'name: "case" layer {{ name: "data" type: "Input" top: "data" '
-        f"input_param {{ shape {{ {dims} }} }} }}\n{layers}"
-    )
 
 
 def _conv(name: str, bottom: str, params: str, top: str | None = None) -> str:
@@ -296,12 +294,12 @@ LAYER_CASES = [
 
 @pytest.mark.parametrize("case, input_shape, layers", LAYER_CASES, ids=[case[0] for case in LAYER_CASES])
 def test_layer_matches_caffe(case: str, input_shape: tuple[int, ...], layers: str) -> None:
-    assert_matches_caffe(_net(input_shape, layers))
+    assert_matches_caffe(single_input_net(input_shape, layers))
 
 
 def test_batchnorm_zero_scale_factor_matches_caffe() -> None:
     """batch_norm_layer.cpp: a zero moving-average factor makes mean and variance 0."""
-    text = _net((1, 3, 4, 4), 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }')
+    text = single_input_net((1, 3, 4, 4), 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }')
     rng = np.random.default_rng(0)
     blobs = {"bn": [rng.normal(size=3), rng.uniform(1, 2, 3), np.zeros(1)]}
     assert_matches_caffe(

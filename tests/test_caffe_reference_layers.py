@@ -11,13 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.caffe_reference import assert_matches_caffe
-
-
-def _net(input_shape: tuple[int, ...], layers: str) -> str:
-    dims = " ".join(f"dim: {d}" for d in input_shape)
-    data = f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}'
-    return f'name: "case" {data}\n{layers}'
+from tests.caffe_reference import assert_matches_caffe, single_input_net
 
 
 def _layer(name: str, layer_type: str, params: str = "", bottoms: tuple[str, ...] = ("data",)) -> str:
@@ -142,4 +136,4 @@ LAYER_CASES = [
 
 @pytest.mark.parametrize("case, input_shape, layers", LAYER_CASES, ids=[case[0] for case in LAYER_CASES])
 def test_layer_matches_caffe(case: str, input_shape: tuple[int, ...], layers: str) -> None:
-    assert_matches_caffe(_net(input_shape, layers))
+    assert_matches_caffe(single_input_net(input_shape, layers))

@@ -79,50 +79,30 @@ def test_bad_input_shapes_are_one_line_errors(train_val: tuple[Path, Path], give
     assert_one_line_error(_run("inspect", train_val[0], "--input-shape", given), message)
 
 
-def test_caffe2onnx_with_input_shape(train_val: tuple[Path, Path], tmp_path: Path) -> None:
+def _convert(command: str, train_val: tuple[Path, Path], out: Path) -> None:
     prototxt, caffemodel = train_val
-    out = tmp_path / "net.onnx"
     result = _run(
-        "caffe2onnx",
-        "--prototxt",
-        prototxt,
-        "--caffemodel",
-        caffemodel,
-        "-o",
-        out,
-        "--input-shape",
-        "1,3,9,9",
+        command, "--prototxt", prototxt, "--caffemodel", caffemodel, "-o", out, "--input-shape", "1,3,9,9"
     )
     assert result.exit_code == 0, result.output
-    graph = onnx.load(str(out)).graph
-    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [
-        "batch",
-        3,
-        9,
-        9,
-    ]
-    assert [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == ["batch", 5]
+
+
+def _declared(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_caffe2onnx_with_input_shape(train_val: tuple[Path, Path], tmp_path: Path) -> None:
+    _convert("caffe2onnx", train_val, tmp_path / "net.onnx")
+    graph = onnx.load(str(tmp_path / "net.onnx")).graph
+    assert _declared(graph.input[0]) == ["batch", 3, 9, 9] and _declared(graph.output[0]) == ["batch", 5]
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 9)).astype(np.float32)
-    assert onnx_session(out, "cpu").run(None, {"data": x})[0].shape == (2, 5)
+    assert onnx_session(tmp_path / "net.onnx", "cpu").run(None, {"data": x})[0].shape == (2, 5)
 
 
 def test_caffe2torch_with_input_shape(train_val: tuple[Path, Path], tmp_path: Path) -> None:
-    prototxt, caffemodel = train_val
-    out = tmp_path / "net.safetensors"
-    result = _run(
-        "caffe2torch",
-        "--prototxt",
-        prototxt,
-        "--caffemodel",
-        caffemodel,
-        "-o",
-        out,
-        "--input-shape",
-        "1,3,9,9",
-    )
-    assert result.exit_code == 0, result.output
+    _convert("caffe2torch", train_val, tmp_path / "net.safetensors")
     # the deploy prototxt written beside it declares the input the command was given
-    assert load_net(out.with_suffix(".prototxt")).inputs == {"data": (1, 3, 9, 9)}
+    assert load_net(tmp_path / "net.prototxt").inputs == {"data": (1, 3, 9, 9)}
 
 
 def test_places365_train_val_net(tmp_path: Path) -> None:
