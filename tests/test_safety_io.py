@@ -370,3 +370,14 @@ def test_a_prototxt_given_as_caffemodel_is_named_as_such(pair: CaffePair, tmp_pa
     ]
     for command in commands:
         assert_one_line_error(convert(*command), "net.prototxt", "looks like a prototxt")
+
+
+def test_fake_imagenet_never_deletes_an_existing_folder_without_force(tmp_path: Path) -> None:
+    """`python -m senet_repro.validate.fake_imagenet OUT` replaces OUT/flat etc. as a whole."""
+    from senet_repro.validate.fake_imagenet import main as fake_main
+
+    keep = tmp_path / "flat" / "mine.JPEG"
+    keep.parent.mkdir()
+    keep.write_bytes(b"a real image")
+    assert_one_line_error(CliRunner().invoke(fake_main, [str(tmp_path)]), "flat", "exists", "--force")
+    assert keep.read_bytes() == b"a real image" and sorted(p.name for p in tmp_path.iterdir()) == ["flat"]

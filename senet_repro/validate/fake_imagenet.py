@@ -35,8 +35,9 @@ from PIL import Image
 from torch import nn
 
 from converter.onnx_export import export_onnx
-from prototxt import InputError
+from prototxt import InputError, OutputError
 from senet_repro import imagenet
+from senet_repro.cli._common import OUTPUT, force_option, guard_outputs, user_errors
 from senet_repro.transforms import CAFFE_MEAN_BGR
 
 MAX_CODES = 64
@@ -152,6 +153,10 @@ def _jpeg(grey: int, size: tuple[int, int], greyscale: bool) -> bytes:
     return out.getvalue()
 
 
+# The folders `make_fake_imagenet` (re)creates under its root, one per layout.
+LAYOUT_FOLDERS = ("torchvision", "imagefolder", "flat")
+
+
 def make_fake_imagenet(
     root: str | Path, *, num_classes: int = 5, images_per_class: int = 5, seed: int = 0
 ) -> FakeImageNet:
@@ -170,7 +175,7 @@ def make_fake_imagenet(
         size = (int(rng.integers(12, 48)), int(rng.integers(12, 48)))
         images.append(FakeImage(imagenet.val_image_name(number), classes.wnid(label), label, code, size))
 
-    layouts = {name: root / name for name in ("torchvision", "imagefolder", "flat")}
+    layouts = {name: root / name for name in LAYOUT_FOLDERS}
     for folder in layouts.values():
         if folder.exists():
             shutil.rmtree(folder)
@@ -252,17 +257,29 @@ def demo_ranks(count: int) -> list[int]:
 
 
 @click.command()
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=OUTPUT)
 @click.option("--classes", "num_classes", default=5, show_default=True, help="Number of classes.")
 @click.option("--per-class", default=4, show_default=True, help="Images per class.")
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--known-answer-onnx",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT,
     help="Also write the known-answer network (demo_ranks) as ONNX here.",
 )
-def main(out: Path, num_classes: int, per_class: int, seed: int, known_answer_onnx: Path | None) -> None:
-    """Write a miniature ImageNet validation set to OUT in the three layouts."""
+@force_option
+@user_errors
+def main(
+    out: Path, num_classes: int, per_class: int, seed: int, known_answer_onnx: Path | None, force: bool
+) -> None:
+    """Write a miniature ImageNet validation set to OUT in the three layouts.
+
+    OUT/torchvision, OUT/imagefolder and OUT/flat are replaced as a whole, so an
+    existing one is only replaced with --force.
+    """
+    guard_outputs([known_answer_onnx] if known_answer_onnx else [], force=force)
+    existing = [out / name for name in LAYOUT_FOLDERS if (out / name).exists()]
+    if existing and not force:
+        raise OutputError(f"{existing[0]}: exists; refusing to replace a folder without --force")
     fake = make_fake_imagenet(out, num_classes=num_classes, images_per_class=per_class, seed=seed)
     for name, folder in fake.layouts.items():
         click.echo(f"{name:12s} {folder}")
