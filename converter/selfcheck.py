@@ -1,9 +1,10 @@
-"""Check a converted net against an independent Caffe implementation (OpenCV).
+"""Check a converted net against the Caffe runtime a deployer has (OpenCV).
 
 OpenCV's Caffe importer (opencv-python-headless < 5) is the only independent
-Caffe runtime installable from a package registry. Its own Axpy mapping swaps
-the operands, so the check hands it the portable prototxt (Axpy rewritten into
-Reshape + Scale + Eltwise), never the original.
+Caffe runtime installable from a package registry, so conversion checks against
+it; the tests' arbiter is BVLC Caffe itself (tests/caffe_reference.py). Its own
+Axpy mapping swaps the operands, so the check hands it the portable prototxt
+(Axpy rewritten into Reshape + Scale + Eltwise), never the original.
 """
 
 from __future__ import annotations

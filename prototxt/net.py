@@ -163,7 +163,8 @@ class Net:
         """The deploy NetParameter of the kept layers, without blobs.
 
         Inputs that no Input layer declares (legacy fields, or the image top of a
-        dropped data layer) get one, so the result is a self-contained deploy net.
+        dropped data layer) get one, so the result is a self-contained deploy net;
+        every input has the net's shape (an `input_shape` given to `build_net` included).
         """
         proto = caffe_pb2.NetParameter(name=self.name)
         declared = {top for layer in self.layers if layer.type == "Input" for top in layer.tops}
@@ -175,6 +176,10 @@ class Net:
             message = proto.layer.add()
             message.CopyFrom(layer.param)
             del message.blobs[:]
+            if layer.type == "Input":
+                del message.input_param.shape[:]
+                for top in layer.tops:
+                    message.input_param.shape.add(dim=self.inputs[top])
         return proto
 
 

@@ -146,6 +146,16 @@ def test_batchnorm_scale_factor_follows_caffe_arithmetic(caffe_nets):
     )
 
 
+def test_batchnorm_in_float64_follows_net_double(caffe_nets):
+    """dtype=float64: every tensor float64 and the division done in float64, as Net<double>."""
+    blobs = random_blobs(caffe_nets["se_bn_inception"], scale_factor=None)
+    state_dict = caffe_to_state_dict("se_bn_inception", blobs, torch.float64)
+    assert {v.dtype for v in state_dict.values() if v.is_floating_point()} == {torch.float64}
+    mean, _, factor = blobs["inception_4a/1x1/bn"]
+    exact = mean.astype(np.float64) * (1.0 / np.float64(factor[0]))
+    assert np.array_equal(state_dict["inception4a.branch1x1.bn.running_mean"].numpy(), exact)
+
+
 def test_legacy_4d_and_float64_blobs(caffe_nets):
     """Old caffemodels store N x C x H x W blobs (bias as 1x1x1xC) or double_data."""
     blobs = random_blobs(caffe_nets["se_resnext50_32x4d"])

@@ -5,7 +5,7 @@ Every block mirrors a group of layers of the original Caffe deploy prototxts
 
 * Caffe `Convolution` (bias_term: false) + `BatchNorm` (use_global_stats) +
   `Scale` (bias_term: true) is one `nn.Conv2d(bias=False)` + one
-  `nn.BatchNorm2d(eps=1e-5)`: the BatchNorm blobs become the running statistics
+  `nn.BatchNorm2d(eps=BN_EPS)`: the BatchNorm blobs become the running statistics
   and the Scale blobs become the affine weight and bias.
 * Caffe pooling rounds the output size up (ceil) and clips the last window to
   start inside the padded input; `ceil_mode=True` in PyTorch has the same rule.
@@ -13,12 +13,15 @@ Every block mirrors a group of layers of the original Caffe deploy prototxts
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-# Caffe's BatchNorm default; PyTorch's default is the same, spelled out because
-# the equality is what makes the converted statistics exact.
-BN_EPS = 1e-5
+# Caffe's BatchNorm default eps, 1e-5, is a float field: Caffe computes with its float32
+# value 9.99999974738e-06 in Net<float> and Net<double> alike. The float64 model needs that
+# value to agree with Net<double> to 1e-12 (1e-5 itself differs by 2.5e-13 absolute, which a
+# low-variance channel amplifies past it); in float32 the two are the same number.
+BN_EPS = float(np.float32(1e-5))
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:

@@ -4,7 +4,7 @@ Blob semantics (Caffe order within each layer):
 
 * Convolution: weight (out, in / group, kh, kw), then bias if `bias_term`.
 * BatchNorm: mean, variance, scale factor (one element). Caffe divides the
-  stored statistics by the factor at inference, computed in float32 as
+  stored statistics by the factor at inference, computed in the net's dtype as
   `mean * (sf == 0 ? 0 : 1 / sf)`; we do the same arithmetic, so a factor of 0
   gives zero statistics exactly as in Caffe. Written back with factor 1.
 * Scale (after BatchNorm): gamma, beta -> BatchNorm2d weight, bias.
@@ -98,25 +98,31 @@ def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(size) for size in shape if size != 1)
 
 
-def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """`array` as float32 of `shape`, or None if it is a different shape."""
+def _fit(
+    array: np.ndarray, shape: tuple[int, ...], dtype: type[np.floating] = np.float32
+) -> np.ndarray | None:
+    """`array` as `dtype` of `shape`, or None if it is a different shape."""
     array = np.asarray(array)
     if array.shape != shape:
         if array.size != math.prod(shape) or _squeezed(array.shape) != _squeezed(shape):
             return None
         array = array.reshape(shape)
-    return np.array(array, dtype=np.float32)  # a copy: the caller may hold read-only views
+    return np.array(array, dtype=dtype)  # a copy: the caller may hold read-only views
 
 
 def caffe_to_state_dict(
-    model_name: str, blobs: Mapping[str, Sequence[np.ndarray]]
+    model_name: str, blobs: Mapping[str, Sequence[np.ndarray]], dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
     """State_dict for `model_name` from Caffe blobs (layer name -> its blobs, Caffe order).
+
+    `dtype` (float32 or float64) is that of the tensors and of the BatchNorm division,
+    as in Caffe's `Net<float>` / `Net<double>`.
 
     Raises `CaffeMappingError` listing Caffe layers with blobs that map nowhere,
     state_dict keys left without a value, and blobs of the wrong count or shape.
     Layers without blobs (ReLU, Pooling, ...) may be present and are ignored.
     """
+    real: type[np.floating] = np.float64 if dtype == torch.float64 else np.float32
     model = resolve_name(model_name)
     layers, shapes = CAFFE_LAYERS[model], _shapes(model)
     state_dict: dict[str, torch.Tensor] = {}
@@ -133,7 +139,7 @@ def caffe_to_state_dict(
         if len(arrays) != expected:
             mismatched.append(f"{layer}: {len(arrays)} blobs, expected {expected} ({kind})")
             continue
-        values = [_fit(array, shapes[key]) for array, key in zip(arrays, keys)]
+        values = [_fit(array, shapes[key], real) for array, key in zip(arrays, keys)]
         for index, (value, array, key) in enumerate(zip(values, arrays, keys)):
             if value is None:
                 mismatched.append(
@@ -144,8 +150,8 @@ def caffe_to_state_dict(
             if factor.size != 1:
                 mismatched.append(f"{layer} blob 2: scale factor of {factor.size} elements, expected 1")
                 continue
-            scale = np.float32(factor[0])
-            scale = np.float32(0) if scale == 0 else np.float32(1) / scale
+            scale = real(factor[0])
+            scale = real(0) if scale == 0 else real(1) / scale
             values = [None if value is None else value * scale for value in values]
         if any(value is None for value in values):
             continue
