@@ -23,6 +23,7 @@ from prototxt.atomic import atomic_path, atomic_paths
 
 from .fold import fold_batchnorm
 from .graph import CaffeGraphModule, convert, require_traceable
+from .memory import check_memory
 
 
 def prototxt_beside(path: Path) -> Path:
@@ -139,13 +140,15 @@ def check_pt2_archive(path: str | os.PathLike[str]) -> None:
         raise InputError(f"{source}: not a .pt2 program ({_first_line(exc)})") from None
 
 
-def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.export.ExportedProgram:
+def load_converted(
+    path: str | os.PathLike[str], *, max_memory_gib: float | None = None
+) -> CaffeGraphModule | torch.export.ExportedProgram:
     """Load what `save_converted` wrote; never unpickles arbitrary objects (see `check_pt2_archive`).
 
     A `.pt2` gives the ExportedProgram (call `.module()` to run it), a
     `.safetensors` the re-converted GraphModule. A file that is not what its
     suffix says, or tensors that do not fit the prototxt beside them, raise a
-    one-line ValueError.
+    one-line InputError; so do prototxt parameters beyond `max_memory_gib`.
     """
     source = Path(path)
     if source.suffix == ".pt2":
@@ -167,6 +170,8 @@ def load_converted(path: str | os.PathLike[str]) -> CaffeGraphModule | torch.exp
             raise InputError(f"{source}: not a safetensors file ({_first_line(exc)})") from exc
         outputs, fold = metadata.get("outputs", ""), metadata.get("fold", "none")
         net = load_net(prototxt_beside(source))
+        if max_memory_gib is not None:  # the prototxt's parameters are allocated before the tensors load
+            check_memory(4 * net.learnable_parameters, max_memory_gib, f"the parameters of {net.name!r}")
         module = convert(net, outputs.split(",") if outputs else None, require_weights=False)
         if fold != "none":  # the same structure the state_dict was saved from
             fold_batchnorm(module, fold)

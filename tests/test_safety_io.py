@@ -381,3 +381,17 @@ def test_fake_imagenet_never_deletes_an_existing_folder_without_force(tmp_path: 
     keep.write_bytes(b"a real image")
     assert_one_line_error(CliRunner().invoke(fake_main, [str(tmp_path)]), "flat", "exists", "--force")
     assert keep.read_bytes() == b"a real image" and sorted(p.name for p in tmp_path.iterdir()) == ["flat"]
+
+
+def test_a_prototxt_beside_a_safetensors_cannot_make_torch2onnx_allocate(
+    converted: Path, tmp_path: Path
+) -> None:
+    """The prototxt's parameters are allocated before the tensors load: a crafted one is refused first."""
+    copy = tmp_path / "tiny.safetensors"
+    shutil.copy(converted, copy)
+    text = converted.with_suffix(".prototxt").read_text()
+    assert "num_output: 5" in text
+    copy.with_suffix(".prototxt").write_text(text.replace("num_output: 5", "num_output: 2000000000"))
+    result = convert("torch2onnx", copy, "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, "parameters", "GiB", "--max-memory")
+    assert not (tmp_path / "x.onnx").exists()

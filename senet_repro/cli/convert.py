@@ -508,7 +508,9 @@ def torch2onnx(
     else:
         from converter.serialize import load_converted
 
-        _export_and_compare(load_converted(converted), shape, output, opset, fp16, max_memory)
+        _export_and_compare(
+            load_converted(converted, max_memory_gib=max_memory), shape, output, opset, fp16, max_memory
+        )
 
 
 @main.command("portable-prototxt")
