@@ -58,6 +58,7 @@ from .models import (
     resolve_name,
     timm_model_name,
     to_timm_state_dict,
+    weights_for,
 )
 from .models.blocks import BN_EPS
 from .transforms import CAFFE_MEAN_BGR
@@ -297,9 +298,8 @@ def check_model(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], se
 
 def _first_convolution(model: str) -> tuple[nn.Conv2d, str, str]:
     """The convolution that sees the image, its state_dict prefix and its BatchNorm's prefix."""
-    conv, norm = (
-        ("stem.conv1.conv", "stem.conv1.bn") if model == "se_bn_inception" else ("stem.conv1", "stem.bn1")
-    )
+    weights = weights_for(model)
+    conv, norm = weights.first_conv, weights.first_norm
     module = _meta_model(model).get_submodule(conv)
     if not isinstance(module, nn.Conv2d):
         raise TypeError(f"{model}'s {conv} is not a convolution")

@@ -183,7 +183,7 @@ def senet_pipeline(
     def agreement() -> str:
         x = image_like((2, 3, 224, 224), seed=1)
         with torch.no_grad():
-            ours = get_model(model, weights=paths["pth"]).eval()(x).numpy()
+            ours = get_model(model, checkpoint=paths["pth"]).eval()(x).numpy()
             graph = convert(made["net"], ["classifier"])(x).numpy()
         session = onnx_session(paths["onnx"])
         ort = session.run(None, {"data": x.numpy()})[0]

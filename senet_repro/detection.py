@@ -22,7 +22,7 @@ and `CAFFE_IMAGE_STD` as `image_mean` / `image_std` and the transform computes
 
     from senet_repro.detection import CAFFE_IMAGE_MEAN, CAFFE_IMAGE_STD, se_backbone_with_fpn
     from torchvision.models.detection import FasterRCNN
-    backbone = se_backbone_with_fpn("se_resnext50_32x4d", weights="se_resnext50.pth")
+    backbone = se_backbone_with_fpn("se_resnext50_32x4d", checkpoint="se_resnext50.pth")
     model = FasterRCNN(backbone, num_classes=91, image_mean=CAFFE_IMAGE_MEAN, image_std=CAFFE_IMAGE_STD)
 """
 
@@ -31,12 +31,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
@@ -45,6 +44,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from prototxt import ConversionError
 
 from .models import SENet, from_timm_state_dict, get_model, load_weights, resolve_name
+from .models.blocks import NormLayer
 from .transforms import CAFFE_MEAN_BGR
 
 # For RGB images in 0..1 (torchvision's detection convention): (x - mean) / std = 255 x - mean_rgb.
@@ -77,24 +77,13 @@ def _our_layout(model: str, state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return state_dict
 
 
-def _replace_batchnorm(module: nn.Module, norm_layer: Callable[..., nn.Module]) -> None:
-    """Swap every BatchNorm2d for `norm_layer(num_features, eps=...)` holding the same values."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            replacement = norm_layer(child.num_features, eps=child.eps)
-            replacement.load_state_dict(child.state_dict(), strict=True)
-            setattr(module, name, replacement)
-        else:
-            _replace_batchnorm(child, norm_layer)
-
-
 def se_backbone_with_fpn(
     name: str,
-    weights: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     *,
     trainable_layers: int = 3,
     returned_layers: Sequence[int] = (1, 2, 3, 4),
-    norm_layer: Callable[..., nn.Module] = FrozenBatchNorm2d,
+    norm_layer: NormLayer = FrozenBatchNorm2d,
     extra_blocks: ExtraFPNBlock | None = None,
     out_channels: int = 256,
     rgb_input: bool = True,
@@ -103,7 +92,7 @@ def se_backbone_with_fpn(
 
     `trainable_layers` (0..5) counts stages from the output end (3: layer2..4
     train, stem and layer1 frozen, as in torchvision). `returned_layers` are
-    stage numbers 1..4. `norm_layer` replaces BatchNorm2d (pass `nn.BatchNorm2d`
+    stage numbers 1..4. `norm_layer` builds every normalisation (pass `nn.BatchNorm2d`
     to keep it). `extra_blocks` default to a max-pooled P6, as Faster R-CNN
     uses; RetinaNet wants `LastLevelP6P7(256, 256)` with `returned_layers=(2, 3, 4)`.
     """
@@ -113,26 +102,24 @@ def se_backbone_with_fpn(
     returned = sorted(set(returned_layers))
     if not returned or returned[0] < 1 or returned[-1] > 4:
         raise ValueError(f"returned_layers must be stage numbers in 1..4, got {list(returned_layers)}")
-    # With weights, build on the meta device: the random initialisation would be overwritten.
-    with torch.device("meta") if weights is not None else contextlib.nullcontext():
-        network = get_model(model)
+    # With a checkpoint, build on the meta device: the random initialisation would be overwritten.
+    with torch.device("meta") if checkpoint is not None else contextlib.nullcontext():
+        network = get_model(model, norm_layer=norm_layer)
     if not isinstance(network, SENet):
         raise ValueError(
             f"{model} has no four-stage residual layout; detection backbones are "
             "built from the SE-ResNet, SE-ResNeXt and SENet-154 networks"
         )
-    if weights is not None:
-        _check_caffe_input(weights)
-        state_dict = _our_layout(model, load_weights(weights))
+    if checkpoint is not None:
+        _check_caffe_input(checkpoint)
+        state_dict = _our_layout(model, load_weights(checkpoint))
         try:
             network.load_state_dict(state_dict, strict=True, assign=True)
         except RuntimeError as exc:
-            raise ConversionError(f"{weights}: the weights do not fit {model}: {exc}") from None
+            raise ConversionError(f"{checkpoint}: the weights do not fit {model}: {exc}") from None
     if rgb_input:
         with torch.no_grad():
             network.stem.conv1.weight.copy_(network.stem.conv1.weight.flip(1))
-    if norm_layer is not nn.BatchNorm2d:
-        _replace_batchnorm(network, norm_layer)
     trainable = _STAGES[len(_STAGES) - trainable_layers :]
     for key, parameter in network.named_parameters():
         if not key.startswith(trainable):
@@ -161,7 +148,7 @@ def _faster_rcnn_keywords() -> set[str]:
 
 
 def fasterrcnn_se_resnext50_fpn(
-    weights_backbone: str | os.PathLike[str] | None = None,
+    backbone_checkpoint: str | os.PathLike[str] | None = None,
     *,
     num_classes: int = 91,
     trainable_backbone_layers: int = 3,
@@ -176,12 +163,12 @@ def fasterrcnn_se_resnext50_fpn(
     """
     unknown = sorted(set(kwargs) - _faster_rcnn_keywords())
     if unknown:
-        hint = "; the backbone's checkpoint is weights_backbone=" if "weights" in unknown else ""
+        hint = "; the backbone's checkpoint is backbone_checkpoint=" if "weights" in unknown else ""
         raise TypeError(
             f"fasterrcnn_se_resnext50_fpn() got unexpected keyword argument(s) {', '.join(unknown)}{hint}"
         )
     backbone = se_backbone_with_fpn(
-        "se_resnext50_32x4d", weights_backbone, trainable_layers=trainable_backbone_layers
+        "se_resnext50_32x4d", backbone_checkpoint, trainable_layers=trainable_backbone_layers
     )
     kwargs.setdefault("image_mean", list(CAFFE_IMAGE_MEAN))
     kwargs.setdefault("image_std", list(CAFFE_IMAGE_STD))

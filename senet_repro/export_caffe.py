@@ -60,14 +60,12 @@ from .models import (
 )
 from .models.blocks import BN_EPS, ConvBNReLU, SEBottleneck, SEModule
 from .models.caffe_names import BATCHNORM, CONVOLUTION, INNER_PRODUCT, SCALE
-from .models.inception import SEInceptionBlock
+from .models.inception import SEInception
 from .models.senet import SENet
 
 INPUT_SHAPE = (1, 3, 224, 224)  # the release's deploy input
 CALIBRATION_BATCH = 1  # images for the BatchNorm statistics of random weights
 
-# The release's net names where they differ from the README's network name.
-_NET_NAMES = {"senet154": "SENet"}
 
 _Pool = nn.MaxPool2d | nn.AvgPool2d
 
@@ -108,7 +106,7 @@ class _Emitter:
         self.residual = isinstance(model, SENet)
         self.paths = {id(module): path for path, module in model.named_modules()}
         self.caffe = {(kind, path): name for name, (kind, path) in caffe_layer_map(model_name).items()}
-        name = _NET_NAMES.get(model_name, weights_for(model_name).caffe_name)
+        name = weights_for(model_name).net_name
         self.net = caffe_pb2.NetParameter(name=name)
         self.last_conv = ""
 
@@ -135,8 +133,10 @@ class _Emitter:
         self.last_conv = name
         return name
 
-    def conv_bn(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bottom: str, *, relu: bool) -> str:
+    def conv_bn(self, conv: nn.Conv2d, bn: nn.Module, bottom: str, *, relu: bool) -> str:
         """Convolution, BatchNorm, Scale (and ReLU), the last three in place."""
+        if not isinstance(bn, nn.BatchNorm2d):  # a block built with another norm_layer
+            raise TypeError(f"Caffe's BatchNorm + Scale are an nn.BatchNorm2d, not a {type(bn).__name__}")
         blob = self.conv(conv, bottom, explicit_stride=self.residual)
         norm = self.layer(self.name_of(BATCHNORM, bn), "BatchNorm", [blob], [blob])
         norm.batch_norm_param.use_global_stats = True
@@ -210,12 +210,10 @@ class _Emitter:
         self.layer(_relu_name(prefix), "ReLU", [prefix], [prefix])
         return prefix
 
-    def inception(self, block: SEInceptionBlock, bottom: str) -> str:
+    def inception(self, block: SEInception, bottom: str) -> str:
         prefix = self.name_of(CONVOLUTION, block.se.fc1).removesuffix("_1x1_down")
         branches = []
-        for branch in (block.branch1x1, block.branch3x3, block.branch_double3x3, block.branch_pool):
-            if branch is None:
-                continue
+        for branch in block.branches():
             blob = bottom
             for child in branch.children() if isinstance(branch, nn.Sequential) else [branch]:
                 if isinstance(child, ConvBNReLU):
@@ -260,7 +258,7 @@ class _Emitter:
                     if not isinstance(block, SEBottleneck):
                         raise TypeError(f"{name} holds a {type(block).__name__}, not an SEBottleneck")
                     blob = self.bottleneck(block, blob)
-            elif isinstance(child, SEInceptionBlock):
+            elif isinstance(child, SEInception):
                 blob = self.inception(child, blob)
             elif isinstance(child, nn.AdaptiveAvgPool2d):
                 blob = self.head(blob)

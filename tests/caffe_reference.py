@@ -48,6 +48,7 @@ from prototxt import (
     write_caffemodel,
     write_prototxt,
 )
+from tests.conftest import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_HOME = Path(os.environ.get("CAFFE_REFERENCE_HOME", Path.home() / ".cache" / "caffe-reference"))
@@ -98,9 +99,7 @@ def require_reference() -> None:
         f"the BVLC Caffe reference is not built ({REFERENCE_BINARY} missing); "
         "build it with `make caffe-reference` (about 6 minutes)"
     )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 class CaffeLacksLayerError(RuntimeError):
@@ -406,8 +405,8 @@ def senet_logits_agreement(
 
     scale = output_scale(exact)
     conversion = convert_senet(net, check=False)
-    weights = save_state_dict(conversion.state_dict, workdir / "clean.safetensors")
-    clean = get_model(conversion.model, weights=weights)
+    checkpoint = save_state_dict(conversion.state_dict, workdir / "clean.safetensors")
+    clean = get_model(conversion.model, checkpoint=checkpoint)
     clean64 = get_model(conversion.model).double().eval()
     clean64.load_state_dict(caffe_to_state_dict(conversion.model, net.weights(), torch.float64))
     float32 = {"clean model": relative_difference(clean(x).numpy(), single, scale)}

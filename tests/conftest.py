@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -20,14 +21,19 @@ CAFFE_ZOO_DIR = SHARED_DIR / "caffe-zoo"
 BVLC_CAFFE_TARBALL = SHARED_DIR / "caffe-reference" / "bvlc-caffe-9b89154.tar.gz"
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose input is absent (../shared data, the built Caffe reference); under
+    CI=true, where every such input is provided, fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_shared(path: Path, what: str) -> Path:
-    """`path` from ../shared; skips when it is absent, but fails on CI (CI=true)."""
-    if path.exists():
-        return path
-    message = f"{what} is not at {path} (../shared, next to the repository)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    """`path` from ../shared, or `unavailable`."""
+    if not path.exists():
+        unavailable(f"{what} is not at {path} (../shared, next to the repository)")
+    return path
 
 
 # A small net with every kind of blob a classification net has (convolution with
@@ -56,7 +62,7 @@ def senet_prototxts() -> dict[str, Path]:
     """The seven SENet deploy prototxts by name ("SE-ResNet-50", ...), read in place."""
     found = sorted(SENET_CAFFE_DIR.glob("*.prototxt")) if SENET_CAFFE_DIR.is_dir() else []
     if not found:
-        pytest.skip(
+        unavailable(
             f"the SENet deploy prototxts are not in {SENET_CAFFE_DIR} "
             "(they sit next to the repository, in ../shared/senet-caffe/)"
         )

@@ -22,8 +22,9 @@ from senet_repro.models import (
     recognise_model,
     state_dict_to_caffe,
 )
+from tests.conftest import unavailable
 
-PROTOTXT_OF = {member.value.model: member.value.prototxt for member in SENetWeights}
+PROTOTXT_OF = {member.value.name: member.value.prototxt for member in SENetWeights}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def caffe_nets(senet_prototxts) -> dict[str, Net]:
     for model, filename in PROTOTXT_OF.items():
         stem = filename.removesuffix(".prototxt")
         if stem not in senet_prototxts:
-            pytest.skip(f"{filename} is missing from {senet_prototxts[next(iter(senet_prototxts))].parent}")
+            unavailable(f"{filename} is missing from {senet_prototxts[next(iter(senet_prototxts))].parent}")
         nets[model] = load_net(senet_prototxts[stem])
     return nets
 

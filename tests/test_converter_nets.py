@@ -24,6 +24,7 @@ from converter.calibrate import image_like
 from converter.selfcheck import opencv_forward
 from prototxt import Net, load_net, portable_net, write_prototxt
 from tests.caffe_factory import make_random_caffemodel
+from tests.conftest import unavailable
 
 cv2 = pytest.importorskip("cv2")
 
@@ -47,7 +48,7 @@ def senet_path(senet_prototxts: dict[str, Path]):
 
     def path(name: str) -> Path:
         if name not in senet_prototxts:
-            pytest.skip(f"{name}.prototxt is not in ../shared/senet-caffe/")
+            unavailable(f"{name}.prototxt is not in ../shared/senet-caffe/")
         return senet_prototxts[name]
 
     return path

@@ -28,6 +28,7 @@ from senet_repro.detection import (
     se_backbone_with_fpn,
 )
 from senet_repro.models import caffe_layer_map, caffe_to_state_dict, to_timm_state_dict
+from senet_repro.models.blocks import BN_EPS
 
 MODEL = "se_resnext50_32x4d"
 SMALL_DETECTOR = dict(
@@ -55,7 +56,7 @@ def converted(senet_prototxts, tmp_path_factory) -> tuple[Path, dict[str, list[n
 def test_faster_rcnn_trains_and_infers(converted):
     path, _ = converted
     torch.manual_seed(0)
-    model = fasterrcnn_se_resnext50_fpn(weights_backbone=path, num_classes=3, **SMALL_DETECTOR)
+    model = fasterrcnn_se_resnext50_fpn(backbone_checkpoint=path, num_classes=3, **SMALL_DETECTOR)
     images = [torch.rand(3, 128, 160), torch.rand(3, 128, 160)]
     targets = [
         {"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0]]), "labels": torch.tensor([1])},
@@ -103,7 +104,7 @@ def test_frozen_batchnorm_holds_the_caffe_statistics(converted, tmp_path):
         to_timm_state_dict(MODEL, torch.load(path, weights_only=True)), tmp_path / "timm.safetensors"
     )
     for weights in (path, timm_path):
-        body = se_backbone_with_fpn("se_resnext50", weights=weights, rgb_input=False).body
+        body = se_backbone_with_fpn("se_resnext50", checkpoint=weights, rgb_input=False).body
         assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
         checked = 0
         for layer, (kind, module) in caffe_layer_map(MODEL).items():
@@ -112,7 +113,7 @@ def test_frozen_batchnorm_holds_the_caffe_statistics(converted, tmp_path):
             norm = body.get_submodule(module)
             mean, var, factor = (np.asarray(blob, dtype=np.float64) for blob in blobs[layer])
             gamma, beta = blobs[f"{layer}/scale"]
-            assert isinstance(norm, FrozenBatchNorm2d) and norm.eps == 1e-5
+            assert isinstance(norm, FrozenBatchNorm2d) and norm.eps == BN_EPS  # Caffe's float32 1e-5
             np.testing.assert_allclose(norm.running_mean.numpy(), mean / factor[0], rtol=1e-6, atol=0)
             np.testing.assert_allclose(norm.running_var.numpy(), var / factor[0], rtol=1e-6, atol=0)
             np.testing.assert_array_equal(norm.weight.numpy(), np.float32(gamma))
@@ -125,9 +126,9 @@ def test_rgb_input_reverses_the_stem_channels(converted):
     """rgb_input=True on RGB == the Caffe BGR backbone on the channel-reversed image."""
     path, _ = converted
     torch.manual_seed(0)  # the same random FPN weights in both
-    rgb = se_backbone_with_fpn(MODEL, weights=path).eval()
+    rgb = se_backbone_with_fpn(MODEL, checkpoint=path).eval()
     torch.manual_seed(0)
-    bgr = se_backbone_with_fpn(MODEL, weights=path, rgb_input=False).eval()
+    bgr = se_backbone_with_fpn(MODEL, checkpoint=path, rgb_input=False).eval()
     x = 50.0 * torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, caffe = rgb(x), bgr(x.flip(1))
@@ -170,7 +171,7 @@ def test_backbone_options(tmp_path):
         (dict(trainable_layers=6), "trainable_layers"),
         (dict(returned_layers=(0, 1)), "returned_layers"),
         (dict(name="se_bn_inception"), "no four-stage residual layout"),
-        (dict(weights=folded), "converted with --fold-normalisation"),
+        (dict(checkpoint=folded), "converted with --fold-normalisation"),
     )
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -28,6 +28,7 @@ from converter.modules import Affine
 from converter.serialize import load_converted, save_converted
 from prototxt import Net, load_net
 from tests.caffe_factory import make_random_caffemodel
+from tests.conftest import unavailable
 
 FLOAT32_FACTOR = 3.0
 
@@ -39,7 +40,7 @@ def load_model(request: pytest.FixtureRequest, name: str) -> tuple[Net, list[str
         return load_net(pair.prototxt, pair.caffemodel), ["fc_nsfw"]
     prototxts = request.getfixturevalue("senet_prototxts")
     if name not in prototxts:
-        pytest.skip(f"{name}.prototxt is not in ../shared/senet-caffe/")
+        unavailable(f"{name}.prototxt is not in ../shared/senet-caffe/")
     return load_net(*make_random_caffemodel(prototxts[name])), ["classifier"]
 
 

@@ -16,6 +16,7 @@ from senet_repro.imagenet import (
     permutation_devkit_to_torchvision,
 )
 from senet_repro.validate.fake_imagenet import make_fake_imagenet, write_devkit_archive, write_meta_mat
+from tests.conftest import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SENET_LABEL_FILE = REPO_ROOT.parent / "shared" / "senet-caffe" / imagenet.SENET_LABELS
@@ -24,7 +25,7 @@ SENET_LABEL_FILE = REPO_ROOT.parent / "shared" / "senet-caffe" / imagenet.SENET_
 @pytest.fixture(scope="module")
 def senet_labels() -> dict[str, int]:
     if not SENET_LABEL_FILE.is_file():
-        pytest.skip(
+        unavailable(
             f"the SENet label file is not at {SENET_LABEL_FILE} "
             "(it sits next to the repository, in ../shared/senet-caffe/)"
         )

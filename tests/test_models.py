@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from prototxt import Net, load_net
 from prototxt.caffe_pb2 import PoolingParameter
 from prototxt.shapes import conv_geometry, pool_geometry
-from senet_repro.imagenet import ClassOrder
 from senet_repro.models import (
     ALIASES,
     SEBNInception,
@@ -35,8 +34,9 @@ from senet_repro.models import (
     weights_for,
 )
 from senet_repro.models.blocks import SEBottleneck, caffe_avg_pool, caffe_max_pool
+from tests.conftest import unavailable
 
-PROTOTXT_OF = {member.value.model: member.value.prototxt for member in SENetWeights}
+PROTOTXT_OF = {member.value.name: member.value.prototxt for member in SENetWeights}
 
 
 # --- Caffe reference semantics --------------------------------------------------------------
@@ -352,11 +352,15 @@ def test_timm_layout_loads_strictly_and_gives_our_logits(model, size):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
-def test_timm_names():
-    assert timm_model_name("se_resnext101") == "legacy_seresnext101_32x4d"
-    assert timm_model_name("senet154") == "legacy_senet154"
-    with pytest.raises(ValueError, match="se_bn_inception has no timm counterpart"):
-        timm_model_name("se_bn_inception")
+def test_timm_names_are_timm_models():
+    timm = pytest.importorskip("timm")
+    for name in list_models():
+        timm_name = weights_for(name).timm_name
+        if timm_name is None:
+            with pytest.raises(ValueError, match=f"{name} has no timm counterpart"):
+                timm_model_name(name)
+        else:
+            assert timm_model_name(name) == timm_name and timm.is_model(timm_name)
 
 
 # --- registry and weights descriptions -------------------------------------------------------
@@ -397,24 +401,35 @@ def test_get_model_loads_weights(tmp_path, suffix):
         from safetensors.torch import save_file
 
         save_file(source.state_dict(), str(path))
-    loaded = get_model("se_bn_inception", weights=path, num_classes=7)
+    loaded = get_model("se_bn_inception", checkpoint=path, num_classes=7)
     assert not loaded.training
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
     with pytest.raises(ValueError, match="do not fit se_bn_inception"):
-        get_model("se_bn_inception", weights=path)  # 1000 classes
+        get_model("se_bn_inception", checkpoint=path)  # 1000 classes
 
 
-def test_weights_descriptions():
-    described = {member.value.model for member in SENetWeights}
-    assert described == set(list_models())
-    resnext = weights_for("se_resnext50")
-    assert (resnext.top1_err, resnext.top5_err, resnext.caffemodel_mb) == (20.97, 5.54, 105)
-    assert SENetWeights.SENET154.top1_err == 18.68  # attribute access falls through
-    assert resnext.class_order == ClassOrder.DEVKIT
-    assert resnext.mean_bgr == (104.0, 117.0, 123.0) and resnext.channel_order == "BGR"
-    preprocess = resnext.transforms()
-    assert (preprocess.resize, preprocess.crop, preprocess.mean_bgr) == (
-        256,
-        224,
-        (104.0, 117.0, 123.0),
-    )
+@pytest.mark.parametrize("name", list_models())
+def test_each_record_fits_the_network_registered_beside_it(name):
+    """The record's module paths name the modules they describe in the built network."""
+    weights = weights_for(name)
+    with torch.device("meta"):
+        network = get_model(name)
+    first = next(module for module in network.modules() if isinstance(module, torch.nn.Conv2d))
+    assert network.get_submodule(weights.first_conv) is first and first.in_channels == 3
+    norm = network.get_submodule(weights.first_norm)
+    assert isinstance(norm, torch.nn.BatchNorm2d) and norm.num_features == first.out_channels
+    classifier = network.get_submodule(weights.classifier)
+    assert isinstance(classifier, torch.nn.Linear) and classifier.out_features == weights.num_classes
+    assert weights.transforms().mean_bgr == weights.mean_bgr
+    assert SENetWeights[name.upper()].value is weights  # the enum member is the record
+
+
+def test_records_name_the_release_files(senet_prototxts):
+    """File names and net names as in the release (its deploy prototxts, read in place)."""
+    for member in SENetWeights:
+        weights = member.value
+        path = senet_prototxts.get(weights.prototxt.removesuffix(".prototxt"))
+        if path is None:
+            unavailable(f"{weights.prototxt} is not in ../shared/senet-caffe/")
+        assert load_net(path).name == weights.net_name
+        assert weights.caffemodel.removesuffix(".caffemodel") in (weights.net_name, path.stem)

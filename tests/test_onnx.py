@@ -17,6 +17,7 @@ from converter.onnx_export import MIN_OPSET, export_onnx, onnx_session
 from prototxt import build_net, load_net, parse_prototxt_text
 from tests.caffe_factory import make_random_caffemodel
 from tests.caffe_reference import assert_matches_caffe
+from tests.conftest import unavailable
 
 LOGIT_TOLERANCE = 1e-4  # max abs difference on logits of scale ~1
 FP16_TOLERANCE = 1e-2  # relative to the logits' scale: float16 keeps ~3 decimal digits
@@ -48,7 +49,7 @@ def model(request, onnx_dir: Path) -> tuple[torch.nn.Module, Path]:
         return exported("nsfw", pair.prototxt, pair.caffemodel, ("fc_nsfw", "prob"), onnx_dir)
     prototxts = request.getfixturevalue("senet_prototxts")
     if request.param not in prototxts:
-        pytest.skip(f"{request.param}.prototxt is not in ../shared/senet-caffe/")
+        unavailable(f"{request.param}.prototxt is not in ../shared/senet-caffe/")
     return exported(
         request.param, *make_random_caffemodel(prototxts[request.param]), ("classifier",), onnx_dir
     )

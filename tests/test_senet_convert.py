@@ -33,6 +33,7 @@ from senet_repro.models import (
 )
 from senet_repro.validate.fake_imagenet import write_devkit_archive, write_meta_mat
 from tests.caffe_factory import make_random_caffemodel
+from tests.conftest import unavailable
 
 LABEL_FILE = Path(__file__).resolve().parent.parent.parent / "shared" / "senet-caffe" / imagenet.SENET_LABELS
 SLOW = ("se_resnet101", "se_resnet152", "se_resnext101_32x4d", "senet154")
@@ -45,7 +46,7 @@ def caffe_pair(senet_prototxts):
     def pair(model: str) -> tuple[Path, Path]:
         stem = weights_for(model).prototxt.removesuffix(".prototxt")
         if stem not in senet_prototxts:
-            pytest.skip(f"{stem}.prototxt is not in ../shared/senet-caffe/")
+            unavailable(f"{stem}.prototxt is not in ../shared/senet-caffe/")
         return make_random_caffemodel(senet_prototxts[stem], seed=0)
 
     return pair
@@ -54,7 +55,7 @@ def caffe_pair(senet_prototxts):
 @pytest.fixture(scope="session")
 def label_file() -> Path:
     if not LABEL_FILE.is_file():
-        pytest.skip(f"the SENet label file is not at {LABEL_FILE}")
+        unavailable(f"the SENet label file is not at {LABEL_FILE}")
     return LABEL_FILE
 
 
@@ -104,7 +105,7 @@ def test_cli_converts_a_recognised_senet(caffe_pair, tmp_path):
     assert pth.keys() == safetensors.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.equal(pth[key], value) and torch.equal(safetensors[key], value), key
-    model = get_model("se_resnet50", weights=out)  # strict=True inside
+    model = get_model("se_resnet50", checkpoint=out)  # strict=True inside
     x = image_like((1, 3, 224, 224), seed=3)
     with torch.no_grad():
         ours, generic = model(x), convert(net, ["classifier"])(x)

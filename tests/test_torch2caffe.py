@@ -22,6 +22,7 @@ from senet_repro.cli.convert import main
 from senet_repro.export_caffe import caffe_net, export_caffe, random_state_dict
 from senet_repro.models import caffe_to_state_dict, get_model, list_models, state_dict_to_caffe, weights_for
 from tests.cli_assertions import assert_one_line_error
+from tests.conftest import unavailable
 
 SMALL = ["se_bn_inception", "se_resnet50", "se_resnext50_32x4d"]
 LARGE = ["se_resnet101", "se_resnet152", "se_resnext101_32x4d", "senet154"]
@@ -31,7 +32,7 @@ LARGE_SLOW = SMALL + [pytest.param(model, marks=pytest.mark.slow) for model in L
 def _release(senet_prototxts: dict[str, Path], model: str) -> Path:
     stem = weights_for(model).prototxt.removesuffix(".prototxt")
     if stem not in senet_prototxts:
-        pytest.skip(f"{stem}.prototxt is not in ../shared/senet-caffe/")
+        unavailable(f"{stem}.prototxt is not in ../shared/senet-caffe/")
     return senet_prototxts[stem]
 
 

@@ -34,6 +34,7 @@ from senet_repro.validate.fake_imagenet import (
     known_answer_net,
     make_fake_imagenet,
 )
+from tests.conftest import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SENET_CAFFE_DIR = REPO_ROOT.parent / "shared" / "senet-caffe"
@@ -379,7 +380,7 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
         pytest.skip(f"needs converter (ONNX export), prototxt.random_weights and senet_repro.models: {exc}")
     deploy = SENET_CAFFE_DIR / "SE-ResNet-50.prototxt"
     if not deploy.is_file():
-        pytest.skip(f"SE-ResNet-50.prototxt is not in {SENET_CAFFE_DIR}")
+        unavailable(f"SE-ResNet-50.prototxt is not in {SENET_CAFFE_DIR}")
     blobs = random_blobs(prototxt.load_net(deploy), seed=0)
     caffemodel = tmp_path / "se_resnet50.caffemodel"
     prototxt.write_caffemodel(caffemodel, prototxt.parse_prototxt(deploy), blobs)

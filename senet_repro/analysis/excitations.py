@@ -15,7 +15,7 @@ clean networks of `senet_repro.models`:
   the Caffe models were trained with.
 
     valset = open_valset("/data/imagenet")
-    model = get_model("se_resnet50", weights="se_resnet50.pth")
+    model = get_model("se_resnet50", checkpoint="se_resnet50.pth")
     layers = select_layers(se_layers(model, "se_resnet50"), "auto")
     result = collect_excitations(model, valset, resolve_classes("goldfish,pug"), layers,
                                  preprocess=CaffePreprocess(), per_class=50,

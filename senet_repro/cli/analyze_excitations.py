@@ -118,7 +118,7 @@ def excitations(
         raise ValidateError(
             "the excitation study picks ImageNet classes: give an ImageNet layout, not a list"
         )
-    network = get_model(model, weights=weights)
+    network = get_model(model, checkpoint=weights)
     layers = select_layers(se_layers(network, model), layer_spec)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")

@@ -503,7 +503,7 @@ def torch2onnx(
     if model is not None:
         from senet_repro.models import get_model
 
-        module = get_model(model, weights=converted).eval()
+        module = get_model(model, checkpoint=converted).eval()
         _export_and_compare(module, shape, output, opset, fp16, max_memory, output_names=["classifier"])
     else:
         from converter.serialize import load_converted

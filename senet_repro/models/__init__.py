@@ -8,7 +8,16 @@ from .caffe_mapping import (
     state_dict_to_caffe,
 )
 from .inception import SEBNInception, se_bn_inception
-from .registry import ALIASES, UnknownModelError, get_model, list_models, load_weights, resolve_name
+from .registry import (
+    ALIASES,
+    UnknownModelError,
+    get_model,
+    list_models,
+    load_weights,
+    register_model,
+    resolve_name,
+    weights_for,
+)
 from .senet import (
     SENet,
     se_resnet50,
@@ -18,8 +27,8 @@ from .senet import (
     se_resnext101_32x4d,
     senet154,
 )
-from .timm_layout import TIMM_NAMES, from_timm_state_dict, timm_model_name, to_timm_state_dict
-from .weights import CaffeWeights, SENetWeights, weights_for
+from .timm_layout import from_timm_state_dict, timm_model_name, to_timm_state_dict
+from .weights import CaffeWeights, SENetWeights
 
 __all__ = [
     "ALIASES",
@@ -28,7 +37,6 @@ __all__ = [
     "SEBNInception",
     "SENet",
     "SENetWeights",
-    "TIMM_NAMES",
     "UnknownModelError",
     "caffe_layer_map",
     "caffe_to_state_dict",
@@ -37,6 +45,7 @@ __all__ = [
     "list_models",
     "load_weights",
     "recognise_model",
+    "register_model",
     "resolve_name",
     "se_bn_inception",
     "se_resnet50",

@@ -13,6 +13,8 @@ Every block mirrors a group of layers of the original Caffe deploy prototxts
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,9 +26,9 @@ from torch import nn
 BN_EPS = float(np.float32(1e-5))
 
 
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    """BatchNorm2d matching Caffe BatchNorm (eps 1e-5) followed by Scale."""
-    return nn.BatchNorm2d(channels, eps=BN_EPS)
+# Builds a block's normalisation as `norm_layer(channels, eps=BN_EPS)`: nn.BatchNorm2d (Caffe's
+# BatchNorm + Scale) by default, torchvision's FrozenBatchNorm2d for detection backbones.
+NormLayer = Callable[..., nn.Module]
 
 
 def caffe_max_pool(kernel_size: int = 3, stride: int = 2, padding: int = 0) -> nn.MaxPool2d:
@@ -50,11 +52,17 @@ class ConvBNReLU(nn.Module):
     """Convolution (no bias) -> BatchNorm -> ReLU: one Caffe conv/bn/scale/relu group."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-        self.bn = batch_norm(out_channels)
+        self.bn = norm_layer(out_channels, eps=BN_EPS)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,12 +100,19 @@ class Projection(nn.Module):
     strided stages), with the stage's stride.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False
         )
-        self.bn = batch_norm(out_channels)
+        self.bn = norm_layer(out_channels, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
@@ -128,17 +143,18 @@ class SEBottleneck(nn.Module):
         groups: int,
         stride_on_1x1: bool,
         downsample: Projection | None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_on_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, reduce_channels, 1, stride_1x1, bias=False)
-        self.bn1 = batch_norm(reduce_channels)
+        self.bn1 = norm_layer(reduce_channels, eps=BN_EPS)
         self.conv2 = nn.Conv2d(
             reduce_channels, mid_channels, 3, stride_3x3, padding=1, groups=groups, bias=False
         )
-        self.bn2 = batch_norm(mid_channels)
+        self.bn2 = norm_layer(mid_channels, eps=BN_EPS)
         self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
-        self.bn3 = batch_norm(out_channels)
+        self.bn3 = norm_layer(out_channels, eps=BN_EPS)
         self.relu = nn.ReLU(inplace=True)
         self.se = SEModule(out_channels, out_channels // 16)
         self.downsample = downsample
@@ -156,10 +172,10 @@ class ResNetStem(nn.Module):
 
     out_channels = 64
 
-    def __init__(self) -> None:
+    def __init__(self, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = batch_norm(64)
+        self.bn1 = norm_layer(64, eps=BN_EPS)
         self.relu = nn.ReLU(inplace=True)
         self.pool = caffe_max_pool()
 
@@ -172,14 +188,14 @@ class DeepStem(nn.Module):
 
     out_channels = 128
 
-    def __init__(self) -> None:
+    def __init__(self, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
-        self.bn1 = batch_norm(64)
+        self.bn1 = norm_layer(64, eps=BN_EPS)
         self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-        self.bn2 = batch_norm(64)
+        self.bn2 = norm_layer(64, eps=BN_EPS)
         self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
-        self.bn3 = batch_norm(128)
+        self.bn3 = norm_layer(128, eps=BN_EPS)
         self.relu = nn.ReLU(inplace=True)
         self.pool = caffe_max_pool()
 

@@ -28,7 +28,7 @@ from torch import nn
 from prototxt import InputError
 
 from .caffe_names import BATCHNORM, CAFFE_LAYERS, CONVOLUTION, INNER_PRODUCT, LayerMap
-from .registry import _MODELS, resolve_name
+from .registry import get_model, resolve_name
 
 _SHOWN = 20  # items of each problem list spelled out in an error message
 
@@ -76,7 +76,7 @@ def caffe_layer_map(model_name: str) -> LayerMap:
 def _meta_model(model: str) -> nn.Module:
     """The network on the meta device: shapes and hyper-parameters, no memory."""
     with torch.device("meta"):
-        return _MODELS[model]()
+        return get_model(model)
 
 
 @functools.cache

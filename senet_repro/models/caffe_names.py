@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from .inception import INCEPTION_BLOCKS
+from .inception import INCEPTION_BLOCKS, BlockConfig
 from .senet import SPECS
 
 CONVOLUTION, BATCHNORM, SCALE, INNER_PRODUCT = "Convolution", "BatchNorm", "Scale", "InnerProduct"
@@ -78,14 +78,14 @@ def _inception_names() -> dict[str, tuple[str, str]]:
     names |= _unit("conv2/3x3", "stem.conv2")
     for block, config in INCEPTION_BLOCKS.items():
         caffe, module = f"inception_{block}", f"inception{block}"
-        if config.ch1x1 is not None:
+        if isinstance(config, BlockConfig):
             names |= _unit(f"{caffe}/1x1", f"{module}.branch1x1")
         names |= _unit(f"{caffe}/3x3_reduce", f"{module}.branch3x3.reduce")
         names |= _unit(f"{caffe}/3x3", f"{module}.branch3x3.conv")
         names |= _unit(f"{caffe}/double3x3_reduce", f"{module}.branch_double3x3.reduce")
         names |= _unit(f"{caffe}/double3x3a", f"{module}.branch_double3x3.conv_a")
         names |= _unit(f"{caffe}/double3x3b", f"{module}.branch_double3x3.conv_b")
-        if config.pool_proj is not None:
+        if isinstance(config, BlockConfig):
             names |= _unit(f"{caffe}/pool_proj", f"{module}.branch_pool.proj")
         names |= _se(caffe, module)
     names["classifier"] = (INNER_PRODUCT, "fc")

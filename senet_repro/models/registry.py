@@ -12,33 +12,34 @@ import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from prototxt import ConversionError, InputError
 
-from .inception import SEBNInception, se_bn_inception
-from .senet import (
-    SENet,
-    se_resnet50,
-    se_resnet101,
-    se_resnet152,
-    se_resnext50_32x4d,
-    se_resnext101_32x4d,
-    senet154,
-)
+from .weights import CaffeWeights, SENetWeights
 
-# Canonical names in the order of the SENet README table.
-_MODELS: dict[str, Callable[..., SENet | SEBNInception]] = {
-    "se_bn_inception": se_bn_inception,
-    "se_resnet50": se_resnet50,
-    "se_resnet101": se_resnet101,
-    "se_resnet152": se_resnet152,
-    "se_resnext50_32x4d": se_resnext50_32x4d,
-    "se_resnext101_32x4d": se_resnext101_32x4d,
-    "senet154": senet154,
-}
+if TYPE_CHECKING:
+    from .inception import SEBNInception
+    from .senet import SENet
+
+Builder = Callable[..., "SENet | SEBNInception"]
+B = TypeVar("B", bound=Builder)
+
+# Canonical name -> the function that builds the network, registered beside its module.
+_BUILDERS: dict[str, Builder] = {}
+# Canonical name -> its record, in the order of the SENet README table.
+_WEIGHTS: dict[str, CaffeWeights] = {member.value.name: member.value for member in SENetWeights}
+
+
+def register_model(builder: B) -> B:
+    """Register `builder` under its function name, which must name one of the released networks."""
+    if builder.__name__ not in _WEIGHTS:
+        raise ValueError(f"{builder.__name__} is not one of the released networks ({', '.join(_WEIGHTS)})")
+    _BUILDERS[builder.__name__] = builder
+    return builder
+
 
 ALIASES: dict[str, str] = {
     "se_resnext50": "se_resnext50_32x4d",
@@ -51,18 +52,18 @@ class UnknownModelError(InputError):
 
 
 def list_models() -> list[str]:
-    """Canonical names of the seven networks (aliases are not listed)."""
-    return list(_MODELS)
+    """Canonical names of the seven networks, in the SENet README's order (aliases are not listed)."""
+    return list(_WEIGHTS)
 
 
 def resolve_name(name: str) -> str:
     """Canonical name for `name` (a canonical name or an alias, any case)."""
     key = name.strip().lower()
     key = ALIASES.get(key, key)
-    if key not in _MODELS:
+    if key not in _WEIGHTS:
         aliases = ", ".join(f"{alias} -> {target}" for alias, target in ALIASES.items())
         raise UnknownModelError(
-            f"unknown model {name!r}; valid names: {', '.join(_MODELS)} (aliases: {aliases})"
+            f"unknown model {name!r}; valid names: {', '.join(_WEIGHTS)} (aliases: {aliases})"
         )
     return key
 
@@ -101,21 +102,28 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def get_model(
-    name: str, weights: str | os.PathLike[str] | None = None, **kwargs: Any
+    name: str, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any
 ) -> SENet | SEBNInception:
-    """Build network `name` (see `list_models()`); load `weights` strictly if given.
+    """Build network `name` (see `list_models()`); load the state_dict file `checkpoint` strictly if given.
 
     `kwargs` go to the constructor (e.g. `num_classes`). The model is returned
-    in eval mode when weights are loaded, since the Caffe deploy nets are
-    inference nets (BatchNorm with global statistics, no dropout).
+    in eval mode when a checkpoint is loaded, since the Caffe deploy nets are
+    inference nets (BatchNorm with global statistics, no dropout). The release's
+    description is `weights_for(name)`, as torchvision separates `weights=`
+    (what a checkpoint is) from the file.
     """
     canonical = resolve_name(name)
-    model = _MODELS[canonical](**kwargs)
-    if weights is not None:
-        state_dict = load_weights(weights)
+    model = _BUILDERS[canonical](**kwargs)
+    if checkpoint is not None:
+        state_dict = load_weights(checkpoint)
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
-            raise ConversionError(f"{weights}: the weights do not fit {canonical}: {exc}") from None
+            raise ConversionError(f"{checkpoint}: the weights do not fit {canonical}: {exc}") from None
         model.eval()
     return model
+
+
+def weights_for(name: str) -> CaffeWeights:
+    """The record of a released network (canonical name or alias)."""
+    return _WEIGHTS[resolve_name(name)]

@@ -23,16 +23,8 @@ import torch
 
 from prototxt import ConversionError
 
-from .registry import resolve_name
-
-TIMM_NAMES: dict[str, str] = {
-    "se_resnet50": "legacy_seresnet50",
-    "se_resnet101": "legacy_seresnet101",
-    "se_resnet152": "legacy_seresnet152",
-    "se_resnext50_32x4d": "legacy_seresnext50_32x4d",
-    "se_resnext101_32x4d": "legacy_seresnext101_32x4d",
-    "senet154": "legacy_senet154",
-}
+from .registry import weights_for
+from .weights import SENetWeights
 
 # (ours, timm, anchored at the start of the key); applied in order, reversed
 # by swapping the first two fields.
@@ -48,12 +40,11 @@ _REVERSE = tuple((timm, ours, anchored) for ours, timm, anchored in _RULES)
 
 def timm_model_name(model_name: str) -> str:
     """The timm model name for one of our networks, e.g. `legacy_seresnet50`."""
-    model = resolve_name(model_name)
-    if model not in TIMM_NAMES:
-        raise ConversionError(
-            f"{model} has no timm counterpart; timm's legacy SENets are {', '.join(TIMM_NAMES.values())}"
-        )
-    return TIMM_NAMES[model]
+    weights = weights_for(model_name)
+    if weights.timm_name is None:
+        ported = ", ".join(member.value.timm_name for member in SENetWeights if member.value.timm_name)
+        raise ConversionError(f"{weights.name} has no timm counterpart; timm's legacy SENets are {ported}")
+    return weights.timm_name
 
 
 def _rename(key: str, rules: tuple[tuple[str, str, bool], ...]) -> str:

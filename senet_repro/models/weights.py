@@ -21,20 +21,27 @@ from typing import Any
 from senet_repro.imagenet import ClassOrder
 from senet_repro.transforms import CAFFE_MEAN_BGR, CaffePreprocess
 
-from .registry import resolve_name
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CaffeWeights:
-    """One released caffemodel, its published accuracy and its preprocessing."""
+    """One released caffemodel: its files, its published accuracy, how to feed it, where it maps.
 
-    model: str  # our canonical model name
+    The one record of each network's facts; the builder of its module is registered
+    under `name` beside it (`registry.register_model`).
+    """
+
+    name: str  # our canonical model name
     caffe_name: str  # the network's name in the SENet README
+    net_name: str  # the `name:` of its deploy prototxt
     prototxt: str
     caffemodel: str
     caffemodel_mb: int  # size as published in the SENet README
     top1_err: float  # %, published
     top5_err: float  # %, published
+    timm_name: str | None  # timm's port of it (`timm.models.senet`), None when timm has none
+    first_conv: str = "stem.conv1"  # module path of the convolution that sees the image
+    first_norm: str = "stem.bn1"  # and of its BatchNorm
+    classifier: str = "fc"  # module path of the final Linear layer
     num_classes: int = 1000
     class_order: ClassOrder = ClassOrder.DEVKIT
     resize: int = 256  # shorter side
@@ -54,68 +61,90 @@ class CaffeWeights:
 
 
 class SENetWeights(Enum):
-    """The seven released caffemodels; attribute access falls through to `CaffeWeights`."""
+    """The seven released caffemodels, in the order of the SENet README's table;
+    attribute access falls through to `CaffeWeights`."""
 
     SE_BN_INCEPTION = CaffeWeights(
-        "se_bn_inception",
-        "SE-BN-Inception",
-        "SE-BN-Inception.prototxt",
-        "SE-BN-Inception.caffemodel",
-        46,
-        23.62,
-        7.04,
+        name="se_bn_inception",
+        caffe_name="SE-BN-Inception",
+        net_name="SE-BN-Inception",
+        prototxt="SE-BN-Inception.prototxt",
+        caffemodel="SE-BN-Inception.caffemodel",
+        caffemodel_mb=46,
+        top1_err=23.62,
+        top5_err=7.04,
+        timm_name=None,  # timm has no BN-Inception with SE
+        first_conv="stem.conv1.conv",
+        first_norm="stem.conv1.bn",
     )
     SE_RESNET50 = CaffeWeights(
-        "se_resnet50", "SE-ResNet-50", "SE-ResNet-50.prototxt", "SE-ResNet-50.caffemodel", 107, 22.37, 6.36
+        name="se_resnet50",
+        caffe_name="SE-ResNet-50",
+        net_name="SE-ResNet-50",
+        prototxt="SE-ResNet-50.prototxt",
+        caffemodel="SE-ResNet-50.caffemodel",
+        caffemodel_mb=107,
+        top1_err=22.37,
+        top5_err=6.36,
+        timm_name="legacy_seresnet50",
     )
     SE_RESNET101 = CaffeWeights(
-        "se_resnet101",
-        "SE-ResNet-101",
-        "SE-ResNet-101.prototxt",
-        "SE-ResNet-101.caffemodel",
-        189,
-        21.75,
-        5.72,
+        name="se_resnet101",
+        caffe_name="SE-ResNet-101",
+        net_name="SE-ResNet-101",
+        prototxt="SE-ResNet-101.prototxt",
+        caffemodel="SE-ResNet-101.caffemodel",
+        caffemodel_mb=189,
+        top1_err=21.75,
+        top5_err=5.72,
+        timm_name="legacy_seresnet101",
     )
     SE_RESNET152 = CaffeWeights(
-        "se_resnet152",
-        "SE-ResNet-152",
-        "SE-ResNet-152.prototxt",
-        "SE-ResNet-152.caffemodel",
-        256,
-        21.34,
-        5.54,
+        name="se_resnet152",
+        caffe_name="SE-ResNet-152",
+        net_name="SE-ResNet-152",
+        prototxt="SE-ResNet-152.prototxt",
+        caffemodel="SE-ResNet-152.caffemodel",
+        caffemodel_mb=256,
+        top1_err=21.34,
+        top5_err=5.54,
+        timm_name="legacy_seresnet152",
     )
     SE_RESNEXT50_32X4D = CaffeWeights(
-        "se_resnext50_32x4d",
-        "SE-ResNeXt-50 (32 x 4d)",
-        "SE-ResNeXt-50.prototxt",
-        "SE-ResNeXt-50.caffemodel",
-        105,
-        20.97,
-        5.54,
+        name="se_resnext50_32x4d",
+        caffe_name="SE-ResNeXt-50 (32 x 4d)",
+        net_name="SE-ResNeXt-50 (32 x 4d)",
+        prototxt="SE-ResNeXt-50.prototxt",
+        caffemodel="SE-ResNeXt-50.caffemodel",
+        caffemodel_mb=105,
+        top1_err=20.97,
+        top5_err=5.54,
+        timm_name="legacy_seresnext50_32x4d",
     )
     SE_RESNEXT101_32X4D = CaffeWeights(
-        "se_resnext101_32x4d",
-        "SE-ResNeXt-101 (32 x 4d)",
-        "SE-ResNeXt-101.prototxt",
-        "SE-ResNeXt-101.caffemodel",
-        187,
-        19.81,
-        4.96,
+        name="se_resnext101_32x4d",
+        caffe_name="SE-ResNeXt-101 (32 x 4d)",
+        net_name="SE-ResNeXt-101 (32 x 4d)",
+        prototxt="SE-ResNeXt-101.prototxt",
+        caffemodel="SE-ResNeXt-101.caffemodel",
+        caffemodel_mb=187,
+        top1_err=19.81,
+        top5_err=4.96,
+        timm_name="legacy_seresnext101_32x4d",
     )
-    # Released as SENet.caffemodel (its prototxt's net name is "SENet").
     SENET154 = CaffeWeights(
-        "senet154", "SENet-154", "SENet-154.prototxt", "SENet.caffemodel", 440, 18.68, 4.47
+        name="senet154",
+        caffe_name="SENet-154",
+        net_name="SENet",  # released as SENet.caffemodel
+        prototxt="SENet-154.prototxt",
+        caffemodel="SENet.caffemodel",
+        caffemodel_mb=440,
+        top1_err=18.68,
+        top5_err=4.47,
+        timm_name="legacy_senet154",
     )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.value, name)
-
-
-def weights_for(model_name: str) -> CaffeWeights:
-    """The Caffe weights description of a model (canonical name or alias)."""
-    model = resolve_name(model_name)
-    return next(member.value for member in SENetWeights if member.value.model == model)

@@ -163,7 +163,7 @@ def load_backend(
             raise ValidateError("the torch backend needs --model (which network the weights belong to)")
         from senet_repro.models import get_model
 
-        return TorchBackend(get_model(model, weights=weights), device, amp=amp)
+        return TorchBackend(get_model(model, checkpoint=weights), device, amp=amp)
     if kind == "graph":
         if prototxt is None:
             raise ValidateError("the graph backend needs --prototxt (and the caffemodel as --weights)")
