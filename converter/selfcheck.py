@@ -4,7 +4,11 @@ OpenCV's Caffe importer (opencv-python-headless < 5) is the only independent
 Caffe runtime installable from a package registry, so conversion checks against
 it; the tests' arbiter is BVLC Caffe itself (tests/caffe_reference.py). Its own
 Axpy mapping swaps the operands, so the check hands it the portable prototxt
-(Axpy rewritten into Reshape + Scale + Eltwise), never the original.
+(Axpy rewritten into Reshape + Scale + Eltwise), never the original. OpenCV's
+caffe.proto also numbers pooling field 13 `ceil_mode` (a bool) where BVLC has
+`round_mode`, so BVLC's `round_mode: FLOOR` is handed to it as `ceil_mode: false`.
+A net OpenCV cannot run is reported as such in the check, never as a crash of
+the conversion.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prototxt import Net, portable_net, write_prototxt
+from prototxt import Net, caffe_pb2, portable_net, write_prototxt
 
 from .calibrate import image_like
 from .graph import CaffeGraphModule
@@ -30,32 +34,55 @@ class GraphCheck:
     blob: str
     scale: float  # max |value| of the blob in float64
     float32_vs_float64: float  # relative max abs difference of our own float32 run
-    opencv_vs_ours: float | None  # None when OpenCV is not installed
+    opencv_vs_ours: float | None  # None when OpenCV is not installed or could not run the net
+    opencv_failure: str | None = None  # OpenCV's error when it could not run the net
 
     def summary(self) -> str:
         text = (
             f"self-check on '{self.blob}' (relative to max |value| {self.scale:.4g}): "
             f"float32 vs float64 {self.float32_vs_float64:.2e}"
         )
+        if self.opencv_failure is not None:
+            return text + f"; OpenCV could not run the net ({self.opencv_failure}), no independent reference"
         if self.opencv_vs_ours is None:
             return text + "; OpenCV not installed, no independent reference"
         return text + f"; OpenCV (portable prototxt) vs ours {self.opencv_vs_ours:.2e}"
 
 
+class OpenCVFailure(Exception):
+    """OpenCV's importer or forward pass refused the net (its first error line)."""
+
+
+def opencv_dialect(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """`net` as OpenCV's importer reads it: `round_mode: FLOOR` written as its `ceil_mode: false`."""
+    for layer in net.layer:
+        pooling = layer.pooling_param
+        if layer.type == "Pooling" and pooling.round_mode == caffe_pb2.PoolingParameter.FLOOR:
+            pooling.ClearField("round_mode")
+            pooling.ceil_mode = False
+    return net
+
+
 def opencv_forward(
     net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndarray, blobs: Sequence[str]
 ) -> list[np.ndarray] | None:
-    """Run OpenCV's Caffe importer on the portable form of `net`; None without cv2."""
+    """Run OpenCV's Caffe importer on the portable form of `net`; None without cv2.
+
+    Raises OpenCVFailure when OpenCV cannot read or run the net.
+    """
     try:
         import cv2
     except ImportError:
         return None
     with tempfile.TemporaryDirectory() as scratch:
         portable = Path(scratch) / "portable.prototxt"
-        write_prototxt(portable_net(net.to_proto()), portable)
-        opencv_net = cv2.dnn.readNetFromCaffe(str(portable), str(caffemodel))
-        opencv_net.setInput(np.ascontiguousarray(inputs, dtype=np.float32))
-        return [np.asarray(out) for out in opencv_net.forward(list(blobs))]
+        write_prototxt(opencv_dialect(portable_net(net.to_proto())), portable)
+        try:
+            opencv_net = cv2.dnn.readNetFromCaffe(str(portable), str(caffemodel))
+            opencv_net.setInput(np.ascontiguousarray(inputs, dtype=np.float32))
+            return [np.asarray(out) for out in opencv_net.forward(list(blobs))]
+        except cv2.error as exc:
+            raise OpenCVFailure(str(exc).strip().splitlines()[0]) from None
 
 
 def _comparable(module: CaffeGraphModule, net: Net, blob: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -88,9 +115,12 @@ def check_graph(
     out64 = form((out64[0] if isinstance(out64, tuple) else out64).numpy())
     scale = float(np.abs(out64).max(initial=0.0)) or 1.0
     ours = _distance(out32, out64) / scale
-    reference = None
+    reference, failure = None, None
     if caffemodel is not None:
-        result = opencv_forward(net, caffemodel, x.numpy(), [blob])
+        try:
+            result = opencv_forward(net, caffemodel, x.numpy(), [blob])
+        except OpenCVFailure as exc:
+            result, failure = None, str(exc)
         if result is not None:
             reference = _distance(form(result[0]), out32) / scale
-    return GraphCheck(blob=blob, scale=scale, float32_vs_float64=ours, opencv_vs_ours=reference)
+    return GraphCheck(blob, scale, ours, reference, failure)

@@ -1,0 +1,73 @@
+"""Regressions found by running public model-zoo prototxts (docs/model-zoo.md) through the tools.
+
+Each test writes the smallest net that shows the problem; the third-party files stay out of the repo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from converter import convert
+from converter.selfcheck import check_graph
+from prototxt import attach_weights, build_net, parse_prototxt_text, write_caffemodel
+from prototxt.random_weights import random_blobs
+from senet_repro.cli.convert import main
+from tests.caffe_reference import single_input_net
+
+cv2 = pytest.importorskip("cv2")
+
+# DenseNet-Caffe's pool1: BVLC's round_mode FLOOR, which OpenCV's caffe.proto calls `ceil_mode: false`.
+FLOOR_POOLING = single_input_net(
+    (1, 2, 8, 8),
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+    "convolution_param { num_output: 3 kernel_size: 1 } }\n"
+    'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" '
+    "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR } }",
+)
+# A BVLC layer OpenCV cannot create ("Can't create layer ... of type Threshold").
+THRESHOLD = single_input_net(
+    (1, 2, 5, 5),
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+    "convolution_param { num_output: 3 kernel_size: 1 } }\n"
+    'layer { name: "thr" type: "Threshold" bottom: "conv" top: "thr" threshold_param { threshold: 0.1 } }',
+)
+
+
+def _files(tmp_path: Path, text: str) -> tuple[Path, Path]:
+    prototxt, caffemodel = tmp_path / "net.prototxt", tmp_path / "net.caffemodel"
+    prototxt.write_text(text)
+    proto = parse_prototxt_text(text)
+    write_caffemodel(caffemodel, proto, random_blobs(build_net(proto), seed=0))
+    return prototxt, caffemodel
+
+
+def _caffe2torch(prototxt: Path, caffemodel: Path, out: Path) -> Result:
+    args = ["caffe2torch", "--prototxt", prototxt, "--caffemodel", caffemodel, "-o", out]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_floor_pooling_is_handed_to_opencv_in_its_own_terms(tmp_path: Path) -> None:
+    """OpenCV fails on `round_mode: FLOOR` (kernel 0); as `ceil_mode: false` it computes Caffe's floor."""
+    prototxt, caffemodel = _files(tmp_path, FLOOR_POOLING)
+    net = build_net(parse_prototxt_text(FLOOR_POOLING))
+    assert net.layer("pool").top_shapes == [(1, 3, 4, 4)]  # floor((8 + 2 - 3) / 2) + 1; ceil would give 5
+    attach_weights(net, random_blobs(net, seed=0))
+    check = check_graph(convert(net, net.outputs), net, caffemodel)
+    assert check.opencv_failure is None and check.opencv_vs_ours is not None
+    # Max pooling of the same float32 1x1 convolution (2 products): at most a few float32 ulps apart.
+    assert check.opencv_vs_ours < 1e-6, check.summary()
+    result = _caffe2torch(prototxt, caffemodel, tmp_path / "out.safetensors")
+    assert result.exit_code == 0 and "OpenCV (portable prototxt) vs ours" in result.stdout, result.output
+
+
+def test_a_net_opencv_cannot_run_is_converted_and_says_so(tmp_path: Path) -> None:
+    """caffe2torch used to crash with cv2.error when its OpenCV self-check met a layer OpenCV lacks."""
+    prototxt, caffemodel = _files(tmp_path, THRESHOLD)
+    result = _caffe2torch(prototxt, caffemodel, tmp_path / "out.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "OpenCV could not run the net (" in result.stdout and "Threshold" in result.stdout
+    assert (tmp_path / "out.safetensors").is_file()
