@@ -21,15 +21,7 @@ declare a default config of RGB 0..1 inputs normalised by the ImageNet mean/std
 (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225); that is what timm's own
 pretrained weights expect, and it is wrong for an unfolded checkpoint.
 
-`fold_rgb_normalisation` makes a checkpoint take that RGB mean/std input
-instead: the first convolution's input channels are reversed and scaled by
-255 * std, and its response to the mean offset moves into the following
-BatchNorm's running mean. This is exact except where the first convolution's
-window overlaps its zero padding: the folded network pads with torchvision's
-mean colour, 255 * (0.485, 0.456, 0.406) = (123.675, 116.28, 103.53) in RGB,
-where Caffe padded with its own mean colour (123, 117, 104), a difference of at
-most 0.72 grey levels, under one 8-bit quantisation step. `measure_fold`
-measures the effect (`FoldEffect`); the CLI prints it.
+`senet_repro.normalisation` folds that RGB mean/std input into the first convolution instead.
 """
 
 from __future__ import annotations
@@ -41,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from prototxt import ConversionError, InputError, Net, load_net, read_caffemodel
@@ -50,25 +41,20 @@ from prototxt.atomic import atomic_writer
 from . import imagenet
 from .layout import KeyLayout
 from .models import (
-    CaffeMappingError,
     caffe_to_state_dict,
     from_timm_state_dict,
-    get_model,
+    meta_model,
     recognise_model,
     resolve_name,
     timm_model_name,
     to_timm_state_dict,
-    weights_for,
 )
-from .models.blocks import BN_EPS
-from .transforms import CAFFE_MEAN_BGR
+from .normalisation import FoldEffect, fold_rgb_normalisation, measure_fold
 
 SUFFIXES = (".pth", ".safetensors")
 LOGITS_BLOB = "classifier"  # the InnerProduct top in all seven prototxts
 SELF_CHECK_TOLERANCE = 1e-5  # relative to the logits' scale
 FLOAT32_FACTOR = 3.0  # or this many times the net's own float32-vs-float64 error
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
-TORCHVISION_STD = (0.229, 0.224, 0.225)
 _CROP = "; 224x224 centre crop of the image resized to shorter side 256"
 INPUTS = {
     "caffe": (
@@ -248,15 +234,10 @@ def permute_classes(
     return out
 
 
-def _meta_model(model: str) -> nn.Module:
-    with torch.device("meta"):
-        return get_model(model).eval()
-
-
 def load_strictly(model: str, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Raise unless `state_dict` (our layout) loads into `model` with strict=True."""
     try:
-        _meta_model(model).load_state_dict(state_dict, strict=True, assign=True)
+        meta_model(model).load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as exc:
         raise ConversionError(f"the converted state_dict does not load into {model}: {exc}") from None
 
@@ -275,7 +256,7 @@ def check_model(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], se
 
     shape = tuple(next(iter(net.inputs.values())))
     x = image_like(shape, seed)
-    clean = _meta_model(model)
+    clean = meta_model(model)
     ours = torch.func.functional_call(clean, dict(state_dict), (x,))
     generic = convert(net, [LOGITS_BLOB])(x)
     scale = float(ours.abs().max()) or 1.0
@@ -293,119 +274,6 @@ def check_model(model: str, net: Net, state_dict: Mapping[str, torch.Tensor], se
         scale,
         float((ours - generic).abs().max()) / scale,
         float((ours.double() - exact).abs().max()) / scale,
-    )
-
-
-def _first_convolution(model: str) -> tuple[nn.Conv2d, str, str]:
-    """The convolution that sees the image, its state_dict prefix and its BatchNorm's prefix."""
-    weights = weights_for(model)
-    conv, norm = weights.first_conv, weights.first_norm
-    module = _meta_model(model).get_submodule(conv)
-    if not isinstance(module, nn.Conv2d):
-        raise TypeError(f"{model}'s {conv} is not a convolution")
-    return module, conv, norm
-
-
-def fold_rgb_normalisation(
-    model: str,
-    state_dict: Mapping[str, torch.Tensor],
-    mean: Sequence[float] = TORCHVISION_MEAN,
-    std: Sequence[float] = TORCHVISION_STD,
-) -> dict[str, torch.Tensor]:
-    """A state_dict (our layout) for RGB 0..1 input normalised by `mean` / `std`.
-
-    With Caffe input c_b = 255 x_(2-b) - m_b (b: B, G, R) and torchvision input
-    t_r = (x_r - mean_r) / std_r: c_b = 255 std_(2-b) t_(2-b) + d_b with
-    d_b = 255 mean_(2-b) - m_b. So the weight becomes W[:, 2-r] * 255 std_r and
-    the constant W . d (over the whole window) is subtracted from the
-    BatchNorm's running mean, which the bias-free convolution feeds. Exact
-    wherever the window lies inside the image; see the module docstring for the border.
-    """
-    _, conv, norm = _first_convolution(model)
-    weight = state_dict[f"{conv}.weight"].double()
-    offset = 255.0 * torch.tensor(mean, dtype=torch.float64).flip(0) - torch.tensor(
-        CAFFE_MEAN_BGR, dtype=torch.float64
-    )
-    response = (weight * offset.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
-    scale = 255.0 * torch.tensor(std, dtype=torch.float64)
-    out = dict(state_dict)
-    out[f"{conv}.weight"] = (weight.flip(1) * scale.view(1, 3, 1, 1)).float()
-    out[f"{norm}.running_mean"] = (state_dict[f"{norm}.running_mean"].double() - response).float()
-    return out
-
-
-@dataclass(frozen=True)
-class FoldEffect:
-    """How far the folded network is from the Caffe one on a seeded random 0..1 RGB image.
-
-    All three are max abs differences relative to the Caffe network's max |value|:
-    the first convolution + BatchNorm output where its window lies inside the
-    image (`interior`, float32 round-off) and where it overlaps the padding
-    (`border`), and the logits.
-    """
-
-    interior: float
-    border: float
-    logits: float
-
-    def summary(self) -> str:
-        return (
-            f"torchvision's RGB normalisation folded into the first convolution: on a seeded "
-            f"random image the first layer differs by {self.interior:.1e} inside and "
-            f"{self.border:.1e} at the zero-padded border, the logits by {self.logits:.1e} "
-            "(relative to their scales)"
-        )
-
-
-def _border_mask(size: int, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """Output positions along one axis whose window overlaps the padding."""
-    starts = torch.arange((size + 2 * padding - kernel) // stride + 1) * stride - padding
-    return (starts < 0) | (starts + kernel > size)
-
-
-@torch.no_grad()
-def measure_fold(
-    model: str,
-    caffe: Mapping[str, torch.Tensor],
-    folded: Mapping[str, torch.Tensor],
-    size: int = 224,
-    seed: int = 0,
-) -> FoldEffect:
-    """Compare the Caffe-input and folded state_dicts on the same seeded random image."""
-    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    caffe_input = 255.0 * image.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
-    rgb_input = (image - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        TORCHVISION_STD
-    ).view(1, 3, 1, 1)
-    conv, conv_key, norm_key = _first_convolution(model)
-
-    def first_layer(state: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.conv2d(x, state[f"{conv_key}.weight"], None, conv.stride, conv.padding)
-        return nn.functional.batch_norm(
-            y,
-            state[f"{norm_key}.running_mean"],
-            state[f"{norm_key}.running_var"],
-            state[f"{norm_key}.weight"],
-            state[f"{norm_key}.bias"],
-            False,
-            0.0,
-            BN_EPS,
-        )
-
-    reference, ours = first_layer(caffe, caffe_input), first_layer(folded, rgb_input)
-    if isinstance(conv.padding, str):
-        raise TypeError(f"{model}'s first convolution has padding {conv.padding!r}, not explicit")
-    rows = _border_mask(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
-    cols = _border_mask(size, conv.kernel_size[1], conv.stride[1], conv.padding[1])
-    border = rows[:, None] | cols[None, :]
-    error = (ours - reference).abs() / reference.abs().max()
-    clean = _meta_model(model)
-    logits = torch.func.functional_call(clean, dict(caffe), (caffe_input,))
-    folded_logits = torch.func.functional_call(clean, dict(folded), (rgb_input,))
-    return FoldEffect(
-        interior=float(error[..., ~border].max()),
-        border=float(error[..., border].max()),
-        logits=float((folded_logits - logits).abs().max() / logits.abs().max()),
     )
 
 
@@ -458,7 +326,7 @@ def convert_senet(
     if layout == KeyLayout.TIMM:
         state_dict = to_timm_state_dict(model, state_dict)
         load_strictly(model, from_timm_state_dict(model, state_dict))
-    parameters = sum(value.numel() for value in _meta_model(model).parameters())
+    parameters = sum(value.numel() for value in meta_model(model).parameters())
     layers = sum(1 for arrays in blobs.values() if len(arrays))
     return Conversion(
         model=model,
@@ -502,29 +370,3 @@ def save_state_dict(
         else:
             torch.save(tensors, handle)
     return path
-
-
-def senet_target(
-    net: Net, model: str | None, output: str | os.PathLike[str], wants_generic: bool
-) -> str | None:
-    """Which SENet `caffe2torch` converts to a clean state_dict, or None for the generic graph.
-
-    An explicit `model` wins; otherwise a net that `recognise_model` knows is a
-    SENet unless the generic converter was asked for (`wants_generic`: a .pt2
-    output or generic-only options). A `.pth` output is for SENets only, so an
-    unrecognised net with one is an error that says why it was not recognised.
-    """
-    if model:
-        return resolve_name(model)
-    if wants_generic:
-        return None
-    try:
-        return recognise_model(net)
-    except CaffeMappingError as exc:
-        if Path(output).suffix == ".pth":
-            raise ConversionError(
-                f"{output}: .pth state_dicts are written for the seven SENet "
-                f"networks only, and this net is not one of them ({exc}); the generic "
-                "converter writes .pt2 or .safetensors"
-            ) from None
-        return None

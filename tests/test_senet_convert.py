@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from converter import convert
 from converter.calibrate import image_like
 from prototxt import load_net
-from senet_repro import checkpoints, imagenet
-from senet_repro.cli.convert import main
+from senet_repro import checkpoints, imagenet, normalisation
+from senet_repro.cli.convert import main, senet_target
 from senet_repro.models import (
     CaffeMappingError,
     caffe_to_state_dict,
@@ -31,6 +31,7 @@ from senet_repro.models import (
     timm_model_name,
     weights_for,
 )
+from senet_repro.transforms import CAFFE_MEAN_BGR
 from senet_repro.validate.fake_imagenet import write_devkit_archive, write_meta_mat
 from tests.caffe_factory import make_random_caffemodel
 from tests.conftest import unavailable
@@ -157,7 +158,7 @@ def test_cli_timm_layout_torchvision_order_folded(caffe_pair, label_file, tmp_pa
         ours = get_model("se_resnext50")
     net = load_net(prototxt, caffemodel)
     state_dict = caffe_to_state_dict("se_resnext50", net.weights())
-    ours.load_state_dict(checkpoints.fold_rgb_normalisation("se_resnext50", state_dict), assign=True)
+    ours.load_state_dict(normalisation.fold_rgb_normalisation("se_resnext50", state_dict), assign=True)
     permutation, _ = checkpoints.class_permutation(labels=label_file)
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -173,15 +174,15 @@ def test_folding_is_exact_but_for_the_padding_colour(caffe_pair):
     the difference is what `measure_fold` reports."""
     prototxt, caffemodel = caffe_pair("se_resnet50")
     state_dict = caffe_to_state_dict("se_resnet50", load_net(prototxt, caffemodel).weights())
-    folded = checkpoints.fold_rgb_normalisation("se_resnet50", state_dict)
+    folded = normalisation.fold_rgb_normalisation("se_resnet50", state_dict)
     changed = [key for key in state_dict if not torch.equal(state_dict[key], folded[key])]
     assert changed == ["stem.conv1.weight", "stem.bn1.running_mean"]
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mean, std = (
         torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1)
-        for v in (checkpoints.TORCHVISION_MEAN, checkpoints.TORCHVISION_STD)
+        for v in (normalisation.TORCHVISION_MEAN, normalisation.TORCHVISION_STD)
     )
-    caffe_mean = torch.tensor(checkpoints.CAFFE_MEAN_BGR, dtype=torch.float64).view(1, 3, 1, 1)
+    caffe_mean = torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float64).view(1, 3, 1, 1)
     caffe_input = 255 * image.flip(1) - caffe_mean
     padded_with_torchvision_mean = torch.nn.functional.pad(caffe_input, (3, 3, 3, 3))
     border = torch.ones(1, 1, 70, 70, dtype=torch.bool)
@@ -198,7 +199,7 @@ def test_folding_is_exact_but_for_the_padding_colour(caffe_pair):
     actual = first_conv(folded, (image - mean) / std, 3)
     scale = float(expected.abs().max())
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6 * scale)
-    effect = checkpoints.measure_fold("se_resnet50", state_dict, folded)
+    effect = normalisation.measure_fold("se_resnet50", state_dict, folded)
     print(effect.summary())
     assert effect.interior < 1e-5 < effect.border < 1e-2 and effect.logits < 1e-2
 
@@ -269,7 +270,7 @@ def test_cli_keeps_the_generic_path_for_other_nets(tiny_model, tmp_path):
 def test_which_path_caffe2torch_takes(senet_prototxts, tiny_model):
     """SENet state_dict for a named or recognised SENet, unless the generic graph is asked for."""
     senet, tiny = load_net(senet_prototxts["SE-ResNeXt-50"]), load_net(tiny_model.prototxt)
-    target = checkpoints.senet_target
+    target = senet_target
     assert target(senet, None, "x.safetensors", wants_generic=False) == "se_resnext50_32x4d"
     assert target(senet, None, "x.safetensors", wants_generic=True) is None  # e.g. --generic
     assert target(tiny, "se_resnext101", "x.pth", wants_generic=False) == "se_resnext101_32x4d"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
-from prototxt import FoldLevel, InputError, Net, load_net
+from prototxt import ConversionError, FoldLevel, InputError, Net, load_net
 from senet_repro.imagenet import ClassOrder
 from senet_repro.layout import KeyLayout
 
@@ -156,6 +157,34 @@ def _max_memory_option(function):
         metavar="GIB",
         help="Refuse (before allocating) forward passes estimated to need more memory than this.",
     )(function)
+
+
+def senet_target(
+    net: Net, model: str | None, output: str | os.PathLike[str], wants_generic: bool
+) -> str | None:
+    """Which SENet `caffe2torch` converts to a clean state_dict, or None for the generic graph.
+
+    An explicit `model` wins; otherwise a net that `recognise_model` knows is a
+    SENet unless the generic converter was asked for (`wants_generic`: a .pt2
+    output or generic-only options). A `.pth` output is for SENets only, so an
+    unrecognised net with one is an error that says why it was not recognised.
+    """
+    from senet_repro.models import CaffeMappingError, recognise_model, resolve_name
+
+    if model:
+        return resolve_name(model)
+    if wants_generic:
+        return None
+    try:
+        return recognise_model(net)
+    except CaffeMappingError as exc:
+        if Path(output).suffix == ".pth":
+            raise ConversionError(
+                f"{output}: .pth state_dicts are written for the seven SENet "
+                f"networks only, and this net is not one of them ({exc}); the generic "
+                "converter writes .pt2 or .safetensors"
+            ) from None
+        return None
 
 
 def _input_shape(net: Net) -> tuple[int, ...]:
@@ -309,9 +338,7 @@ def caffe2torch(
     net, blobs = checkpoints.read_caffe(caffemodel, prototxt, _input_shapes(input_shapes))
     # The self-check runs the net in float32 and float64 at its declared input shape.
     check_memory(net_bytes(net, element_bytes=8), max_memory, f"'{net.name}' at its input {dict(net.inputs)}")
-    target = checkpoints.senet_target(
-        net, model, output, wants_generic=bool(generic_options) or output.suffix == ".pt2"
-    )
+    target = senet_target(net, model, output, wants_generic=bool(generic_options) or output.suffix == ".pt2")
     if target is None:
         if output.suffix not in (".pt2", ".safetensors"):
             raise InputError(f"{output}: a generic net's output must end in .pt2 or .safetensors")

@@ -28,7 +28,7 @@ from torch import nn
 from prototxt import InputError
 
 from .caffe_names import BATCHNORM, CAFFE_LAYERS, CONVOLUTION, INNER_PRODUCT, LayerMap
-from .registry import get_model, resolve_name
+from .registry import meta_model, resolve_name
 
 _SHOWN = 20  # items of each problem list spelled out in an error message
 
@@ -75,8 +75,7 @@ def caffe_layer_map(model_name: str) -> LayerMap:
 @functools.cache
 def _meta_model(model: str) -> nn.Module:
     """The network on the meta device: shapes and hyper-parameters, no memory."""
-    with torch.device("meta"):
-        return get_model(model)
+    return meta_model(model)
 
 
 @functools.cache

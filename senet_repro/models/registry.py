@@ -124,6 +124,12 @@ def get_model(
     return model
 
 
+def meta_model(name: str) -> SENet | SEBNInception:
+    """Network `name` on the meta device, in eval mode: shapes and hyper-parameters, no memory."""
+    with torch.device("meta"):
+        return get_model(name).eval()
+
+
 def weights_for(name: str) -> CaffeWeights:
     """The record of a released network (canonical name or alias)."""
     return _WEIGHTS[resolve_name(name)]
