@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prototxt import Net, attach_weights
-from prototxt.random_weights import random_blobs
+from prototxt import Net, attach_weights, random_weights
 
 from .graph import convert
 from .modules import running_statistics
@@ -53,19 +52,13 @@ def calibrate_batchnorm(
     return calibrated
 
 
-# Seeded stand-ins for images go through Caffe's preprocessing range: 0..255 minus a
-# mean near the SENet release's (104, 117, 123).
-CAFFE_PIXEL_OFFSET = 117.0
-
-
 def image_like(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
-    """Seeded float32 uniform(0, 255) - 117: the value range of a Caffe-preprocessed image."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(tuple(shape), generator=generator) * 255.0 - CAFFE_PIXEL_OFFSET
+    """`prototxt.random_weights.image_like` as a tensor: a seeded Caffe-preprocessed image range."""
+    return torch.from_numpy(random_weights.image_like(tuple(shape), seed))
 
 
 def random_calibrated_blobs(net: Net, seed: int = 0, batch: int = 4) -> dict[str, list[np.ndarray]]:
     """`random_blobs(net, seed)` with BatchNorm statistics measured on `batch` image-like inputs."""
     shape = next(iter(net.inputs.values()))
     images = image_like((batch, *shape[1:]), seed)
-    return calibrate_batchnorm(net, random_blobs(net, seed), [images])
+    return calibrate_batchnorm(net, random_weights.random_blobs(net, seed), [images])

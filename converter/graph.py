@@ -17,7 +17,8 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
-from prototxt import ConversionError, Net, NetDefinitionError, WeightsMismatchError
+from prototxt import ConversionError, Net
+from prototxt.net import check_convertible
 
 from . import ops  # noqa: F401  (registers the converters)
 from .ops._blobs import DTYPE
@@ -71,18 +72,7 @@ def convert(
     """
     layers = [layer for layer in net.layers if layer.type != "Input"]
     check_supported(layers)
-    if require_weights:
-        missing = [layer.name for layer in layers if layer.blob_shapes and not layer.blobs]
-        if missing:
-            raise WeightsMismatchError(
-                f"no weights for {len(missing)} layer(s) that need them "
-                f"(first: {missing[0]}); pass a caffemodel, or "
-                "require_weights=False for default-initialised layers"
-            )
-    wanted = list(outputs) if outputs else net.outputs
-    unknown = [blob for blob in wanted if blob not in net.blob_shapes]
-    if unknown:
-        raise NetDefinitionError(f"no blob named {unknown} in net '{net.name}'")
+    wanted = check_convertible(net, outputs, require_weights)
 
     root = nn.Module()
     graph = fx.Graph()

@@ -7,8 +7,8 @@ The commands estimate what their forward passes need and refuse beyond
 
 The estimate is an upper bound on the peak: the parameters plus every tensor
 the forward creates, as if none were freed. For a Caffe net it comes from
-Caffe's own blob shapes (no torch); for any module from a forward on the meta
-device, which allocates nothing.
+Caffe's own blob shapes (`prototxt.memory`, no torch, for the torch-free route
+too); for any module from a forward on the meta device, which allocates nothing.
 """
 
 from __future__ import annotations
@@ -22,23 +22,16 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from prototxt import InputError, Net
+from prototxt.memory import DEFAULT_MAX_MEMORY_GIB, GIB, MemoryLimitError, check_memory, net_bytes
 
-DEFAULT_MAX_MEMORY_GIB = 16.0
-GIB = 2**30
-
-
-class MemoryLimitError(InputError):
-    """The estimated memory of a forward pass exceeds the limit."""
-
-
-def net_bytes(net: Net, batch: int | None = None, element_bytes: int = 4) -> int:
-    """Parameters plus every blob of `net` for `batch` images (default: as declared), from Caffe's shapes."""
-    inputs = list(net.inputs.values())
-    declared = inputs[0][0] if inputs and inputs[0] else 1
-    blobs = sum(math.prod(shape) for shape in net.blob_shapes.values())
-    scale = (batch or declared) / max(declared, 1)
-    return int(element_bytes * (net.learnable_parameters + blobs * scale))
+__all__ = [
+    "DEFAULT_MAX_MEMORY_GIB",
+    "GIB",
+    "MemoryLimitError",
+    "check_memory",
+    "module_bytes",
+    "net_bytes",
+]
 
 
 class _CountCreated(TorchDispatchMode):
@@ -78,12 +71,3 @@ def module_bytes(module: nn.Module, shape: tuple[int, ...]) -> int:
     except Exception:  # whatever the module raises on meta; the real run says it in one line
         return weights + 4 * math.prod(shape)
     return weights + counter.total
-
-
-def check_memory(need: int, limit_gib: float, what: str) -> None:
-    """Raise `MemoryLimitError` when `need` bytes exceed `limit_gib`."""
-    if need > limit_gib * GIB:
-        raise MemoryLimitError(
-            f"{what} would need about {need / GIB:,.1f} GiB, over the limit of {limit_gib:g} GiB; "
-            "nothing was allocated (raise it with --max-memory GIB if the machine has the memory)"
-        )

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prototxt.shapes import Shape, ave_pool_divisor, pool_padding
+
 
 def pair(values: Sequence[int]) -> tuple[int, int]:
     """A 2-D kernel/stride/pad as the (h, w) pair torch's 2-D layers take."""
@@ -207,43 +209,28 @@ class CaffePool2d(nn.Module):
 
     divisor: torch.Tensor
 
-    def __init__(
-        self,
-        mode: str,
-        kernel: list[int],
-        stride: list[int],
-        pad: list[int],
-        in_size: list[int],
-        out_size: list[int],
-    ) -> None:
+    def __init__(self, mode: str, geometry: dict[str, list[int]], bottom: Shape, top: Shape) -> None:
         super().__init__()
-        self.mode, self.kernel, self.stride, self.pad = mode, kernel, stride, pad
-        self.in_size, self.out_size = in_size, out_size
-        counts = [
-            torch.clamp(torch.arange(o) * s - p + k, max=n + p) - (torch.arange(o) * s - p)
-            for n, k, s, p, o in zip(in_size, kernel, stride, pad, out_size)
-        ]
-        self.register_buffer("divisor", (counts[0][:, None] * counts[1][None, :]).float(), persistent=False)
+        self.mode, self.kernel, self.stride = mode, geometry["kernel"], geometry["stride"]
+        self.padding = pool_padding(geometry, bottom, top)
+        self.register_buffer(
+            "divisor", torch.from_numpy(ave_pool_divisor(geometry, bottom, top)), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        extra = [
-            (o - 1) * s + k - n - p
-            for n, k, s, p, o in zip(self.in_size, self.kernel, self.stride, self.pad, self.out_size)
-        ]
+        (top, bottom), (left, right) = self.padding
         # Caffe's MAX starts from -FLT_MAX in Net<float> and Net<double> alike
         # (pooling_layer.cpp), which an empty window (past the input) keeps.
         fill = torch.finfo(torch.float32).min if self.mode == "MAX" else 0.0
-        padded = F.pad(x, (self.pad[1], max(extra[1], 0), self.pad[0], max(extra[0], 0)), value=fill)
-        padded = padded[
-            ..., : self.pad[0] + self.in_size[0] + extra[0], : self.pad[1] + self.in_size[1] + extra[1]
-        ]
+        padded = F.pad(x, (left, max(right, 0), top, max(bottom, 0)), value=fill)
+        padded = padded[..., : padded.shape[-2] + min(bottom, 0), : padded.shape[-1] + min(right, 0)]
         if self.mode == "MAX":
             return F.max_pool2d(padded, self.kernel, self.stride)
         summed = F.avg_pool2d(padded, self.kernel, self.stride, divisor_override=1)
         return summed / self.divisor.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.mode}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}"
+        return f"{self.mode}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
 
 
 class LRNWithinChannel(nn.Module):

@@ -16,6 +16,7 @@ from typing import TypeVar
 from torch import nn
 
 from prototxt import CaffeError, Layer
+from prototxt.net import unsupported_layers
 
 Converter = Callable[[Layer], "nn.Module | None"]
 # A converter keeps its own, often narrower, type when registered.
@@ -46,13 +47,8 @@ def register(*layer_types: str) -> Callable[[C], C]:
 
 def check_supported(layers: list[Layer]) -> None:
     """Raise one error naming every layer whose type has no converter."""
-    offending: dict[str, list[str]] = {}
-    for layer in layers:
-        if layer.type not in CONVERTERS:
-            offending.setdefault(layer.type, []).append(layer.name)
+    offending = unsupported_layers(layers, CONVERTERS)
     if offending:
-        lines = "; ".join(
-            f"{t}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
-            for t, names in sorted(offending.items())
+        raise UnsupportedLayerError(
+            f"no converter for layer type(s) {offending}. To support one, {HOW_TO_ADD}"
         )
-        raise UnsupportedLayerError(f"no converter for layer type(s) {lines}. To support one, {HOW_TO_ADD}")

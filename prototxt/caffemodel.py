@@ -200,7 +200,8 @@ def _layer(reader: _Reader, start: int, end: int, v1: bool) -> tuple[bytes, str,
     return b"".join(meta), name, blobs
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint (also used by onnxlower's streaming writer)."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -212,8 +213,9 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _key(number: int, wire: int) -> bytes:
-    return _encode_varint((number << 3) | wire)
+def field_key(number: int, wire: int) -> bytes:
+    """The tag that starts field `number` of wire type `wire`."""
+    return encode_varint((number << 3) | wire)
 
 
 def _check_text_fields(message: Message, path: str, layer: str | None = None) -> None:
@@ -256,7 +258,7 @@ def parse_caffemodel_buffer(buffer: memoryview | bytes, *, path: str = "<memory>
         if number in (_NET_LAYER, _NET_V1_LAYERS) and wire == _LENGTH:
             v1 = number == _NET_V1_LAYERS
             meta, name, layer_blobs = _layer(reader, vstart, vend, v1)
-            net_meta.append(_key(number, _LENGTH) + _encode_varint(len(meta)) + meta)
+            net_meta.append(field_key(number, _LENGTH) + encode_varint(len(meta)) + meta)
             if layer_blobs:
                 if name in blobs:
                     raise reader.fail(f"two layers named '{name}' both carry blobs", fstart, name)
@@ -300,9 +302,9 @@ def _encode_blob(array: np.ndarray) -> list[bytes | memoryview]:
     else:
         payload, number = np.ascontiguousarray(array, dtype="<f4"), _BLOB_DATA
     shape = caffe_pb2.BlobShape(dim=list(array.shape)).SerializeToString()
-    head = _key(_BLOB_SHAPE, _LENGTH) + _encode_varint(len(shape)) + shape
+    head = field_key(_BLOB_SHAPE, _LENGTH) + encode_varint(len(shape)) + shape
     data = payload.data.cast("B")
-    return [head, _key(number, _LENGTH) + _encode_varint(data.nbytes), data]
+    return [head, field_key(number, _LENGTH) + encode_varint(data.nbytes), data]
 
 
 def _pieces_size(pieces: Sequence[bytes | memoryview]) -> int:
@@ -337,9 +339,9 @@ def write_caffemodel(
                 layer_pieces = [meta_message.SerializeToString()]
                 for array in arrays:
                     blob = _encode_blob(array)
-                    layer_pieces += [_key(blob_field, _LENGTH) + _encode_varint(_pieces_size(blob))]
+                    layer_pieces += [field_key(blob_field, _LENGTH) + encode_varint(_pieces_size(blob))]
                     layer_pieces += blob
-            pieces.append(_key(number, _LENGTH) + _encode_varint(_pieces_size(layer_pieces)))
+            pieces.append(field_key(number, _LENGTH) + encode_varint(_pieces_size(layer_pieces)))
             pieces += layer_pieces
     if _pieces_size(pieces) > _MAX_FILE_BYTES:
         raise CaffeError("the net is larger than the 2 GiB a caffemodel can hold")

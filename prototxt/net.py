@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -181,6 +181,37 @@ class Net:
                 for top in layer.tops:
                     message.input_param.shape.add(dim=self.inputs[top])
         return proto
+
+
+def unsupported_layers(layers: Sequence[Layer], supported: Container[str]) -> str:
+    """'Type: name, name; Type2: ...' for the layers whose type is not in `supported` ('' if none),
+    for the registries (converter, onnxlower) to refuse a net in one message."""
+    offending: dict[str, list[str]] = {}
+    for layer in layers:
+        if layer.type not in supported:
+            offending.setdefault(layer.type, []).append(layer.name)
+    return "; ".join(
+        f"{t}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+        for t, names in sorted(offending.items())
+    )
+
+
+def check_convertible(net: Net, outputs: Sequence[str] | None, require_weights: bool) -> list[str]:
+    """The blobs to compute (`outputs`, default the net's final blobs), checked to exist, and
+    with `require_weights` every layer that owns blobs checked to have them; for the converters."""
+    if require_weights:
+        missing = [layer.name for layer in net.layers if layer.blob_shapes and not layer.blobs]
+        if missing:
+            raise WeightsMismatchError(
+                f"no weights for {len(missing)} layer(s) that need them "
+                f"(first: {missing[0]}); pass a caffemodel, or "
+                "require_weights=False for default-initialised layers"
+            )
+    wanted = list(outputs) if outputs else net.outputs
+    unknown = [blob for blob in wanted if blob not in net.blob_shapes]
+    if unknown:
+        raise NetDefinitionError(f"no blob named {unknown} in net '{net.name}'")
+    return wanted
 
 
 def upgrade_v1_layer(old: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:

@@ -17,6 +17,16 @@ from .net import Net
 
 RESIDUAL_DAMPING = 0.2
 
+# Seeded stand-ins for images go through Caffe's preprocessing range: 0..255 minus a
+# mean near the SENet release's (104, 117, 123).
+CAFFE_PIXEL_OFFSET = 117.0
+
+
+def image_like(shape: tuple[int, ...] | list[int], seed: int = 0) -> np.ndarray:
+    """Seeded float32 uniform(0, 255) - 117: the value range of a Caffe-preprocessed image."""
+    rng = np.random.default_rng(seed)
+    return rng.random(tuple(shape), dtype=np.float32) * np.float32(255.0) - np.float32(CAFFE_PIXEL_OFFSET)
+
 
 def _residual_scales(net: Net) -> set[str]:
     """Names of the Scale layers that last wrote an Axpy's residual operand."""

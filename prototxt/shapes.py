@@ -159,6 +159,36 @@ def pooled_size(
     return out
 
 
+def plain_pooling_matches(geometry: dict[str, list[int]], bottom: Shape, top: Shape, ceil: bool) -> bool:
+    """Whether torch's and ONNX's own pooling (symmetric pad <= kernel / 2, output rounded the
+    same way) gives Caffe's windows and output size."""
+    windows = list(zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"]))
+    # torch always drops a last window starting past the input; Caffe only when padded;
+    # ONNX's shape inference never.
+    torch_size = [pooled_size(n, k, s, p, ceil, padded=True) for n, k, s, p in windows]
+    onnx_size = [pooled_size(n, k, s, p, ceil, padded=False) for n, k, s, p in windows]
+    return all(2 * p <= k for _, k, _, p in windows) and torch_size == onnx_size == list(top[2:])
+
+
+def pool_padding(geometry: dict[str, list[int]], bottom: Shape, top: Shape) -> list[tuple[int, int]]:
+    """(before, after) padding per spatial axis that puts every Caffe window inside the input;
+    a negative `after` crops rows no window reaches."""
+    return [
+        (p, (o - 1) * s + k - n - p)
+        for n, k, s, p, o in zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"], top[2:])
+    ]
+
+
+def ave_pool_divisor(geometry: dict[str, list[int]], bottom: Shape, top: Shape) -> np.ndarray:
+    """Caffe's AVE divisor per output position (H_out x W_out, float32): the window clipped
+    to the padded extent [-pad, size + pad), padding counted (pooling_layer.cpp)."""
+    counts = []
+    for n, k, s, p, o in zip(bottom[2:], geometry["kernel"], geometry["stride"], geometry["pad"], top[2:]):
+        start = np.arange(o) * s - p
+        counts.append(np.minimum(start + k, n + p) - start)
+    return (counts[0][:, None] * counts[1][None, :]).astype(np.float32)
+
+
 @_register(SHAPE_RULES, *ELEMENTWISE_TYPES)
 def _same_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     _expect_bottoms(layer, bottoms, 1)

@@ -12,9 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 
+import onnxlower
 from converter import CONVERTERS, UnsupportedLayerError, convert, convert_caffe
 from converter.modules import CaffePool2d, running_statistics
 from prototxt import (
@@ -67,6 +70,14 @@ class TinyNet:
         result = result if isinstance(result, tuple) else (result,)
         return [r.numpy() for r in result]
 
+    def onnx(self, *outputs: str) -> list[np.ndarray]:
+        """The torch-free route: lowered to ONNX (checked, shapes inferred strictly), run in ONNX Runtime."""
+        model = onnxlower.lower(load_net(self.prototxt, self.caffemodel), list(outputs))
+        path = onnxlower.write_onnx(model, self.prototxt.with_suffix(".onnx"))[0]
+        onnx.checker.check_model(str(path), full_check=True)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(list(outputs), self.inputs)
+
     def opencv(self, *outputs: str, prototxt: Path | None = None) -> list[np.ndarray]:
         net = cv2.dnn.readNetFromCaffe(str(prototxt or self.prototxt), str(self.caffemodel))
         for name, x in self.inputs.items():
@@ -93,8 +104,10 @@ def assert_close(got: np.ndarray, expected: np.ndarray, rtol: float = 1e-5) -> N
 
 
 def check(net: TinyNet, top: str, expected: np.ndarray, *, opencv: bool = True, rtol: float = 1e-5) -> None:
-    """Our value of `top` matches the numpy reference, and OpenCV's (when asked)."""
+    """Our value of `top` (PyTorch and torch-free ONNX) matches the numpy reference, and OpenCV's
+    (when asked)."""
     assert_close(net.ours(top)[0], expected, rtol)
+    assert_close(net.onnx(top)[0], expected, rtol)
     if opencv:
         assert_close(net.opencv(top)[0].reshape(expected.shape), expected, rtol)
 
@@ -463,10 +476,10 @@ def test_unpadded_window_starting_past_the_input_is_kept(tiny, mode) -> None:
         f"pooling_param {{ pool: {mode} kernel_size: 2 stride: 3 }} }}",
     )
     assert load_net(net.prototxt).blob_shapes["p"] == (1, 2, 3, 3)
-    got = net.ours("p")[0]
-    assert got.shape == (1, 2, 3, 3)
     expected = np_pool(x, mode, (2, 2), (3, 3), (0, 0), (2, 2))
-    assert_close(got[..., :2, :2], expected)
+    for got in (net.ours("p")[0], net.onnx("p")[0]):
+        assert got.shape == (1, 2, 3, 3)
+        assert_close(got[..., :2, :2], expected)
     assert_close(net.opencv("p")[0].reshape(got.shape)[..., :2, :2], expected)
 
 
@@ -525,6 +538,7 @@ def test_axpy_is_a_times_x_plus_y(tiny, tmp_path: Path) -> None:
     net = tiny({"gate": gate, "x": x, "y": y}, AXPY)
     expected = gate.astype(np.float64) * x + y
     assert_close(net.ours("axpy")[0], expected)
+    assert_close(net.onnx("axpy")[0], expected)
     portable = tmp_path / "portable.prototxt"
     write_prototxt(portable_net(parse_prototxt_text(net.text)), portable)
     assert_close(net.opencv("axpy", prototxt=portable)[0], expected)
@@ -592,6 +606,8 @@ def test_in_place_dropout_relu_chain_is_data_flow(tiny) -> None:
         'layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }',
     )
     assert_close(net.ours("data")[0], np.maximum(x, 0))
+    with pytest.raises(NetDefinitionError, match="'data' is an input"):  # ONNX names values once
+        net.onnx("data")
 
 
 # --- Concat, Reshape, Flatten, Slice, Split --------------------------------------------------
@@ -628,6 +644,7 @@ def test_reshape(tiny, params, shape) -> None:
     expected = x.reshape(shape).astype(np.float64)
     assert load_net(net.prototxt).blob_shapes["r"] == shape
     assert_close(net.ours("r")[0], expected)
+    assert_close(net.onnx("r")[0], expected)
     if len(shape) <= 4:  # OpenCV's blobs are at most 4-D here
         assert_close(net.opencv("r")[0].reshape(shape), expected)
 
@@ -671,7 +688,7 @@ def test_slice(tiny, params, sizes) -> None:
     )
     axis = 3 if sizes is None else 1
     parts = np.split(x.astype(np.float64), np.cumsum(sizes)[:-1] if sizes else 3, axis=axis)
-    for got, part in zip(net.ours("s0", "s1", "s2"), parts):
+    for got, part in zip([*net.ours("s0", "s1", "s2"), *net.onnx("s0", "s1", "s2")], parts * 2):
         assert_close(got, part)
     # OpenCV names no top but a layer's first, and needs slice points (it ignores the top count),
     # so it is compared on the reordered concatenation of the slices.
@@ -690,6 +707,7 @@ def test_split(tiny) -> None:
     )
     check(net, "sum", 3 * x)
     assert_close(net.ours("b")[0], x)
+    assert_close(net.onnx("b")[0], x)
     module = convert(load_net(net.prototxt, net.caffemodel), ["sum"])
     assert "split" not in dict(module.named_children())
 

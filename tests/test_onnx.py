@@ -1,5 +1,8 @@
-"""PyTorch -> ONNX: the exported graph is valid, named like Caffe, batch-dynamic, and ONNX
-Runtime computes what PyTorch computes (the trained nsfw net and random calibrated SENets)."""
+"""Both ONNX routes: PyTorch -> ONNX (torch2onnx) and the torch-free lowering (caffe2onnx).
+
+Each exported graph is valid, named like Caffe and batch-dynamic; ONNX Runtime computes
+what PyTorch computes, and the two exports agree to float32 round-off (the trained
+nsfw net and random calibrated SENets)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import onnx
 import pytest
 import torch
 
+import onnxlower
 from converter import convert
 from converter.calibrate import image_like
 from converter.onnx_export import MIN_OPSET, export_onnx, onnx_session
@@ -27,13 +31,19 @@ FP16_TOLERANCE = 1e-2  # relative to the logits' scale: float16 keeps ~3 decimal
 def exported(
     name: str, prototxt: Path, caffemodel: Path, outputs: tuple[str, ...], directory: Path
 ) -> tuple[torch.nn.Module, Path]:
-    """The converted net and its ONNX export `directory/name.onnx` (batch-1 example), once."""
+    """The converted net and its ONNX export `directory/name.onnx` (batch-1 example), once;
+    the torch-free export of the same net and outputs is `directory/name.lowered.onnx`."""
     net = load_net(prototxt, caffemodel)
     module = convert(net, list(outputs))
     shape = next(iter(net.inputs.values()))
     path = directory / f"{name}.onnx"
     export_onnx(module, path, image_like(tuple(shape), seed=0))
+    onnxlower.write_onnx(onnxlower.lower(net, list(outputs)), lowered(path))
     return module, path
+
+
+def lowered(path: Path) -> Path:
+    return path.with_suffix(".lowered.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +65,13 @@ def model(request, onnx_dir: Path) -> tuple[torch.nn.Module, Path]:
     )
 
 
-def test_graph_is_valid_and_named_like_caffe(model) -> None:
+@pytest.mark.parametrize("route", ["torch", "lowered"])
+def test_graph_is_valid_and_named_like_caffe(model, route: str) -> None:
+    """Strict shape inference also checks every shape the lowering declares (Caffe's)."""
     module, path = model
+    path = path if route == "torch" else lowered(path)
+    onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
     opsets = {entry.domain: entry.version for entry in proto.opset_import}
     assert opsets.get("", opsets.get("ai.onnx", 0)) >= MIN_OPSET
     assert [i.name for i in proto.graph.input] == ["data"]
@@ -84,6 +97,68 @@ def test_onnxruntime_matches_pytorch_batch_3(model) -> None:
     assert np.abs(logits[0] - logits[1]).max() > 0.01 * np.abs(logits).max()
 
 
+def test_torch_free_export_equals_the_torch_route(model) -> None:
+    """The lowering's numbers are the PyTorch route's: both exports run in ONNX Runtime on three
+    images; the lowered one is no farther from PyTorch in float64 than twice the torch export's
+    own float32 error (both are float32 computations of the same ops, in possibly other orders)."""
+    module, path = model
+    x = image_like((3, 3, 224, 224), seed=11)
+    torch_route = onnx_session(path, "cpu").run(None, {"data": x.numpy()})
+    ours = onnx_session(lowered(path), "cpu").run(None, {"data": x.numpy()})
+    with torch.no_grad():
+        exact = module.double()(x.double())
+    module.float()
+    exact = exact if isinstance(exact, tuple) else (exact,)
+    for got, reference, value in zip(ours, torch_route, exact):
+        torch_error = float(np.abs(reference - value.numpy()).max())
+        error = float(np.abs(got - value.numpy()).max())
+        between = float(np.abs(got - reference).max())
+        print(
+            f"{path.stem} vs float64: torch route {torch_error:.2e}, lowered {error:.2e}; {between:.2e} apart"
+        )
+        assert got.shape == reference.shape
+        assert error <= 2 * torch_error
+
+
+def test_lowered_nodes_are_named_after_the_layers(model) -> None:
+    """Every layer that computes something is a node of its own name (extra nodes extend it)."""
+    module, path = model
+    names = {node.name for node in onnx.load(str(lowered(path)), load_external_data=False).graph.node}
+    assert set(module.caffe_layer_modules) <= names
+
+
+def test_external_data_and_dynamic_batch(nsfw_model, tmp_path: Path) -> None:
+    """Past 2 GB the weights go beside the model; forced here on nsfw: same numbers, any batch."""
+    model = onnxlower.lower(load_net(nsfw_model.prototxt, nsfw_model.caffemodel), ["fc_nsfw"])
+    inline = onnxlower.write_onnx(model, tmp_path / "inline.onnx")
+    external = onnxlower.write_onnx(model, tmp_path / "external.onnx", external_data=True)
+    assert [p.name for p in external] == ["external.onnx", "external.onnx.data"]
+    assert external[0].stat().st_size < 1e6 < external[1].stat().st_size
+    onnx.checker.check_model(str(external[0]), full_check=True)
+    for batch in (1, 4):
+        x = image_like((batch, 3, 224, 224), seed=batch).numpy()
+        a = onnx_session(inline[0], "cpu").run(None, {"data": x})[0]
+        b = onnx_session(external[0], "cpu").run(None, {"data": x})[0]
+        assert a.shape == (batch, 2) and np.array_equal(a, b)
+
+
+def test_lowered_fp16_is_close_to_float32(nsfw_model, tmp_path: Path) -> None:
+    net = load_net(nsfw_model.prototxt, nsfw_model.caffemodel)
+    x = image_like((2, 3, 224, 224), seed=3).numpy()
+    results = []
+    for fp16 in (False, True):
+        path = onnxlower.write_onnx(onnxlower.lower(net, ["fc_nsfw"], fp16=fp16), tmp_path / f"{fp16}.onnx")[
+            0
+        ]
+        results.append(
+            onnx_session(path, "cpu").run(None, {"data": x.astype(np.float16 if fp16 else np.float32)})[0]
+        )
+    assert results[1].dtype == np.float16
+    error = float(np.abs(results[1].astype(np.float32) - results[0]).max()) / float(np.abs(results[0]).max())
+    print(f"nsfw lowered float16 vs float32: relative {error:.2e}")
+    assert error <= FP16_TOLERANCE
+
+
 def test_fp16_export_runs(nsfw_model, tmp_path: Path) -> None:
     """--fp16: weights and activations float16, input and outputs too; close to float32."""
     net = load_net(nsfw_model.prototxt, nsfw_model.caffemodel)
@@ -103,9 +178,11 @@ def test_fp16_export_runs(nsfw_model, tmp_path: Path) -> None:
 
 
 def test_opset_below_17_is_refused(tmp_path: Path, tiny_model) -> None:
-    module = convert(load_net(tiny_model.prototxt, tiny_model.caffemodel))
+    net = load_net(tiny_model.prototxt, tiny_model.caffemodel)
     with pytest.raises(ValueError, match="opset 16"):
-        export_onnx(module, tmp_path / "old.onnx", torch.zeros(1, 3, 8, 8), opset=16)
+        export_onnx(convert(net), tmp_path / "old.onnx", torch.zeros(1, 3, 8, 8), opset=16)
+    with pytest.raises(ValueError, match="opset 16"):
+        onnxlower.lower(net, opset=16)
     assert not list(tmp_path.iterdir())
 
 
@@ -140,15 +217,21 @@ def _pooling_net(size: tuple[int, int], mode: str, params: str) -> str:
     )
 
 
+@pytest.mark.parametrize("route", ["torch", "lowered"])
 @pytest.mark.parametrize("mode", ["MAX", "AVE"])
 @pytest.mark.parametrize("size, params", POOLING_SHAPE_CASES)
-def test_declared_pooling_shape_is_the_computed_shape(tmp_path: Path, mode: str, size, params: str) -> None:
+def test_declared_pooling_shape_is_the_computed_shape(
+    tmp_path: Path, route: str, mode: str, size, params: str
+) -> None:
     """The file declares Caffe's shape, ONNX's own shape inference agrees (strict), ONNX Runtime
-    produces it, for another batch too."""
+    produces it, for another batch too; both export routes."""
     net = build_net(parse_prototxt_text(_pooling_net(size, mode, params)))
     expected = net.blob_shapes["p"][1:]
     path = tmp_path / "pool.onnx"
-    export_onnx(convert(net), path, image_like((1, 2, *size)))
+    if route == "torch":
+        export_onnx(convert(net), path, image_like((1, 2, *size)))
+    else:
+        onnxlower.write_onnx(onnxlower.lower(net), path)
     model = onnx.load(str(path))
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     for graph in (model.graph, inferred.graph):
@@ -164,3 +247,11 @@ def test_pooling_shape_cases_match_caffe(mode: str, size, params: str) -> None:
     """The computed shapes above are BVLC Caffe's (values too); `ceil_mode` is a fork's field,
     given to Caffe as the round_mode it means."""
     assert_matches_caffe(_pooling_net(size, mode, params).replace("ceil_mode: false", "round_mode: FLOOR"))
+
+
+def test_every_converter_type_has_a_lowering() -> None:
+    """A layer type the PyTorch route converts must have a torch-free ONNX lowering too."""
+    from converter import CONVERTERS
+
+    missing = sorted(set(CONVERTERS) - set(onnxlower.LOWERINGS))
+    assert not missing, f"no ONNX lowering (onnxlower/layers.py) for {missing}"

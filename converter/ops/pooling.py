@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from prototxt import Layer, NetDefinitionError
-from prototxt.shapes import SHAPE_RULES, pool_geometry, pooled_size, spp_levels
+from prototxt.shapes import SHAPE_RULES, plain_pooling_matches, pool_geometry, spp_levels
 
 from .. import modules
 from ..modules import pair
@@ -33,16 +33,11 @@ def pooling(layer: Layer) -> nn.Module:
     g = pool_geometry(layer.param, bottom)
     kernel, stride, pad = pair(g["kernel"]), pair(g["stride"]), pair(g["pad"])
     ceil = p.round_mode == p.CEIL
-    # torch always drops a last window starting past the input; Caffe only when padded;
-    # ONNX's shape inference never.
-    geometry = list(zip(bottom[2:], kernel, stride, pad))
-    torch_size = [pooled_size(n, k, s, pd, ceil, padded=True) for n, k, s, pd in geometry]
-    onnx_size = [pooled_size(n, k, s, pd, ceil, padded=False) for n, k, s, pd in geometry]
-    if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == onnx_size == list(top[2:]):
+    if plain_pooling_matches(g, bottom, top, ceil):
         if mode == "MAX":
             return nn.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)
         return nn.AvgPool2d(kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
-    return modules.CaffePool2d(mode, list(kernel), list(stride), list(pad), list(bottom[2:]), list(top[2:]))
+    return modules.CaffePool2d(mode, g, bottom, top)
 
 
 @register("SPP")

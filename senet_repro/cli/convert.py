@@ -410,7 +410,7 @@ def caffe2torch(
     "--output",
     type=OUTPUT,
     required=True,
-    help="The .onnx file to write.",
+    help="The .onnx file to write (weights past 2 GB go to OUTPUT.data beside it).",
 )
 @click.option(
     "--opset",
@@ -436,15 +436,35 @@ def caffe2onnx(
     input_shapes: tuple[str, ...],
     force: bool,
 ) -> None:
-    """Convert a Caffe net straight to ONNX (input 'data', outputs named after Caffe blobs)."""
-    from converter import convert
+    """Convert a Caffe net straight to ONNX, without torch (numpy and onnx only).
+
+    Inputs and outputs are named after the Caffe blobs, with a dynamic batch axis;
+    the file is then run once in ONNX Runtime (shapes equal Caffe's, values finite).
+    The numbers equal the PyTorch route's (torch2onnx); the tests compare both.
+    """
+    from onnxlower import check_onnxruntime, lower, write_onnx
+    from prototxt.memory import check_memory, net_bytes
 
     guard_outputs([output], force=force)
 
     net = load_net(prototxt, caffemodel, input_shape=_input_shapes(input_shapes))
-    shape = _input_shape(net)
-    module = convert(net, outputs.split(",") if outputs else None, progress=True)
-    _export_and_compare(module, shape, output, opset, fp16, max_memory)
+    check_memory(net_bytes(net, batch=1), max_memory, f"'{net.name}' at batch 1 in ONNX Runtime")
+    model = lower(net, outputs.split(",") if outputs else None, fp16=fp16, opset=opset, progress=True)
+    layers, megabytes = len(model.graph.node), model.nbytes / 1e6
+    written = write_onnx(model, output)
+    declared = model.declared_shapes()
+    del net, model  # unmaps the caffemodel before ONNX Runtime loads its own copy
+    try:
+        check = check_onnxruntime(output, declared)
+    except Exception:
+        for path in written:
+            path.unlink()
+        raise
+    click.echo(
+        f"wrote {', '.join(str(p) for p in written)} (opset {opset}{', float16' if fp16 else ''}; "
+        f"{layers} nodes, {megabytes:.1f} MB of weights)"
+    )
+    click.echo(check.summary())
 
 
 def _export_and_compare(

@@ -1,0 +1,122 @@
+"""Write a lowered model, streaming the weights from their memory into the file.
+
+protobuf would copy every weight into a `TensorProto` (and the whole model into
+one bytes object) before writing; instead the graph is serialised without its
+initializers and each weight's wire-format field is written straight from the
+numpy array, as `prototxt.caffemodel` writes caffemodels. Past protobuf's 2 GB
+limit the weights go to an external-data file beside the model (ONNX's format
+for large models), 4 KiB-aligned so runtimes can map them.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from prototxt.atomic import atomic_path
+from prototxt.caffemodel import encode_varint, field_key
+
+from .graph import LoweredModel
+
+EXTERNAL_DATA_BYTES = 2**31  # protobuf cannot parse a message this large
+_ALIGNMENT = 4096
+_INLINE_BYTES = 1024  # smaller tensors stay in the model file even with external data
+_LENGTH = 2  # protobuf's length-delimited wire type
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+_ELEMENT_TYPES = {
+    np.dtype(np.float32): onnx.TensorProto.FLOAT,
+    np.dtype(np.float16): onnx.TensorProto.FLOAT16,
+    np.dtype(np.int64): onnx.TensorProto.INT64,
+}
+
+
+def _field(number: int, payload_size: int) -> bytes:
+    return field_key(number, _LENGTH) + encode_varint(payload_size)
+
+
+def _little_endian(array: np.ndarray) -> memoryview:
+    """The array's bytes as ONNX stores raw data: C order, little-endian (a view when it already is)."""
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return memoryview(array).cast("B")
+
+
+def _tensor_header(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return onnx.TensorProto(name=name, dims=array.shape, data_type=_ELEMENT_TYPES[array.dtype])
+
+
+def _inline(name: str, array: np.ndarray) -> list[bytes | memoryview]:
+    header = _tensor_header(name, array).SerializeToString()
+    data = _little_endian(array)
+    raw = _field(_TENSOR_RAW_DATA, data.nbytes)
+    return [_field(_GRAPH_INITIALIZER, len(header) + len(raw) + data.nbytes) + header + raw, data]
+
+
+def _external(
+    model: LoweredModel, location: str
+) -> tuple[list[bytes | memoryview], list[bytes | memoryview]]:
+    """Initializer fields (small ones inline, as onnx does, shape inference reads those), and the
+    data file's pieces."""
+    fields: list[bytes | memoryview] = []
+    pieces: list[bytes | memoryview] = []
+    offset = 0
+    for name, array in model.weights.items():
+        if array.nbytes < _INLINE_BYTES:
+            fields += _inline(name, array)
+            continue
+        header = _tensor_header(name, array)
+        header.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", offset), ("length", array.nbytes)):
+            header.external_data.add(key=key, value=str(value))
+        serialized = header.SerializeToString()
+        fields.append(_field(_GRAPH_INITIALIZER, len(serialized)) + serialized)
+        padding = -array.nbytes % _ALIGNMENT
+        pieces += [_little_endian(array), bytes(padding)]
+        offset += array.nbytes + padding
+    return fields, pieces
+
+
+def _write(path: str, pieces: list[bytes | memoryview]) -> None:
+    with open(path, "wb") as handle:
+        for piece in pieces:
+            handle.write(piece)
+
+
+def write_onnx(
+    model: LoweredModel, path: str | os.PathLike[str], *, external_data: bool | None = None
+) -> list[Path]:
+    """Write `model` to `path` atomically; returns the files written.
+
+    The weights go to `<path>.data` when they would not fit in one protobuf
+    message (or when `external_data` is True).
+    """
+    target = Path(path)
+    opsets = [helper.make_opsetid("", model.opset)]
+    header = helper.make_model(
+        onnx.GraphProto(),
+        opset_imports=opsets,
+        producer_name="senet-repro onnxlower",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+    header.ClearField("graph")
+    graph = model.graph.SerializeToString()
+    if external_data is None:
+        external_data = model.nbytes + len(graph) >= EXTERNAL_DATA_BYTES
+    data_target = target.with_name(target.name + ".data")
+    with ExitStack() as stack:
+        if external_data:
+            initializers, data_pieces = _external(model, data_target.name)
+            _write(stack.enter_context(atomic_path(data_target)), data_pieces)
+        else:
+            initializers = [piece for name, array in model.weights.items() for piece in _inline(name, array)]
+        graph_size = len(graph) + sum(
+            piece.nbytes if isinstance(piece, memoryview) else len(piece) for piece in initializers
+        )
+        pieces = [header.SerializeToString(), _field(_MODEL_GRAPH, graph_size), graph, *initializers]
+        _write(stack.enter_context(atomic_path(target)), pieces)
+    return [target, data_target] if external_data else [target]
