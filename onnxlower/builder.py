@@ -9,6 +9,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+# numpy dtype -> ONNX element type, for the tensors a lowering makes.
+ELEMENT_TYPES = {
+    np.dtype(np.float32): onnx.TensorProto.FLOAT,
+    np.dtype(np.float16): onnx.TensorProto.FLOAT16,
+    np.dtype(np.int64): onnx.TensorProto.INT64,
+}
+
 
 def _unique(wanted: str, taken: set[str]) -> str:
     candidate, n = wanted, 1

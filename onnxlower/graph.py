@@ -20,7 +20,7 @@ from prototxt import ConversionError, Net, NetDefinitionError
 from prototxt.net import check_convertible
 from prototxt.shapes import Shape
 
-from .builder import Builder
+from .builder import ELEMENT_TYPES, Builder
 from .registry import LOWERINGS, check_supported
 
 MIN_OPSET = 17
@@ -35,6 +35,7 @@ class LoweredModel:
     graph: onnx.GraphProto
     weights: dict[str, np.ndarray]
     opset: int
+    layer_tops: dict[str, list[str]]  # Caffe layer -> the tensors holding its tops right after it ran
 
     @property
     def nbytes(self) -> int:
@@ -85,13 +86,14 @@ def lower(
     layers = [layer for layer in net.layers if layer.type != "Input"]
     check_supported(layers)
     wanted = check_convertible(net, outputs, require_weights)
-    elem_type = onnx.TensorProto.FLOAT16 if fp16 else onnx.TensorProto.FLOAT
     b = Builder(np.float16 if fp16 else np.float32)
+    elem_type = ELEMENT_TYPES[b.dtype]
     b.tensors.update(net.blob_shapes)  # every blob's last value is named after the blob
     last_writer = {top: index for index, layer in enumerate(layers) for top in layer.tops}
     values = {blob: blob for blob in net.inputs}
     batched = set(net.inputs)
     declared: list[onnx.ValueInfoProto] = []
+    layer_tops: dict[str, list[str]] = {}
     for index, layer in enumerate(
         tqdm(layers, desc="lowering", unit="layer", disable=not progress, leave=False)
     ):
@@ -103,6 +105,7 @@ def lower(
             for top in layer.tops
         ]
         results = LOWERINGS[layer.type](layer, b, bottoms, names)
+        layer_tops[layer.name] = results
         keeps_batch = any(
             tensor in batched and shape[:1] == layer.top_shapes[0][:1]
             for tensor, shape in zip(bottoms, layer.bottom_shapes)
@@ -137,4 +140,4 @@ def lower(
         value_info=[info for name, info in infos.items() if name in used and name not in wanted],
     )
     weights = {name: array for name, array in b.weights.items() if name in used}
-    return LoweredModel(graph, weights, opset)
+    return LoweredModel(graph, weights, opset, layer_tops)

@@ -10,21 +10,26 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from prototxt import Layer, NetDefinitionError
 from prototxt.shapes import (
+    SHAPE_RULES,
     ave_pool_divisor,
     canonical_axis,
     concat_axis,
     conv_geometry,
+    crop_offsets,
     plain_pooling_matches,
     pool_geometry,
     pool_padding,
     reshape_axes,
     slice_points,
+    spp_levels,
 )
 
-from .builder import Builder
+from .builder import ELEMENT_TYPES, Builder
 from .registry import register
 
 
@@ -379,3 +384,311 @@ def slice_(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]
     axis, bounds = slice_points(layer.param, layer.bottom_shapes[0])
     sizes = b.ints(f"{layer.name}/split", [end - start for start, end in zip(bounds, bounds[1:])])
     return b.op("Split", [x[0], sizes], layer.name, tops, axis=axis)
+
+
+# --- Caffe's neuron layers, each in the form of its .cpp (as `converter.modules` writes them) ----
+
+
+def _times(b: Builder, x: str, factor: float, name: str) -> str:
+    return x if factor == 1 else b.op("Mul", [x, b.scalar(name, factor)], name)[0]
+
+
+def _plus(b: Builder, x: str, term: float, name: str) -> str:
+    return x if term == 0 else b.op("Add", [x, b.scalar(name, term)], name)[0]
+
+
+@register("AbsVal")
+def absval(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    return b.op("Abs", x, layer.name, tops)
+
+
+@register("BNLL")
+def bnll(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """log(1 + e^x) in bnll_layer.cpp's two branches: x + log(1 + e^-x) for x > 0."""
+    n = layer.name
+    one = b.scalar(f"{n}/one", 1.0)
+    negative = b.op("Neg", x, f"{n}/neg")[0]
+    upper = b.op(
+        "Log",
+        [b.op("Add", [one, b.op("Exp", [negative], f"{n}/exp_neg")[0]], f"{n}/add_neg")[0]],
+        f"{n}/log_neg",
+    )[0]
+    upper = b.op("Add", [x[0], upper], f"{n}/positive")[0]
+    lower = b.op("Log", [b.op("Add", [one, b.op("Exp", x, f"{n}/exp")[0]], f"{n}/add")[0]], f"{n}/log")[0]
+    positive = b.op("Greater", [x[0], b.scalar(f"{n}/zero", 0.0)], f"{n}/is_positive")[0]
+    return b.op("Where", [positive, upper, lower], n, tops)
+
+
+@register("Clip")
+def clip(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """max(low, min(x, high)): low wins when low > high, as clip_layer.cpp."""
+    p = layer.param.clip_param
+    upper = b.op("Min", [x[0], b.scalar(f"{layer.name}/max", p.max)], f"{layer.name}/min")[0]
+    return b.op("Max", [upper, b.scalar(f"{layer.name}/min", p.min)], layer.name, tops)
+
+
+@register("ELU")
+def elu(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """max(x, 0) + alpha * (exp(min(x, 0)) - 1), elu_layer.cpp's form."""
+    n = layer.name
+    zero = b.scalar(f"{n}/zero", 0.0)
+    positive = b.op("Max", [x[0], zero], f"{n}/positive")[0]
+    negative = b.op("Exp", [b.op("Min", [x[0], zero], f"{n}/negative")[0]], f"{n}/exp")[0]
+    negative = b.op("Sub", [negative, b.scalar(f"{n}/one", 1.0)], f"{n}/minus_one")[0]
+    negative = _times(b, negative, layer.param.elu_param.alpha, f"{n}/alpha")
+    return b.op("Add", [positive, negative], n, tops)
+
+
+@register("Exp")
+def exp(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """base^(shift + scale * x) = outer * exp(inner * x), exp_layer.cpp's factors."""
+    p = layer.param.exp_param
+    natural = p.base == -1
+    inner = (1.0 if natural else math.log(p.base)) * p.scale
+    outer = 1.0 if p.shift == 0 else (math.exp(p.shift) if natural else math.pow(p.base, p.shift))
+    if outer == 1:
+        return b.op("Exp", [_times(b, x[0], inner, f"{layer.name}/inner")], layer.name, tops)
+    y = b.op("Exp", [_times(b, x[0], inner, f"{layer.name}/inner")], f"{layer.name}/exp")[0]
+    return b.op("Mul", [y, b.scalar(f"{layer.name}/outer", outer)], layer.name, tops)
+
+
+@register("Log")
+def log(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """log_base(shift + scale * x) = log(scale * x + shift) * (1 / ln base)."""
+    p = layer.param.log_param
+    argument = _plus(b, _times(b, x[0], p.scale, f"{layer.name}/scale"), p.shift, f"{layer.name}/shift")
+    base_scale = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
+    if base_scale == 1:
+        return b.op("Log", [argument], layer.name, tops)
+    y = b.op("Log", [argument], f"{layer.name}/log")[0]
+    return b.op("Mul", [y, b.scalar(f"{layer.name}/base", base_scale)], layer.name, tops)
+
+
+@register("Power")
+def power(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """(shift + scale * x)^power; a constant (power_layer.cpp) when power * scale is 0."""
+    p = layer.param.power_param
+    if p.power * p.scale == 0:
+        value = (
+            np.ones(1, b.dtype)
+            if p.power == 0
+            else np.power(np.full(1, p.shift, b.dtype), b.dtype.type(p.power))
+        )
+        shape = b.op("Shape", x, f"{layer.name}/shape")[0]
+        return b.op("ConstantOfShape", [shape], layer.name, tops, value=numpy_helper.from_array(value))
+    base = _plus(b, _times(b, x[0], p.scale, f"{layer.name}/scale"), p.shift, f"{layer.name}/shift")
+    if p.power == 1:
+        return b.op("Identity", [base], layer.name, tops)
+    return b.op("Pow", [base, b.scalar(f"{layer.name}/power", p.power)], layer.name, tops)
+
+
+@register("Threshold")
+def threshold(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    above = b.op(
+        "Greater",
+        [x[0], b.scalar(f"{layer.name}/threshold", layer.param.threshold_param.threshold)],
+        f"{layer.name}/above",
+    )[0]
+    return b.op("Cast", [above], layer.name, tops, to=ELEMENT_TYPES[b.dtype])
+
+
+@register("Swish")
+def swish(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """x * sigmoid(beta * x), with Caffe's sigmoid 0.5 * tanh(0.5 * v) + 0.5."""
+    n = layer.name
+    half = b.scalar(f"{n}/half", 0.5)
+    v = b.op("Mul", [x[0], b.scalar(f"{n}/beta", layer.param.swish_param.beta)], f"{n}/beta")[0]
+    t = b.op("Tanh", [b.op("Mul", [v, half], f"{n}/half_in")[0]], f"{n}/tanh")[0]
+    gate = b.op("Add", [b.op("Mul", [t, half], f"{n}/half_out")[0], half], f"{n}/gate")[0]
+    return b.op("Mul", [x[0], gate], n, tops)
+
+
+# --- layers that move, pick or reduce values -----------------------------------------------------
+
+
+@register("Crop")
+def crop(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """bottom[0]'s window at Caffe's offsets, of bottom[1]'s size from `axis` on."""
+    start = canonical_axis(layer.param.crop_param.axis, len(layer.bottom_shapes[0]), layer.param)
+    offsets = crop_offsets(layer.param, layer.bottom_shapes)[start:]
+    sizes = layer.top_shapes[0][start:]
+    n = layer.name
+    inputs = [
+        x[0],
+        b.ints(f"{n}/starts", offsets),
+        b.ints(f"{n}/ends", [o + s for o, s in zip(offsets, sizes)]),
+        b.ints(f"{n}/axes", list(range(start, start + len(offsets)))),
+    ]
+    return b.op("Slice", inputs, n, tops)
+
+
+@register("Tile")
+def tile(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    ndim = len(layer.bottom_shapes[0])
+    p = layer.param.tile_param
+    axis = canonical_axis(p.axis, ndim, layer.param)
+    repeats = b.ints(f"{layer.name}/repeats", [p.tiles if i == axis else 1 for i in range(ndim)])
+    return b.op("Tile", [x[0], repeats], layer.name, tops)
+
+
+def _indices(b: Builder, x: str, name: str) -> str:
+    """Caffe's float indices as int64, truncated toward 0 as static_cast<int>."""
+    return b.op("Cast", [x], name, to=onnx.TensorProto.INT64)[0]
+
+
+@register("BatchReindex")
+def batch_reindex(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    return b.op("Gather", [x[0], _indices(b, x[1], f"{layer.name}/index")], layer.name, tops, axis=0)
+
+
+@register("Embed")
+def embed(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """Row int(x) of the input_dim x num_output weight (+ bias) per input value."""
+    p = layer.param.embed_param
+    inputs = [
+        _learned(layer, b, 0, "weight", (p.input_dim, p.num_output)),
+        _indices(b, x[0], f"{layer.name}/index"),
+    ]
+    if not p.bias_term:
+        return b.op("Gather", inputs, layer.name, tops, axis=0)
+    rows = b.op("Gather", inputs, f"{layer.name}/rows", axis=0)[0]
+    return b.op("Add", [rows, _learned(layer, b, 1, "bias", (p.num_output,))], layer.name, tops)
+
+
+@register("Im2col")
+def im2col(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """Each k_h x k_w patch as a column (rows ordered channel, kernel row, kernel column): a grouped
+    convolution with one-hot kernels, which copies every value exactly."""
+    g = conv_geometry(layer.param)
+    channels, (kh, kw) = layer.bottom_shapes[0][1], g["kernel"]
+    one_hot = np.eye(kh * kw, dtype=b.dtype).reshape(kh * kw, 1, kh, kw)
+    weight = b.weight(f"{layer.name}/one_hot", np.tile(one_hot, (channels, 1, 1, 1)))
+    return b.op(
+        "Conv",
+        [x[0], weight],
+        layer.name,
+        tops,
+        kernel_shape=g["kernel"],
+        strides=g["stride"],
+        pads=g["pad"] * 2,
+        dilations=g["dilation"],
+        group=channels,
+    )
+
+
+@register("ArgMax")
+def argmax(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """The top_k indices (or values), equal values larger index first as argmax_layer.cpp: TopK
+    (ties lower index first) of the reversed axis. Without `axis`, per item over everything,
+    N x 1 x k (indices) or N x 2 x k (indices, values), padded to Caffe's axes."""
+    p, bottom, n = layer.param.argmax_param, layer.bottom_shapes[0], layer.name
+    axis = canonical_axis(p.axis, len(bottom), layer.param) if p.HasField("axis") else None
+    values = x[0] if axis is not None else _flatten_from(layer, b, x[0], 1, f"{n}/flatten")
+    along = 1 if axis is None else axis
+    size = bottom[along] if axis is not None else math.prod(bottom[1:])
+    reverse = [
+        b.ints(f"{n}/{what}", [v])
+        for what, v in (("start", -1), ("end", -size - 1), ("axis", along), ("step", -1))
+    ]
+    reversed_ = b.op("Slice", [values, *reverse], f"{n}/reverse")[0]
+    ordered, position = b.op(
+        "TopK",
+        [reversed_, b.ints(f"{n}/k", [p.top_k])],
+        f"{n}/topk",
+        [b.name(f"{n}/values"), b.name(f"{n}/positions")],
+        axis=along,
+    )
+    last = b.ints(f"{n}/last", [size - 1])
+    index = b.op(
+        "Cast",
+        [b.op("Sub", [last, position], f"{n}/index")[0]],
+        f"{n}/index_float",
+        to=ELEMENT_TYPES[b.dtype],
+    )[0]
+    if axis is not None:
+        return b.op("Identity", [ordered if p.out_max_val else index], n, tops)
+    one = b.ints(f"{n}/axis1", [1])
+    parts = [b.op("Unsqueeze", [index, one], f"{n}/indices")[0]]
+    if p.out_max_val:
+        parts.append(b.op("Unsqueeze", [ordered, one], f"{n}/maxima")[0])
+    stacked = b.op("Concat", parts, f"{n}/stack", axis=1)[0]
+    shape = b.ints(f"{n}/shape", [0, *layer.top_shapes[0][1:]])
+    return b.op("Reshape", [stacked, shape], n, tops)
+
+
+@register("Reduction")
+def reduction(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """SUM, ASUM, SUMSQ or MEAN of all axes from `axis` on, times `coeff`."""
+    p, bottom, n = layer.param.reduction_param, layer.bottom_shapes[0], layer.name
+    axis = canonical_axis(p.axis, len(bottom), layer.param)
+    coeff = p.coeff / math.prod(bottom[axis:]) if p.operation == p.MEAN else p.coeff
+    flat = _flatten_from(layer, b, x[0], axis, f"{n}/flatten")
+    if p.operation == p.ASUM:
+        flat = b.op("Abs", [flat], f"{n}/abs")[0]
+    elif p.operation == p.SUMSQ:
+        flat = b.op("Mul", [flat, flat], f"{n}/square")[0]
+    last = b.ints(f"{n}/axes", [-1])
+    if coeff == 1:
+        return b.op("ReduceSum", [flat, last], n, tops, keepdims=0)
+    total = b.op("ReduceSum", [flat, last], f"{n}/sum", keepdims=0)[0]
+    return b.op("Mul", [total, b.scalar(f"{n}/coeff", coeff)], n, tops)
+
+
+def _mean(b: Builder, x: str, axes: str, count: int, name: str) -> str:
+    """Mean over `axes` (kept) as sum / count: ReduceSum takes its axes as an input in every
+    opset from 13 on, ReduceMean only from 18."""
+    total = b.op("ReduceSum", [x, axes], f"{name}/sum", keepdims=1)[0]
+    return b.op("Div", [total, b.scalar(f"{name}/count", count)], name)[0]
+
+
+@register("MVN")
+def mvn(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """Subtract the mean, then divide by (standard deviation + eps), per item and channel (or per
+    item across channels); the top has Caffe's 4 axes."""
+    p, n, shape = layer.param.mvn_param, layer.name, layer.top_shapes[0]
+    value = x[0]
+    ndim = len(layer.bottom_shapes[0])
+    if ndim < 4:
+        value = b.op("Reshape", [value, b.ints(f"{n}/shape", [0] * ndim + [1] * (4 - ndim))], f"{n}/to_4d")[0]
+    dims = [1, 2, 3] if p.across_channels else [2, 3]
+    axes, count = b.ints(f"{n}/axes", dims), math.prod(shape[d] for d in dims)
+    mean = _mean(b, value, axes, count, f"{n}/mean")
+    if not p.normalize_variance:
+        return b.op("Sub", [value, mean], n, tops)
+    centred = b.op("Sub", [value, mean], f"{n}/centred")[0]
+    square = b.op("Mul", [centred, centred], f"{n}/square")[0]
+    std = b.op("Sqrt", [_mean(b, square, axes, count, f"{n}/variance")], f"{n}/std")[0]
+    divisor = b.op("Add", [std, b.scalar(f"{n}/eps", p.eps)], f"{n}/std_eps")[0]
+    return b.op("Div", [centred, divisor], n, tops)
+
+
+@register("SPP")
+def spp(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """A Pooling per pyramid level (spp_layer.cpp's parameters), flattened and concatenated
+    when there are several."""
+    bottom = layer.bottom_shapes[0]
+    levels = spp_levels(layer.param, bottom)
+    pooled = []
+    for level in levels:
+        pool = Layer(
+            name=level.name,
+            type="Pooling",
+            bottoms=layer.bottoms,
+            tops=[level.name],
+            param=level,
+            bottom_shapes=[bottom],
+            top_shapes=SHAPE_RULES["Pooling"](level, [bottom]),
+        )
+        if len(levels) == 1:
+            return pooling(pool, b, x, tops)
+        pooled.append(
+            _flatten_from(pool, b, pooling(pool, b, x, [b.name(level.name)])[0], 1, f"{level.name}/flatten")
+        )
+    return b.op("Concat", pooled, layer.name, tops, axis=1)
+
+
+@register("Parameter")
+def parameter(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """A layer without bottoms whose top is its learned blob."""
+    shape = layer.top_shapes[0]
+    return b.op("Identity", [_learned(layer, b, 0, "weight", shape)], layer.name, tops)

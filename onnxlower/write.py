@@ -21,6 +21,7 @@ from onnx import helper
 from prototxt.atomic import atomic_path
 from prototxt.caffemodel import encode_varint, field_key
 
+from .builder import ELEMENT_TYPES
 from .graph import LoweredModel
 
 EXTERNAL_DATA_BYTES = 2**31  # protobuf cannot parse a message this large
@@ -28,12 +29,6 @@ _ALIGNMENT = 4096
 _INLINE_BYTES = 1024  # smaller tensors stay in the model file even with external data
 _LENGTH = 2  # protobuf's length-delimited wire type
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-
-_ELEMENT_TYPES = {
-    np.dtype(np.float32): onnx.TensorProto.FLOAT,
-    np.dtype(np.float16): onnx.TensorProto.FLOAT16,
-    np.dtype(np.int64): onnx.TensorProto.INT64,
-}
 
 
 def _field(number: int, payload_size: int) -> bytes:
@@ -47,7 +42,7 @@ def _little_endian(array: np.ndarray) -> memoryview:
 
 
 def _tensor_header(name: str, array: np.ndarray) -> onnx.TensorProto:
-    return onnx.TensorProto(name=name, dims=array.shape, data_type=_ELEMENT_TYPES[array.dtype])
+    return onnx.TensorProto(name=name, dims=array.shape, data_type=ELEMENT_TYPES[array.dtype])
 
 
 def _inline(name: str, array: np.ndarray) -> list[bytes | memoryview]:
