@@ -6,6 +6,11 @@ Caffe splits batch normalisation into BatchNorm (statistics only) and Scale
 it, removing the normalisation entirely. Rewrites are done on the fx graph and
 folded weights computed in float64, so the result differs from the unfolded net
 only by float32 round-off.
+
+`fast_eval(module)` is the fastest exact eval form of a converted graph or of any
+module torch.fx can trace (the clean SENets): everything folded into the
+convolutions, in channels_last memory format (oneDNN and cuDNN then skip their
+per-layer layout reorders). bench/results/convert.md measures what each step buys.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ def _module(gm: fx.GraphModule, node: fx.Node | None) -> nn.Module | None:
     """The submodule a node calls; None for other nodes and ones already folded away."""
     if node is None or node.op != "call_module" or node.graph is not gm.graph:
         return None
-    return getattr(gm, _target(node), None)
+    try:
+        return gm.get_submodule(_target(node))  # dotted in a traced nn.Module
+    except AttributeError:
+        return None
 
 
 def _drop(gm: fx.GraphModule, node: fx.Node) -> None:
@@ -133,3 +141,23 @@ def fold_batchnorm(gm: CaffeGraphModule, into: FoldLevel | str = FoldLevel.BN) -
     levels = list(FoldLevel)
     gm.caffe_fold = max(FoldLevel(into), FoldLevel(gm.caffe_fold), key=levels.index)
     return gm
+
+
+def fast_eval(module: nn.Module, *, channels_last: bool = True) -> fx.GraphModule:
+    """`module` in eval mode with every BatchNorm (and Caffe Scale) folded into the convolution
+    before it, in channels_last memory format; give it channels_last inputs for full speed.
+
+    A converted net is folded in place (`fold_batchnorm(gm, "conv")`); any other module is
+    traced with torch.fx first and left unchanged (the traced copy shares what it does not fold).
+    """
+    module.eval()
+    if isinstance(module, CaffeGraphModule):
+        graph: fx.GraphModule = fold_batchnorm(module, FoldLevel.CONV)
+    else:
+        graph = fx.symbolic_trace(module)
+        _merge_into_conv(graph)
+        graph.graph.lint()
+        graph.recompile()
+    if channels_last:
+        graph.to(memory_format=torch.channels_last)
+    return graph.eval()

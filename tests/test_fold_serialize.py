@@ -23,7 +23,7 @@ from torch import nn
 
 from converter import CaffeGraphModule, convert
 from converter.calibrate import image_like
-from converter.fold import fold_batchnorm
+from converter.fold import fast_eval, fold_batchnorm
 from converter.modules import Affine
 from converter.serialize import load_converted, save_converted
 from prototxt import Net, load_net
@@ -151,3 +151,48 @@ def test_unknown_suffix_writes_nothing(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.pt2 or \.safetensors"):
         load_converted(tmp_path / "tiny.pth")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nsfw", "SE-ResNeXt-50"])
+@torch.no_grad()
+def test_fast_eval_stays_within_the_folding_bound(request: pytest.FixtureRequest, name: str) -> None:
+    """`fast_eval`, what senet-validate runs by default: the generic graph (nsfw's 1024 pooled
+    features, see above) and the clean model (SE-ResNeXt-50 logits), folded and channels_last,
+    within the folding bound of the module docstring."""
+    from senet_repro.models import caffe_to_state_dict, get_model
+
+    net, outputs = load_model(request, name)
+    if name == "nsfw":
+        make = lambda: convert(net, ["pool"])  # noqa: E731
+    else:
+
+        def make() -> nn.Module:
+            model = get_model("se_resnext50")
+            model.load_state_dict(caffe_to_state_dict("se_resnext50", net.weights()))
+            return model.eval()
+
+    x = image_like((2, 3, 224, 224), seed=5)
+    unfolded = make()
+    exact = unfolded.double()(x.double())
+    unfolded.float()
+    scale = float(exact.abs().max())
+    err32 = float((unfolded(x).double() - exact).abs().max()) / scale
+    fast = fast_eval(make())
+    assert not any(isinstance(m, (nn.BatchNorm2d, Affine)) for m in fast.modules())
+    convolutions = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convolutions and all(
+        m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in convolutions
+        if m.kernel_size != (1, 1)
+    )
+    folded32 = (
+        float((fast(x.contiguous(memory_format=torch.channels_last)).double() - exact).abs().max()) / scale
+    )
+    folded64 = float((fast.double()(x.double()) - exact).abs().max()) / scale
+    print(
+        f"{name} fast_eval: |folded64 - e| {folded64:.2e}, |folded32 - e| {folded32:.2e}, "
+        f"|unfolded32 - e| {err32:.2e}"
+    )
+    assert folded64 <= err32
+    assert folded32 <= FLOAT32_FACTOR * err32

@@ -343,6 +343,8 @@ def _backend(args: dict, device: torch.device) -> Backend:
             output=args["output_blob"],
             amp=args["amp"],
             tf32=args["tf32"],
+            fold=not args["no_fold"],
+            compile=args["compile"],
         )
     except InputError:  # ValidateError and the model zoo's errors already say what is wrong
         raise
@@ -428,6 +430,18 @@ def _backend(args: dict, device: torch.device) -> Backend:
 )
 @click.option("--tf32", is_flag=True, help="Allow TF32 matmuls/convolutions on GPU (default: strict fp32).")
 @click.option("--amp", is_flag=True, help="Autocast to float16 (GPU) / bfloat16 (CPU).")
+@click.option(
+    "--no-fold",
+    is_flag=True,
+    help="torch backend: run the model as loaded, not BatchNorm-folded into the convolutions in "
+    "channels_last (the default: the same numbers to float32 round-off, faster).",
+)
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch/graph backends: torch.compile the model (tens of seconds to compile; pays off "
+    "over a full validation set, most on a GPU).",
+)
 @click.option(
     "--gpu-decode",
     is_flag=True,
