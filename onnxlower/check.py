@@ -39,14 +39,12 @@ def check_onnxruntime(
     options.enable_cpu_mem_arena = False  # one run: an arena only adds memory
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    feed = {
-        i.name: image_like([batch if d == BATCH else d for d in declared[i.name]], seed).astype(dtype)
-        for i in session.get_inputs()
-    }
+    shapes = {name: tuple(batch if d == BATCH else int(d) for d in dims) for name, dims in declared.items()}
+    feed = {i.name: image_like(shapes[i.name], seed).astype(dtype) for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
     outputs = {}
     for name, value in zip(names, session.run(names, feed)):
-        expected = tuple(batch if d == BATCH else d for d in declared[name])
+        expected = shapes[name]
         if value.shape != expected:
             raise ValueError(
                 f"{path}: ONNX Runtime gives '{name}' shape {value.shape}, Caffe's is {expected}"

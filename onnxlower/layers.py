@@ -310,11 +310,11 @@ def pooling(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str
     ceil = p.round_mode == p.CEIL
     if plain_pooling_matches(g, bottom, top, ceil):
         floor_size = [(n + 2 * pd - k) // s + 1 for n, k, s, pd in zip(bottom[2:], kernel, stride, g["pad"])]
-        attrs = {"kernel_shape": kernel, "strides": stride, "pads": g["pad"] * 2}
-        attrs["ceil_mode"] = int(floor_size != list(top[2:]))
+        ceil_mode = int(floor_size != list(top[2:]))
+        attrs = {"kernel_shape": kernel, "strides": stride, "pads": g["pad"] * 2, "ceil_mode": ceil_mode}
         if is_max:
             return b.op("MaxPool", x, layer.name, tops, **attrs)
-        if not attrs["ceil_mode"]:  # with a clipped last window, ONNX Runtime's divisor is not Caffe's
+        if not ceil_mode:  # with a clipped last window, ONNX Runtime's divisor is not Caffe's
             return b.op("AveragePool", x, layer.name, tops, count_include_pad=1, **attrs)
     (top_pad, bottom_pad), (left_pad, right_pad) = pool_padding(g, bottom, top)
     fill = float(np.finfo(b.dtype).min) if is_max else 0.0  # Caffe's MAX starts from -FLT_MAX

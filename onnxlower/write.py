@@ -38,7 +38,7 @@ def _field(number: int, payload_size: int) -> bytes:
 def _little_endian(array: np.ndarray) -> memoryview:
     """The array's bytes as ONNX stores raw data: C order, little-endian (a view when it already is)."""
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return memoryview(array).cast("B")
+    return array.data.cast("B")
 
 
 def _tensor_header(name: str, array: np.ndarray) -> onnx.TensorProto:

@@ -357,7 +357,12 @@ def test_two_input_net_is_refused_from_the_cli(tmp_path: Path, out: Path) -> Non
     )
     (tmp_path / "two.prototxt").write_text(text)
     write_caffemodel(tmp_path / "two.caffemodel", parse_prototxt(tmp_path / "two.prototxt"), {})
-    files = ["--prototxt", tmp_path / "two.prototxt", "--caffemodel", tmp_path / "two.caffemodel"]
+    files: list[str | Path] = [
+        "--prototxt",
+        tmp_path / "two.prototxt",
+        "--caffemodel",
+        tmp_path / "two.caffemodel",
+    ]
     assert_one_line_error(run("caffe2torch", *files, "-o", out / "x.safetensors"), "has 2 inputs (a, b)")
     assert list(out.iterdir()) == []
     result = run("caffe2onnx", *files, "-o", out / "x.onnx")  # the torch-free route takes any inputs

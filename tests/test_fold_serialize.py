@@ -163,14 +163,13 @@ def test_fast_eval_stays_within_the_folding_bound(request: pytest.FixtureRequest
     from senet_repro.models import caffe_to_state_dict, get_model
 
     net, outputs = load_model(request, name)
-    if name == "nsfw":
-        make = lambda: convert(net, ["pool"])  # noqa: E731
-    else:
 
-        def make() -> nn.Module:
-            model = get_model("se_resnext50")
-            model.load_state_dict(caffe_to_state_dict("se_resnext50", net.weights()))
-            return model.eval()
+    def make() -> nn.Module:
+        if name == "nsfw":
+            return convert(net, ["pool"])
+        model = get_model("se_resnext50")
+        model.load_state_dict(caffe_to_state_dict("se_resnext50", net.weights()))
+        return model.eval()
 
     x = image_like((2, 3, 224, 224), seed=5)
     unfolded = make()

@@ -57,7 +57,7 @@ class TorchBackend:
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         if compile:  # compiles on the first batch (tens of seconds); pays off over a whole val set
-            self.module = torch.compile(self.module, dynamic=False)
+            self.module = torch.compile(self.module, dynamic=False)  # type: ignore[assignment]
         extras = [what for what, on in (("channels_last", self.channels_last), ("compiled", compile)) if on]
         self.description = f"{name} (PyTorch {torch.__version__}{''.join(', ' + e for e in extras)})"
 
