@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench proto clean caffe-reference
+.PHONY: install demo test lint bench proto clean caffe-reference gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# On a machine with one GPU: every CUDA test, then bench/results/gpu.md (under 8 minutes).
+gpu-check: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m bench.gpu_check
 
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m bench.run_all

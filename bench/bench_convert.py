@@ -1,26 +1,33 @@
-"""Inference speed of a converted net: PyTorch, PyTorch with BN folded, ONNX Runtime, OpenCV.
+"""Inference speed of a converted SENet, every runner a user can pick, side by side.
 
     python -m bench.bench_convert [--nets SE-ResNet-50 SE-ResNeXt-50] [--batches 1 16]
 
 For SE-ResNet-50 and SE-ResNeXt-50 with seeded random calibrated weights
-(tests/caffe_factory.py, cached outside the repository), side by side on the CPU:
+(tests/caffe_factory.py, cached outside the repository), on the CPU:
 
-  pytorch            the converted torch.fx GraphModule (torch.inference_mode);
-  pytorch-folded     the same with BatchNorm+Scale folded into the convolutions;
-  pytorch-folded-cl  that in channels_last memory format (the input converted inside the
-                     timed call), which spares oneDNN its per-layer layout reorders;
-  onnxruntime        ONNX Runtime (CPU provider) on the exported .onnx;
-  opencv             OpenCV DNN on the portable prototxt + caffemodel (OpenCV's own Axpy is
-                     wrong and runs batch 1 only, so the original prototxt is no fair runner).
+  graph               the generic converted torch.fx GraphModule (torch.inference_mode);
+  graph-fast          `converter.fold.fast_eval` of it: BatchNorm+Scale folded into the
+                      convolutions, channels_last (the input converted inside the timed call);
+  clean               the clean senet_repro.models module with the same weights;
+  clean-folded        fast_eval without channels_last;
+  clean-fast          fast_eval (what senet-validate's torch backend runs by default);
+  clean-fast-compiled that under torch.compile (--no-compile leaves it out);
+  onnxruntime         ONNX Runtime (CPU provider) on the PyTorch route's export (torch2onnx);
+  onnxruntime-lowered ONNX Runtime on the torch-free export (onnxlower, caffe2onnx);
+  opencv              OpenCV DNN on the portable prototxt + caffemodel (OpenCV's own Axpy is
+                      wrong and runs batch 1 only, so the original prototxt is no fair runner);
+  caffe               BVLC Caffe itself (~/.cache/caffe-reference/reference_forward --time,
+                      when built: its own median of the same number of forwards).
 
 All runners use the same number of threads, and none of them spins while it waits for
-work (OMP_WAIT_POLICY=PASSIVE for PyTorch's OpenMP, no intra-op spinning in ONNX Runtime):
-on a machine whose cores other processes share, spinning threads slow PyTorch at 2 threads
-down 3-4x (measured), which would compare the load rather than the runners. The runners
-are timed round-robin (one call of each in turn, repeated), so that load from other
-processes spreads evenly over them; the table reports the median latency, images/s, speed
-relative to OpenCV, and each runner's max abs difference from PyTorch on the 'prob' blob.
-With CUDA, the PyTorch runners get GPU rows too. Results go to bench/results/convert.md.
+work (OMP_WAIT_POLICY=PASSIVE for PyTorch's OpenMP, no intra-op spinning in ONNX Runtime,
+OPENBLAS_NUM_THREADS for Caffe): on a machine whose cores other processes share, spinning
+threads slow PyTorch at 2 threads down 3-4x (measured), which would compare the load rather
+than the runners. The runners are timed round-robin (one call of each in turn, repeated), so
+that load from other processes spreads evenly over them; the table reports the median
+latency, images/s, speed relative to OpenCV, and each runner's max abs difference from the
+generic graph on the 'prob' blob. With CUDA, the PyTorch runners get GPU rows too (see
+also `make gpu-check`). Results go to bench/results/convert.md (--output).
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 # Before torch loads OpenMP, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -44,12 +53,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+import onnxlower
 from converter import convert
 from converter.calibrate import image_like
-from converter.fold import fold_batchnorm
+from converter.fold import fast_eval
 from converter.onnx_export import export_onnx
 from prototxt import Net, load_net, portable_net, write_prototxt
+from senet_repro.models import caffe_to_state_dict, get_model, recognise_model
 from tests.caffe_factory import make_random_caffemodel
+from tests.caffe_reference import REFERENCE_BINARY, reference_available
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,14 +86,17 @@ class Row:
         return self.batch / self.median_s
 
 
-def torch_runner(module: torch.nn.Module, device: str, channels_last: bool = False) -> Runner:
+def torch_runner(
+    module: torch.nn.Module, device: str, channels_last: bool = False, softmax: bool = False
+) -> Runner:
+    """A PyTorch module as a runner; `softmax` turns a clean model's logits into 'prob'."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     module = module.to(device).to(memory_format=layout)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             out = module(torch.from_numpy(x).to(device).contiguous(memory_format=layout))
-            return out.cpu().numpy()
+            return (torch.softmax(out, 1) if softmax else out).cpu().numpy()
 
     return run
 
@@ -91,7 +106,7 @@ def onnx_runner(path: Path, threads: int) -> Runner:
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"data": x})[0]
+    return lambda x: session.run(["prob"], {"data": x})[0]
 
 
 def opencv_runner(net: Net, caffemodel: Path, scratch: Path) -> Runner:
@@ -108,23 +123,59 @@ def opencv_runner(net: Net, caffemodel: Path, scratch: Path) -> Runner:
     return run
 
 
-def runners(name: str, threads: int, scratch: Path) -> dict[tuple[str, str], Runner]:
-    """(device, runner name) -> runner, for the random calibrated net `name`."""
-    prototxt, caffemodel = make_random_caffemodel(SENET_DIR / f"{name}.prototxt")
+def caffe_measurement(
+    prototxt: Path, caffemodel: Path, x: np.ndarray, threads: int, repeats: int, scratch: Path
+) -> tuple[float, np.ndarray]:
+    """BVLC Caffe's median seconds per forward (its own timer, `repeats` forwards) and 'prob'."""
+    np.save(scratch / "input.npy", x)
+    out = scratch / "caffe-out"
+    out.mkdir(exist_ok=True)
+    command = [str(REFERENCE_BINARY), "--prototxt", str(prototxt), "--weights", str(caffemodel)]
+    command += ["--input", str(scratch / "input.npy"), "--outdir", str(out), "--blobs", "prob"]
+    command += ["--time", str(repeats)]
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    run = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
+    median_ms = float(run.stdout.split("median forward: ")[1].split(" ms")[0])
+    filename = (out / "manifest.tsv").read_text().split("\t")[0]
+    return median_ms / 1e3, np.load(out / filename)
+
+
+def runners(
+    prototxt: Path, caffemodel: Path, threads: int, scratch: Path, compile: bool
+) -> dict[tuple[str, str], Runner]:
+    """(device, runner name) -> runner, for the net in `prototxt` and `caffemodel`."""
     net = load_net(prototxt, caffemodel)
-    onnx_path = scratch / f"{name}.onnx"
-    export_onnx(convert(net, ["prob"]), onnx_path, image_like((1, 3, 224, 224), seed=0))
-    folded = lambda: fold_batchnorm(convert(net, ["prob"]), "conv")  # noqa: E731
+    shape = next(iter(net.inputs.values()))
+    model_name = recognise_model(net.weights())
+
+    def clean() -> torch.nn.Module:
+        model = get_model(model_name)
+        model.load_state_dict(caffe_to_state_dict(model_name, net.weights()))
+        return model.eval()
+
+    exported, lowered = scratch / "torch-route.onnx", scratch / "lowered.onnx"
+    export_onnx(convert(net, ["prob"]), exported, image_like((1, *shape[1:]), seed=0))
+    onnxlower.write_onnx(onnxlower.lower(net, ["prob"]), lowered)
     found = {
-        ("cpu", "pytorch"): torch_runner(convert(net, ["prob"]), "cpu"),
-        ("cpu", "pytorch-folded"): torch_runner(folded(), "cpu"),
-        ("cpu", "pytorch-folded-cl"): torch_runner(folded(), "cpu", channels_last=True),
-        ("cpu", "onnxruntime"): onnx_runner(onnx_path, threads),
+        ("cpu", "graph"): torch_runner(convert(net, ["prob"]), "cpu"),
+        ("cpu", "graph-fast"): torch_runner(fast_eval(convert(net, ["prob"])), "cpu", channels_last=True),
+        ("cpu", "clean"): torch_runner(clean(), "cpu", softmax=True),
+        ("cpu", "clean-folded"): torch_runner(fast_eval(clean(), channels_last=False), "cpu", softmax=True),
+        ("cpu", "clean-fast"): torch_runner(fast_eval(clean()), "cpu", channels_last=True, softmax=True),
+        ("cpu", "onnxruntime"): onnx_runner(exported, threads),
+        ("cpu", "onnxruntime-lowered"): onnx_runner(lowered, threads),
         ("cpu", REFERENCE): opencv_runner(net, caffemodel, scratch),
     }
+    if compile:
+        compiled = cast(torch.nn.Module, torch.compile(fast_eval(clean()), dynamic=False))
+        found[("cpu", "clean-fast-compiled")] = torch_runner(
+            compiled, "cpu", channels_last=True, softmax=True
+        )
     if torch.cuda.is_available():
-        found[("cuda", "pytorch")] = torch_runner(convert(net, ["prob"]), "cuda")
-        found[("cuda", "pytorch-folded-cl")] = torch_runner(folded(), "cuda", channels_last=True)
+        found[("cuda", "graph")] = torch_runner(convert(net, ["prob"]), "cuda")
+        found[("cuda", "clean-fast")] = torch_runner(
+            fast_eval(clean()), "cuda", channels_last=True, softmax=True
+        )
     return found
 
 
@@ -162,21 +213,24 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}"
 
 
-def write_table(rows: list[Row], threads: int, load: tuple[float, float], seconds: float) -> str:
+def write_table(rows: list[Row], args: argparse.Namespace, load: tuple[float, float], seconds: float) -> str:
     lines = [
         "# Converted SENets: inference speed per runner",
         "",
         f"`python -m bench.bench_convert`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"{seconds:.0f} s. Machine: {machine()}; {threads} threads for every CPU runner, "
+        f"{seconds:.0f} s. Machine: {machine()}; {args.threads} threads for every CPU runner, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ONNX Runtime without spinning. "
         f"torch {torch.__version__}, onnxruntime {ort.__version__}, OpenCV {cv2.__version__}.",
-        f"Load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} (other processes "
-        "share these cores; the runners are timed in turns so they share the noise).",
+        f"Load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}. The machine is shared "
+        "(8 developers at once on its 2 cores when this was run), so absolute times are noisy; the "
+        f"runners are timed in turns so they share the noise; {args.repeats} timed calls at batch 1, "
+        f"{args.large_repeats} above, after 2 warm-up calls.",
         "",
         "Random calibrated weights (tests/caffe_factory.py), input 3x224x224. OpenCV runs the "
         "portable prototxt (its own Axpy is wrong). `vs OpenCV`: OpenCV's median latency "
         "divided by the runner's (above 1 = faster). `diff`: max abs difference from the "
-        "converted PyTorch net on the softmax output.",
+        "generic graph on the softmax output. `caffe`: BVLC Caffe's own median over the same "
+        "number of forwards, timed apart from the others.",
         "",
         "| net | device | batch | runner | median latency (ms) | images/s | vs OpenCV | diff |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
@@ -197,8 +251,8 @@ def write_table(rows: list[Row], threads: int, load: tuple[float, float], second
             f"{row.difference:.1e} |"
         )
     text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
     return text
 
 
@@ -209,19 +263,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls at batch 1")
     parser.add_argument("--large-repeats", type=int, default=4, help="timed calls at batch > 1")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as directory:
+        scratch = Path(directory)
         for name in args.nets:
-            found = runners(name, args.threads, Path(scratch))
+            prototxt, caffemodel = make_random_caffemodel(SENET_DIR / f"{name}.prototxt")
+            found = runners(prototxt, caffemodel, args.threads, scratch, args.compile)
             for batch in args.batches:
                 x = image_like((batch, 3, 224, 224), seed=1).numpy()
                 repeats = args.repeats if batch == 1 else args.large_repeats
                 measured = time_round_robin(found, x, warmup=2, repeats=repeats)
-                expected = measured[("cpu", "pytorch")][1]
+                if reference_available():
+                    measured[("cpu", "caffe")] = caffe_measurement(
+                        prototxt, caffemodel, x, args.threads, repeats, scratch
+                    )
+                expected = measured[("cpu", "graph")][1]
                 for (device, runner), (median, output) in measured.items():
                     difference = float(np.abs(output.reshape(expected.shape) - expected).max())
                     rows.append(Row(name, device, batch, runner, median, difference))
@@ -230,7 +292,8 @@ def main() -> None:
                         f"diff {difference:.1e}",
                         flush=True,
                     )
-    print(write_table(rows, args.threads, (load_before, os.getloadavg()[0]), time.perf_counter() - started))
+    load = (load_before, os.getloadavg()[0])
+    print(write_table(rows, args, load, time.perf_counter() - started))
 
 
 if __name__ == "__main__":

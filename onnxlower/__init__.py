@@ -13,7 +13,7 @@ from . import layers  # noqa: F401  (registers the lowerings)
 from .check import OrtCheck, check_onnxruntime
 from .graph import MIN_OPSET, LoweredModel, lower
 from .registry import LOWERINGS, UnsupportedLoweringError, register
-from .write import EXTERNAL_DATA_BYTES, write_onnx
+from .write import EXTERNAL_DATA_BYTES, external_data_path, needs_external_data, write_onnx
 
 __all__ = [
     "EXTERNAL_DATA_BYTES",
@@ -23,7 +23,9 @@ __all__ = [
     "OrtCheck",
     "UnsupportedLoweringError",
     "check_onnxruntime",
+    "external_data_path",
     "lower",
+    "needs_external_data",
     "register",
     "write_onnx",
 ]

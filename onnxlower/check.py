@@ -29,14 +29,17 @@ class OrtCheck:
 
 
 def check_onnxruntime(
-    path: str | os.PathLike[str], declared: dict[str, list[int | str]], batch: int = 2, seed: int = 0
+    path: str | os.PathLike[str], declared: dict[str, list[int | str]], batch: int = 1, seed: int = 0
 ) -> OrtCheck:
     """Run `path` on `batch` seeded image-like inputs; ValueError unless every output has its
     `declared` (Caffe) shape (`LoweredModel.declared_shapes()`) and only finite values."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = False  # one run: an arena only adds memory
+    # One run: an arena only adds memory, and graph optimisations (weights folded into copies)
+    # took SENet-154's session 2-5x the time and twice the memory of the run itself.
+    options.enable_cpu_mem_arena = False
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     shapes = {name: tuple(batch if d == BATCH else int(d) for d in dims) for name, dims in declared.items()}

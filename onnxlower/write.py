@@ -82,6 +82,16 @@ def _write(path: str, pieces: list[bytes | memoryview]) -> None:
             handle.write(piece)
 
 
+def external_data_path(path: str | os.PathLike[str]) -> Path:
+    """Where `write_onnx` puts the weights of a model too large for one file."""
+    return Path(path).with_name(Path(path).name + ".data")
+
+
+def needs_external_data(model: LoweredModel) -> bool:
+    """Whether the model with its weights would exceed protobuf's limit."""
+    return model.nbytes + model.graph.ByteSize() >= EXTERNAL_DATA_BYTES
+
+
 def write_onnx(
     model: LoweredModel, path: str | os.PathLike[str], *, external_data: bool | None = None
 ) -> list[Path]:
@@ -101,8 +111,8 @@ def write_onnx(
     header.ClearField("graph")
     graph = model.graph.SerializeToString()
     if external_data is None:
-        external_data = model.nbytes + len(graph) >= EXTERNAL_DATA_BYTES
-    data_target = target.with_name(target.name + ".data")
+        external_data = needs_external_data(model)
+    data_target = external_data_path(target)
     with ExitStack() as stack:
         if external_data:
             initializers, data_pieces = _external(model, data_target.name)

@@ -167,6 +167,7 @@ def test_bad_inputs_are_refused() -> None:
         CaffePreprocess()(np.zeros((10, 10, 3), dtype=np.uint8))  # type: ignore[arg-type]  # the point
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_same_pixels_as_cpu() -> None:
     image = decode(natural_jpeg(375, 500, seed=5))

@@ -416,6 +416,7 @@ def test_torch_graph_and_onnxruntime_backends_agree(fake: FakeImageNet, tmp_path
         assert top1 == {image: top[0] for image, top in expected.items()}, name
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_decode_and_cuda_give_the_cpu_counts(fake: FakeImageNet) -> None:
     net = known_answer_net(fake, RANKS)

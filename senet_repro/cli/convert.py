@@ -442,7 +442,7 @@ def caffe2onnx(
     the file is then run once in ONNX Runtime (shapes equal Caffe's, values finite).
     The numbers equal the PyTorch route's (torch2onnx); the tests compare both.
     """
-    from onnxlower import check_onnxruntime, lower, write_onnx
+    from onnxlower import check_onnxruntime, external_data_path, lower, needs_external_data, write_onnx
     from prototxt.memory import check_memory, net_bytes
 
     guard_outputs([output], force=force)
@@ -450,6 +450,8 @@ def caffe2onnx(
     net = load_net(prototxt, caffemodel, input_shape=_input_shapes(input_shapes))
     check_memory(net_bytes(net, batch=1), max_memory, f"'{net.name}' at batch 1 in ONNX Runtime")
     model = lower(net, outputs.split(",") if outputs else None, fp16=fp16, opset=opset, progress=True)
+    if needs_external_data(model):
+        guard_outputs([external_data_path(output)], force=force)
     layers, megabytes = len(model.graph.node), model.nbytes / 1e6
     written = write_onnx(model, output)
     declared = model.declared_shapes()
@@ -664,3 +666,7 @@ def torch2caffe(
     click.echo(f"{model} ({source}{', portable prototxt' if portable else ''})")
     click.echo(f"wrote {prototxt}")
     click.echo(f"wrote {caffemodel} ({caffemodel.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
