@@ -187,7 +187,7 @@ def nvjpeg_vs_cpu(device: torch.device, sizes: Sizes) -> list[str]:
     net = TorchBackend(fast_eval(model(sizes.models[0])), device, channels_last=True)
 
     def logits(images: list[torch.Tensor]) -> torch.Tensor:
-        batch = torch.stack([preprocess.normalize(preprocess.resize_views(i)[0]) for i in images])
+        batch = torch.stack([preprocess.normalise(preprocess.resize_views(i)[0]) for i in images])
         return net(batch.to(device)).cpu()
 
     agreement = _agreement(logits(gpu), logits(cpu))
@@ -211,7 +211,7 @@ def throughput(device: torch.device, sizes: Sizes, scratch: Path) -> list[str]:
     valset = open_valset(folder, labels_file=folder / "ILSVRC2017_val.txt")
     preprocess = CaffePreprocess()
     backend = TorchBackend(fast_eval(model("se_resnext50_32x4d")), device, channels_last=True)
-    batch = preprocess.normalize(
+    batch = preprocess.normalise(
         torch.randint(0, 256, (sizes.throughput_batch, 3, 224, 224), dtype=torch.uint8)
     )
     batch = batch.to(device)

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 from tqdm import tqdm
 
-from prototxt import ConversionError, Net, NetDefinitionError
+from prototxt import ConversionError, Layer, Net, NetDefinitionError
 from prototxt.net import check_convertible
 from prototxt.shapes import Shape
 
@@ -64,6 +64,17 @@ def _prune(graph_nodes: list[onnx.NodeProto], outputs: Sequence[str]) -> list[on
     return kept[::-1]
 
 
+def _needed(layers: list[Layer], wanted: Sequence[str]) -> list[Layer]:
+    """The layers the wanted blobs depend on (an in-place writer needs the writers before it)."""
+    blobs, kept = set(wanted), []
+    for layer in reversed(layers):
+        if blobs.intersection(layer.tops):
+            kept.append(layer)
+            blobs.difference_update(layer.tops)
+            blobs.update(layer.bottoms)
+    return kept[::-1]
+
+
 def lower(
     net: Net,
     outputs: Sequence[str] | None = None,
@@ -83,9 +94,9 @@ def lower(
         raise ConversionError(
             f"opset {opset}: supported are {MIN_OPSET}..{MAX_OPSET} (onnx {onnx.__version__})"
         )
-    layers = [layer for layer in net.layers if layer.type != "Input"]
-    check_supported(layers)
     wanted = check_convertible(net, outputs, require_weights)
+    layers = _needed([layer for layer in net.layers if layer.type != "Input"], wanted)
+    check_supported(layers)
     b = Builder(np.float16 if fp16 else np.float32)
     elem_type = ELEMENT_TYPES[b.dtype]
     b.tensors.update(net.blob_shapes)  # every blob's last value is named after the blob

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from prototxt import Layer, NetDefinitionError
+from prototxt import ConversionError, Layer, NetDefinitionError
+from prototxt.priors import prior_boxes
 from prototxt.shapes import (
     SHAPE_RULES,
     ave_pool_divisor,
@@ -21,9 +22,11 @@ from prototxt.shapes import (
     concat_axis,
     conv_geometry,
     crop_offsets,
+    permute_order,
     plain_pooling_matches,
     pool_geometry,
     pool_padding,
+    prior_box_spec,
     reshape_axes,
     slice_points,
     spp_levels,
@@ -692,3 +695,57 @@ def parameter(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[s
     """A layer without bottoms whose top is its learned blob."""
     shape = layer.top_shapes[0]
     return b.op("Identity", [_learned(layer, b, 0, "weight", shape)], layer.name, tops)
+
+
+# --- the SSD fork's layers (weiliu89/caffe, branch ssd) -------------------------------------------
+
+
+@register("Permute")
+def permute(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    order = permute_order(layer.param, len(layer.bottom_shapes[0]))
+    return b.op("Transpose", x, layer.name, tops, perm=order)
+
+
+@register("Normalize")
+def normalize(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """L2 norm over C x H x W (across_spatial, times its reciprocal) or over C per position
+    (divided by it), eps inside the square root (normalize_layer.cpp), then the scale."""
+    p, n, ndim = layer.param.norm_param, layer.name, len(layer.bottom_shapes[0])
+    shape = layer.blob_shapes[0]
+    view = (*shape, *(1,) * (ndim - 2))
+    if layer.blobs:
+        scale = b.weight(f"{n}/scale", blob(layer, 0), view)
+    else:  # the fork's initial scale: its constant filler, 1 by default
+        filler = p.scale_filler
+        value = filler.value if p.HasField("scale_filler") and filler.type == "constant" else 1.0
+        scale = b.weight(f"{n}/scale", np.full(view, value, dtype=b.dtype))
+    squares = b.op("Mul", [x[0], x[0]], f"{n}/square")[0]
+    axes = b.ints(f"{n}/axes", list(range(1, ndim)) if p.across_spatial else [1])
+    total = b.op("ReduceSum", [squares, axes], f"{n}/sum", keepdims=1)[0]
+    eps = b.scalar(f"{n}/eps", float(np.float32(p.eps)))
+    norm = b.op("Sqrt", [b.op("Add", [total, eps], f"{n}/plus_eps")[0]], f"{n}/norm")[0]
+    if p.across_spatial:
+        inverse = b.op("Div", [b.scalar(f"{n}/one", 1.0), norm], f"{n}/inverse")[0]
+        normalised = b.op("Mul", [x[0], inverse], f"{n}/normalised")[0]
+    else:
+        normalised = b.op("Div", [x[0], norm], f"{n}/normalised")[0]
+    return b.op("Mul", [normalised, scale], n, tops)
+
+
+@register("PriorBox")
+def prior_box(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """A constant: the boxes depend on the feature map's and the image's sizes only."""
+    feature_hw, image_hw = ((*shape, 1, 1)[2:4] for shape in layer.bottom_shapes[:2])
+    priors = prior_boxes(prior_box_spec(layer.param), feature_hw, image_hw, np.dtype(np.float32))
+    return b.op("Identity", [b.weight(f"{layer.name}/priors", priors)], layer.name, tops)
+
+
+@register("DetectionOutput")
+def detection_output(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """Refused: its number of boxes depends on the data (NMS), which one ONNX graph of these
+    ops cannot express as the fork computes it."""
+    raise ConversionError(
+        f"layer '{layer.name}' (DetectionOutput) cannot go into ONNX: it keeps a data-dependent "
+        "number of boxes (NMS, with top_k applied before suppression); export its inputs instead "
+        f"(--outputs {','.join(layer.bottoms)}) and run it in PyTorch, or convert to .safetensors"
+    )

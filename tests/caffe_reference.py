@@ -170,7 +170,9 @@ def our_forward(
 def onnx_forward(net: Net, x: torch.Tensor, workdir: Path) -> dict[str, np.ndarray]:
     """The torch-free export of `net` (onnxlower) in ONNX Runtime on `x`: every layer's tops
     ("L:<layer>:<k>"), as the graph holds them right after that layer."""
-    model = onnxlower.lower(net)
+    # DetectionOutput is refused by onnxlower by design (a data-dependent number of boxes)
+    outputs = [top for layer in net.layers if layer.type != "DetectionOutput" for top in layer.tops]
+    model = onnxlower.lower(net, list(dict.fromkeys(outputs)))
     computed = {name for node in model.graph.node for name in node.output} | set(net.inputs)
     keys = {
         f"L:{layer}:{index}": tensor

@@ -25,6 +25,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import onnxlower
 from converter import convert
 from converter.calibrate import image_like
 from converter.onnx_export import compare_onnx, export_onnx
@@ -497,6 +498,11 @@ def test_mobilenet_ssd_onnx_refuses_detection_output_and_exports_heads(
     heads.float()
     scale = max(float(t.abs().max()) for t in heads(example))
     assert compare_onnx(tmp_path / "heads.onnx", heads, example) / scale <= max(1e-4, 3 * own_error)
+    # the torch-free route: the same refusal, and the heads (Permute, Normalize, PriorBox) alike
+    with pytest.raises(ConversionError, match=r"'detection_out' \(DetectionOutput\).*--outputs mbox_loc"):
+        onnxlower.lower(net)
+    onnxlower.write_onnx(onnxlower.lower(net, HEADS), tmp_path / "lowered.onnx")
+    assert compare_onnx(tmp_path / "lowered.onnx", heads, example) / scale <= max(1e-4, 3 * own_error)
 
 
 @pytest.mark.slow
