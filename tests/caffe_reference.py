@@ -167,7 +167,7 @@ def our_forward(
     _LayerRecorder(module, sink).run(x.to(dtype))
 
 
-def onnx_forward(net: Net, x: torch.Tensor, workdir: Path) -> dict[str, np.ndarray]:
+def onnx_forward(net: Net, x: torch.Tensor) -> dict[str, np.ndarray]:
     """The torch-free export of `net` (onnxlower) in ONNX Runtime on `x`: every layer's tops
     ("L:<layer>:<k>"), as the graph holds them right after that layer."""
     # DetectionOutput is refused by onnxlower by design (a data-dependent number of boxes)
@@ -186,8 +186,9 @@ def onnx_forward(net: Net, x: torch.Tensor, workdir: Path) -> dict[str, np.ndarr
             model.graph.output.append(
                 onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
             )
-    path = onnxlower.write_onnx(model, workdir / "lowered.onnx")[0]
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="onnxlower-") as directory:
+        path = onnxlower.write_onnx(model, Path(directory) / "lowered.onnx")[0]
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, {next(iter(net.inputs)): x.numpy()})))
     values[next(iter(net.inputs))] = x.numpy()
@@ -309,7 +310,7 @@ def compare_outputs(
     our_forward(net, x, torch.float64, check_float64)
     agreement = Agreement(net.name, tuple(x.shape))
 
-    lowered = onnx_forward(net, x, workdir)
+    lowered = onnx_forward(net, x)
 
     def check_float32(name: str, value: torch.Tensor) -> None:
         reference, exact = np.asarray(caffe32[name]), np.asarray(caffe64[name])
