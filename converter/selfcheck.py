@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prototxt import Net, caffe_pb2, portable_net, write_prototxt
+from prototxt import ConversionError, Net, caffe_pb2, portable_net, write_prototxt
 
 from .calibrate import image_like
 from .graph import CaffeGraphModule
@@ -49,7 +49,7 @@ class GraphCheck:
         return text + f"; OpenCV (portable prototxt) vs ours {self.opencv_vs_ours:.2e}"
 
 
-class OpenCVFailure(Exception):
+class OpenCVFailure(ConversionError):
     """OpenCV's importer or forward pass refused the net (its first error line)."""
 
 

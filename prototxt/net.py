@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import caffe_pb2
 from .caffemodel import CaffeModel, read_caffemodel
 from .errors import InputError, NetDefinitionError, WeightsMismatchError
-from .shapes import REFUSED_TYPES, SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
+from .shapes import FORK_LAYER_TYPES, REFUSED_TYPES, SHAPE_RULES, Shape, expected_blob_shapes, multiply_adds
 from .text import parse_prototxt
 
 # Layers that feed or score training and have no place in a deploy net. (A Python
@@ -429,12 +431,17 @@ def _infer(
     unsupported = sorted({p.type for p in protos if p.type not in SHAPE_RULES and p.type != "Input"})
     if unsupported:
         names = [p.name for p in protos if p.type in unsupported]
+        named = [
+            f"{t} (a layer of the fork {FORK_LAYER_TYPES[t]})" if t in FORK_LAYER_TYPES else t
+            for t in unsupported
+        ]
         raise NetDefinitionError(
-            f"no shape rule for layer type(s) {', '.join(unsupported)} "
+            f"no shape rule for layer type(s) {', '.join(named)} "
             f"(layers: {', '.join(names[:10])}"
             f"{', ...' if len(names) > 10 else ''}). To support one, add "
             "its shape rule to prototxt/shapes.py and its converter to "
-            "converter/ops/ (docs/ARCHITECTURE.md, 'Adding a layer type')"
+            "converter/ops/ (docs/ARCHITECTURE.md, 'Adding a layer type')",
+            layer=names[0],
         )
     shapes: dict[str, Shape] = dict(inputs)
     layers: list[Layer] = []
@@ -536,6 +543,20 @@ def _refuse_ambiguous_rounding(proto: caffe_pb2.NetParameter) -> None:
         )
 
 
+def _located(exc: NetDefinitionError, prototxt: str | os.PathLike[str]) -> NetDefinitionError:
+    """`exc` prefixed with the prototxt and, when it names a layer, the line where that layer is named."""
+    where = os.fspath(prototxt)
+    if exc.layer is not None:
+        text = Path(prototxt).read_text(encoding="utf-8", errors="replace")
+        named = re.search(rf"""\bname\s*:\s*["']{re.escape(exc.layer)}["']""", text)
+        if named:
+            line = text.count("\n", 0, named.start()) + 1
+            where += f":{line}"
+    located = NetDefinitionError(f"{where}: {exc}")
+    located.layer = exc.layer
+    return located
+
+
 def load_net(
     prototxt: str | os.PathLike[str] | None = None,
     caffemodel: str | os.PathLike[str] | CaffeModel | None = None,
@@ -553,7 +574,12 @@ def load_net(
         _refuse_ambiguous_rounding(proto)
     else:
         raise InputError("give a prototxt, a caffemodel, or both")
-    net = build_net(proto, input_shape=input_shape)
+    try:
+        net = build_net(proto, input_shape=input_shape)
+    except NetDefinitionError as exc:
+        if prototxt is None or type(exc) is not NetDefinitionError:
+            raise
+        raise _located(exc, prototxt) from None
     if model is not None:
         attach_weights(net, model.blobs, source=os.path.basename(model.path))
     return net

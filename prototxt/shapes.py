@@ -42,6 +42,19 @@ ELEMENTWISE_TYPES = (
     "Swish",
 )
 
+# Layer types of widely used forks that have no shape rule here: type -> the fork, named in the refusal.
+FORK_LAYER_TYPES = {
+    "BN": "SegNet (alexgkendall/caffe-segnet), PSPNet (hszhao/PSPNet), yjxiong/caffe",
+    "Upsample": "SegNet (alexgkendall/caffe-segnet)",
+    "DenseImageData": "SegNet (alexgkendall/caffe-segnet)",
+    "Interp": "DeepLab v2 (deeplab-public-ver2), PSPNet (hszhao/PSPNet)",
+    "ROIPooling": "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
+    "PSROIPooling": "R-FCN (daijifeng001/caffe-rfcn)",
+    "ShuffleChannel": "ShuffleNet (farmingyard/ShuffleNet)",
+    "ConvolutionDepthwise": "farmingyard/caffe-mobilenet (MobileNet and ShuffleNet ports)",
+    "DepthwiseConvolution": "yonghenglh6/DepthwiseConvolution",
+}
+
 # Layer types Caffe has that cannot become a static inference graph, and why.
 REFUSED_TYPES = {
     "Python": "a Python layer runs code that is not in the model files",

@@ -22,10 +22,15 @@ from .errors import PrototxtSyntaxError
 # read are declared in caffe.proto, each with its fork).
 FORK_FIELDS: dict[tuple[str, str], str] = {
     ("LayerParameter", "upsample_param"): "SegNet (alexgkendall/caffe-segnet)",
-    ("LayerParameter", "bn_param"): "SegNet (alexgkendall/caffe-segnet) and yjxiong/caffe (BN layer)",
+    ("LayerParameter", "bn_param"): (
+        "SegNet (alexgkendall/caffe-segnet), PSPNet (hszhao/PSPNet) and yjxiong/caffe (BN layer)"
+    ),
+    ("LayerParameter", "dense_image_data_param"): "SegNet (alexgkendall/caffe-segnet)",
     ("LayerParameter", "interp_param"): "DeepLab v2 (deeplab-public-ver2) and PSPNet (hszhao/PSPNet)",
     ("LayerParameter", "psroi_pooling_param"): "R-FCN (daijifeng001/caffe-rfcn)",
     ("LayerParameter", "smooth_l1_loss_param"): "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
+    # At TEST the fork scales Dropout's output by 1 - dropout_ratio when scale_train is false.
+    ("DropoutParameter", "scale_train"): "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
     ("LayerParameter", "video_data_param"): "SSD (weiliu89/caffe, branch ssd)",
     ("LayerParameter", "engine"): "Intel Caffe (intel/caffe)",
     ("LayerParameter", "quantization_param"): "Ristretto (pmgysel/caffe)",

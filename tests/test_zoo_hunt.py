@@ -16,6 +16,7 @@ from prototxt import attach_weights, build_net, parse_prototxt_text, write_caffe
 from prototxt.random_weights import random_blobs
 from senet_repro.cli.convert import main
 from tests.caffe_reference import single_input_net
+from tests.cli_assertions import assert_one_line_error
 
 cv2 = pytest.importorskip("cv2")
 
@@ -71,3 +72,54 @@ def test_a_net_opencv_cannot_run_is_converted_and_says_so(tmp_path: Path) -> Non
     assert "Traceback" not in result.output
     assert "OpenCV could not run the net (" in result.stdout and "Threshold" in result.stdout
     assert (tmp_path / "out.safetensors").is_file()
+
+
+def _inspect(tmp_path: Path, text: str) -> Result:
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text(text)
+    return CliRunner().invoke(main, ["inspect", str(prototxt)])
+
+
+@pytest.mark.parametrize(
+    "layers, fragments",
+    [
+        # py-faster-rcnn's test.prototxt: at TEST that fork scales by 1 - ratio when scale_train is false.
+        (
+            'layer { name: "drop" type: "Dropout" bottom: "data" top: "data" '
+            "dropout_param { dropout_ratio: 0.5 scale_train: false } }",
+            ("net.prototxt:2:", "'scale_train' in DropoutParameter", "rbgirshick/caffe-fast-rcnn", "'drop'"),
+        ),
+        # SegNet's inference prototxt reads its images with the fork's DenseImageData layer.
+        (
+            'layer { name: "img" type: "DenseImageData" top: "img" '
+            "dense_image_data_param { batch_size: 1 } }",
+            ("net.prototxt:2:", "'dense_image_data_param'", "SegNet (alexgkendall/caffe-segnet)"),
+        ),
+        # SegNet's decoder: the layer's line, its name and its fork.
+        (
+            'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
+            "pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n"
+            'layer {\n  name: "up"\n  type: "Upsample" bottom: "pool" bottom: "mask" top: "up" }',
+            (
+                "net.prototxt:4: layer 'up'",
+                "Upsample (a layer of the fork SegNet (alexgkendall/caffe-segnet))",
+            ),
+        ),
+        # ShuffleNet: both fork layers are named, the first one located.
+        (
+            'layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "s" '
+            "shuffle_channel_param { group: 2 } }\n"
+            'layer { name: "dw" type: "ConvolutionDepthwise" bottom: "s" top: "dw" '
+            "convolution_param { num_output: 2 kernel_size: 3 } }",
+            (
+                "net.prototxt:2: layer 'shuffle'",
+                "ConvolutionDepthwise (a layer of the fork farmingyard/",
+                "ShuffleChannel (a layer of the fork ShuffleNet",
+            ),
+        ),
+    ],
+)
+def test_fork_layers_and_fields_are_refused_naming_the_fork(
+    tmp_path: Path, layers: str, fragments: tuple[str, ...]
+) -> None:
+    assert_one_line_error(_inspect(tmp_path, single_input_net((1, 2, 4, 4), layers)), *fragments)
