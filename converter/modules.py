@@ -407,6 +407,22 @@ class Tile(nn.Module):
         return f"repeats={self.repeats}"
 
 
+class ShuffleChannel(nn.Module):
+    """ShuffleNet's channel shuffle (farmingyard/ShuffleNet's Resize_cpu): channel
+    i * (C / g) + j of the input becomes channel j * g + i."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = x.unflatten(1, (self.group, -1))
+        return grouped.transpose(1, 2).flatten(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
 class LearnedBlob(nn.Module):
     """Caffe Parameter: a layer without bottoms whose top is its learned blob."""
 

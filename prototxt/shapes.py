@@ -648,6 +648,16 @@ def _spp_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Sh
     return [(bottoms[0][0], sum(math.prod(shape[1:]) for shape in pooled))]
 
 
+@_register(SHAPE_RULES, "ShuffleChannel")
+def _shuffle_channel_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
+    """farmingyard/ShuffleNet's layer (field 164): channels regrouped, shape kept."""
+    _expect_bottoms(layer, bottoms, 1)
+    group, bottom = layer.shuffle_channel_param.group, bottoms[0]
+    if len(bottom) < 2 or group <= 0 or bottom[1] % group:
+        raise NetDefinitionError(f"group {group} must divide the channels of {bottom}", layer=layer.name)
+    return [bottom]
+
+
 @_register(SHAPE_RULES, "Parameter")
 def _parameter_shape(layer: caffe_pb2.LayerParameter, bottoms: list[Shape]) -> list[Shape]:
     _expect_bottoms(layer, bottoms, 0)

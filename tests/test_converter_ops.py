@@ -946,6 +946,19 @@ def test_parameter_outputs_its_blob(tiny) -> None:
     check(net, "y", value.astype(np.float64), opencv=False)
 
 
+@pytest.mark.parametrize("group", [1, 3])
+def test_shuffle_channel(tiny, group) -> None:
+    """farmingyard/ShuffleNet's layer (not in BVLC): its Resize_cpu loop, and OpenCV's importer."""
+    x = rand(2, 6, 3, 2)
+    net = tiny({"data": x}, _layer("ShuffleChannel", f"shuffle_channel_param {{ group: {group} }}"))
+    expected = np.empty_like(x, dtype=np.float64)
+    columns = 6 // group
+    for i in range(group):
+        for j in range(columns):
+            expected[:, j * group + i] = x[:, i * columns + j]
+    check(net, "y", expected)
+
+
 def test_batch_reindex(tiny) -> None:
     x, order = rand(3, 2, 2), np.array([2, 0, 2, 1], dtype=np.float32)
     net = tiny({"data": x, "order": order}, _layer("BatchReindex", bottoms=("data", "order")))

@@ -76,6 +76,11 @@ def tile(layer: Layer) -> nn.Module:
     return modules.Tile(ndim, canonical_axis(p.axis, ndim, layer.param), p.tiles)
 
 
+@register("ShuffleChannel")
+def shuffle_channel(layer: Layer) -> nn.Module:
+    return modules.ShuffleChannel(layer.param.shuffle_channel_param.group)
+
+
 @register("BatchReindex")
 def batch_reindex(layer: Layer) -> nn.Module:
     return modules.BatchReindex()
