@@ -534,6 +534,16 @@ def tile(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
     return b.op("Tile", [x[0], repeats], layer.name, tops)
 
 
+@register("ShuffleChannel")
+def shuffle_channel(layer: Layer, b: Builder, x: list[str], tops: list[str]) -> list[str]:
+    """ShuffleNet's shuffle: channels as group x (C / group), transposed, flattened back."""
+    bottom, group, n = layer.bottom_shapes[0], layer.param.shuffle_channel_param.group, layer.name
+    grouped = b.ints(f"{n}/grouped_shape", [0, group, bottom[1] // group, *bottom[2:]])
+    value = b.op("Reshape", [x[0], grouped], f"{n}/grouped")[0]
+    value = b.op("Transpose", [value], f"{n}/transposed", perm=[0, 2, 1, *range(3, len(bottom) + 1)])[0]
+    return b.op("Reshape", [value, b.ints(f"{n}/shape", [0, *bottom[1:]])], n, tops)
+
+
 def _indices(b: Builder, x: str, name: str) -> str:
     """Caffe's float indices as int64, truncated toward 0 as static_cast<int>."""
     return b.op("Cast", [x], name, to=onnx.TensorProto.INT64)[0]
