@@ -31,18 +31,18 @@ TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
-def _first_convolution(model: str) -> tuple[nn.Conv2d, str, str]:
+def _first_convolution(name: str) -> tuple[nn.Conv2d, str, str]:
     """The convolution that sees the image, its state_dict prefix and its BatchNorm's prefix."""
-    weights = weights_for(model)
+    weights = weights_for(name)
     conv, norm = weights.first_conv, weights.first_norm
-    module = meta_model(model).get_submodule(conv)
+    module = meta_model(name).get_submodule(conv)
     if not isinstance(module, nn.Conv2d):
-        raise TypeError(f"{model}'s {conv} is not a convolution")
+        raise TypeError(f"{name}'s {conv} is not a convolution")
     return module, conv, norm
 
 
 def fold_rgb_normalisation(
-    model: str,
+    name: str,
     state_dict: Mapping[str, torch.Tensor],
     mean: Sequence[float] = TORCHVISION_MEAN,
     std: Sequence[float] = TORCHVISION_STD,
@@ -56,7 +56,7 @@ def fold_rgb_normalisation(
     BatchNorm's running mean, which the bias-free convolution feeds. Exact
     wherever the window lies inside the image; see the module docstring for the border.
     """
-    _, conv, norm = _first_convolution(model)
+    _, conv, norm = _first_convolution(name)
     weight = state_dict[f"{conv}.weight"].double()
     offset = 255.0 * torch.tensor(mean, dtype=torch.float64).flip(0) - torch.tensor(
         CAFFE_MEAN_BGR, dtype=torch.float64
@@ -100,7 +100,7 @@ def _border_mask(size: int, kernel: int, stride: int, padding: int) -> torch.Ten
 
 @torch.no_grad()
 def measure_fold(
-    model: str,
+    name: str,
     caffe: Mapping[str, torch.Tensor],
     folded: Mapping[str, torch.Tensor],
     size: int = 224,
@@ -112,7 +112,7 @@ def measure_fold(
     rgb_input = (image - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(
         TORCHVISION_STD
     ).view(1, 3, 1, 1)
-    conv, conv_key, norm_key = _first_convolution(model)
+    conv, conv_key, norm_key = _first_convolution(name)
 
     def first_layer(state: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.conv2d(x, state[f"{conv_key}.weight"], None, conv.stride, conv.padding)
@@ -129,12 +129,12 @@ def measure_fold(
 
     reference, ours = first_layer(caffe, caffe_input), first_layer(folded, rgb_input)
     if isinstance(conv.padding, str):
-        raise TypeError(f"{model}'s first convolution has padding {conv.padding!r}, not explicit")
+        raise TypeError(f"{name}'s first convolution has padding {conv.padding!r}, not explicit")
     rows = _border_mask(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
     cols = _border_mask(size, conv.kernel_size[1], conv.stride[1], conv.padding[1])
     border = rows[:, None] | cols[None, :]
     error = (ours - reference).abs() / reference.abs().max()
-    clean = meta_model(model)
+    clean = meta_model(name)
     logits = torch.func.functional_call(clean, dict(caffe), (caffe_input,))
     folded_logits = torch.func.functional_call(clean, dict(folded), (rgb_input,))
     return FoldEffect(
