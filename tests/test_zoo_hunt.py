@@ -105,16 +105,15 @@ def _inspect(tmp_path: Path, text: str) -> Result:
                 "Upsample (a layer of the fork SegNet (alexgkendall/caffe-segnet))",
             ),
         ),
-        # ShuffleNet: both fork layers are named, the first one located.
+        # ShuffleNet: ShuffleChannel converts; the depthwise fork layer is named and located.
         (
             'layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "s" '
             "shuffle_channel_param { group: 2 } }\n"
             'layer { name: "dw" type: "ConvolutionDepthwise" bottom: "s" top: "dw" '
             "convolution_param { num_output: 2 kernel_size: 3 } }",
             (
-                "net.prototxt:2: layer 'shuffle'",
-                "ConvolutionDepthwise (a layer of the fork farmingyard/",
-                "ShuffleChannel (a layer of the fork ShuffleNet",
+                "net.prototxt:3: layer 'dw'",
+                "layer type(s) ConvolutionDepthwise (a layer of the fork farmingyard/",
             ),
         ),
     ],
