@@ -175,6 +175,12 @@ def load_converted(
         module = convert(net, outputs.split(",") if outputs else None, require_weights=False)
         if fold != "none":  # the same structure the state_dict was saved from
             fold_batchnorm(module, fold)
+        expected = module.state_dict()
+        for key, value in state.items():  # load_state_dict would cast integers into weights silently
+            if key in expected and value.is_floating_point() != expected[key].is_floating_point():
+                raise InputError(
+                    f"{source}: '{key}' holds {value.dtype} values, the net needs {expected[key].dtype}"
+                )
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -6,8 +6,12 @@ atomic on POSIX). Targets are resolved first: a symlink is written through (its
 target is replaced, the link stays), and anything that is not a regular file
 (a directory, device, FIFO or socket) is refused instead of being replaced by
 a regular file. A replaced file keeps its permission bits; a new one gets
-0666 minus the umask, not the 0600 of a temporary file. Temporary files are
-removed on exceptions, Ctrl-C and SIGTERM/SIGHUP alike.
+0666 minus the umask, not the 0600 of a temporary file. A file that did not
+exist when writing began is created without replacing anything (a hard link,
+which fails if the name is taken), so two runs writing one new output cannot
+silently replace each other's file. Temporary files are removed on exceptions,
+Ctrl-C and SIGTERM/SIGHUP alike; their names stay within NAME_MAX however long
+the target's name.
 
 `same_file` and `check_writable` are the checks the command-line tools make on
 every output before they start (see `senet_repro.cli._common.guard_outputs`).
@@ -16,6 +20,7 @@ every output before they start (see `senet_repro.cli._common.guard_outputs`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import stat
@@ -35,6 +40,8 @@ _pending: set[str] = set()
 _previous_handlers: dict[int, object] = {}
 _owner = [os.getpid()]  # the process whose temporary files `_pending` lists
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+_NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+_RANDOM = 8  # characters mkstemp adds
 
 
 def _umask() -> int:
@@ -68,6 +75,8 @@ def resolve_target(path: StrPath) -> Path:
         mode = None
     except NotADirectoryError:
         raise OutputError(f"{path}: cannot write it, a parent of it is a file, not a folder") from None
+    except OSError as exc:  # a symlink loop, a name too long, no permission to look
+        raise OutputError(f"{path}: cannot write it ({exc.strerror})") from None
     if mode is not None and not stat.S_ISREG(mode):
         link = f" (a symlink to {target})" if Path(path).is_symlink() else ""
         raise OutputError(f"{path}{link}: is {_kind(mode)}; refusing to replace it with a regular file")
@@ -94,6 +103,34 @@ def same_file(a: StrPath, b: StrPath) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return False
+
+
+def _temporary_name_parts(target: Path) -> tuple[str, str]:
+    """mkstemp's prefix and suffix for `target`: hidden, keeping its suffix (writers such as
+    torch.export.save look at it), the whole name within `_NAME_MAX` bytes."""
+    suffix = f".tmp{target.suffix}" if len(os.fsencode(target.suffix)) <= 32 else ".tmp"
+    budget = _NAME_MAX - len(os.fsencode(suffix)) - _RANDOM - 2  # the dots around the name
+    name = target.name
+    while len(os.fsencode(name)) > budget:
+        name = name[:-1]
+    return f".{name}.", suffix
+
+
+def _link_new(name: str, target: Path) -> None:
+    """Put `name` at `target`, which did not exist when writing began; never replace a file
+    that appeared since (another run writing the same output)."""
+    try:
+        os.link(name, target)
+    except FileExistsError:
+        raise OutputError(
+            f"{target}: appeared while it was being written (another run?); left as it is"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        os.replace(name, target)  # a filesystem without hard links: rename is all there is
+        return
+    os.unlink(name)
 
 
 def _remove_pending_and_reraise(signum: int, frame: FrameType | None) -> None:
@@ -135,29 +172,38 @@ def atomic_paths(paths: Iterable[StrPath]) -> Iterator[list[str]]:
     results made of several files, which appear only once all are complete.
     """
     targets = [resolve_target(path) for path in paths]
+    new = [not target.exists() for target in targets]
     temporaries: list[str] = []
+    created: list[Path] = []
     try:
         for target in targets:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise OutputError(f"{target}: cannot create its folder") from None
-            fd, name = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
-            )
+            prefix, suffix = _temporary_name_parts(target)
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
             os.close(fd)
             _track(name)
             temporaries.append(name)
         yield list(temporaries)
-        for target, name in zip(targets, temporaries):
+        for target, name, is_new in zip(targets, temporaries, new):
             try:
                 mode = stat.S_IMODE(target.stat().st_mode)
             except FileNotFoundError:
                 mode = 0o666 & ~_umask()
             os.chmod(name, mode)
-            os.replace(name, resolve_target(target))
+            if is_new:
+                _link_new(name, target)
+                created.append(target)
+            else:
+                os.replace(name, resolve_target(target))
             _untrack(name)
+        created.clear()
     finally:
+        for target in created:  # a later file of the set could not be placed: none of them stays
+            with contextlib.suppress(OSError):
+                os.unlink(target)
         for name in temporaries:
             if name in _pending:
                 with contextlib.suppress(FileNotFoundError):

@@ -393,8 +393,11 @@ def build_net(
             "size); give its shape (--input-shape N,C,H,W)"
         )
     for blob, shape in inputs.items():
-        if any(dim < 0 for dim in shape):
-            raise NetDefinitionError(f"input '{blob}' has a negative dimension: {shape}")
+        if any(dim <= 0 for dim in shape):  # nothing to compute, and numpy reductions fail on empty blobs
+            raise NetDefinitionError(
+                f"input '{blob}' has a dimension of 0 or below: {shape}; "
+                "give its shape (--input-shape N,C,H,W)"
+            )
     if not kept:
         raise NetDefinitionError("the net has no layers")
     return _infer(proto.name, inputs, kept, notes)

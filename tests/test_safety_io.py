@@ -297,8 +297,9 @@ def test_special_outputs_are_one_line_errors(pair: CaffePair, tmp_path: Path, sp
     [
         ("dim: 8 dim: 8", "dim: 100000 dim: 100000"),  # 120 GB of activations
         ("pad: 1 stride: 2", "pad: 1000000 stride: 2"),  # a 1e6 x 1e6 convolution output
+        ("pad: 1 stride: 2", "pad: 4294967295 stride: 2"),  # too big for torch's meta kernels
     ],
-    ids=["huge-input", "huge-pad"],
+    ids=["huge-input", "huge-pad", "uint32-pad"],
 )
 def test_nets_too_large_for_memory_are_refused_before_allocating(
     pair: CaffePair, tmp_path: Path, change: tuple[str, str]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterable
 from enum import StrEnum
@@ -19,6 +20,8 @@ F = TypeVar("F", bound=Callable)
 # Errors that mean "your input is wrong" (or unreadable), as opposed to a bug in this program,
 # which keeps its traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (InputError, OSError)
+# The longest error line shown; longer messages (torch's lists of state_dict keys) are cut.
+MAX_ERROR_CHARS = 1000
 
 
 def choices(vocabulary: type[StrEnum], *extra: str) -> click.Choice:
@@ -30,6 +33,14 @@ class UserError(click.ClickException):
     """A bad input, reported as one line on stderr with exit code 2."""
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        """The message on one line whatever it wraps (a library's multi-line text), cut to
+        `MAX_ERROR_CHARS`: the promise is one line per bad input."""
+        text = re.sub(r"\s*[\r\n]+\s*", " ", super().format_message().strip())
+        if len(text) > MAX_ERROR_CHARS:
+            text = f"{text[:MAX_ERROR_CHARS]}... ({len(text) - MAX_ERROR_CHARS} more characters)"
+        return text
 
     def show(self, file=None) -> None:
         click.echo(f"error: {self.format_message()}", err=True, file=file or sys.stderr)

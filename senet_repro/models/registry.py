@@ -98,6 +98,9 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         isinstance(value, torch.Tensor) for value in state_dict.values()
     ):
         raise InputError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    for key, value in state_dict.items():  # load_state_dict would cast integers into weights silently
+        if not value.is_floating_point() and not key.endswith("num_batches_tracked"):
+            raise InputError(f"{path}: '{key}' holds {value.dtype} values; weights are floating point")
     return dict(state_dict)
 
 

@@ -1,0 +1,123 @@
+"""Attacks on the output and input guarantees that the first safety tests did not try.
+
+Found by attacking every command as a user would: a long but valid output name, a
+symlink loop, two runs writing one new output, a library's multi-line error text,
+integer tensors posing as weights, a net whose input has a zero dimension.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from converter.serialize import load_converted
+from prototxt import InputError, NetDefinitionError, OutputError, load_net
+from prototxt.atomic import atomic_paths, atomic_writer
+from senet_repro.assets import CaffePair
+from senet_repro.cli._common import MAX_ERROR_CHARS, user_errors
+from senet_repro.cli.convert import main as convert_main
+from senet_repro.models import load_weights
+from tests.cli_assertions import assert_one_line_error
+from tests.conftest import TINY_PROTOTXT
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_an_output_with_the_longest_valid_name_is_written(tmp_path: Path) -> None:
+    """The temporary file's name (hidden, random part, suffix) must stay within NAME_MAX too."""
+    for name in ("a" * 243 + ".safetensors", "é" * 120 + ".pt2", "b" * 200 + "." + "c" * 54):
+        target = tmp_path / name
+        assert len(name.encode()) <= 255
+        with atomic_writer(target) as handle:
+            handle.write(b"x")
+        assert target.read_bytes() == b"x"
+    assert hidden_files(tmp_path) == []
+
+
+def test_a_symlink_loop_is_one_clear_error(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.onnx"
+    loop.symlink_to(loop.name)
+    with pytest.raises(OutputError, match="loop.onnx: cannot write it"), atomic_writer(loop):
+        pass
+    assert loop.is_symlink() and hidden_files(tmp_path) == []
+
+
+def test_a_new_output_that_appears_meanwhile_is_not_replaced(tmp_path: Path) -> None:
+    """Two runs writing the same new file: the second to finish refuses instead of replacing."""
+    target = tmp_path / "out.onnx"
+    with pytest.raises(OutputError, match="appeared while it was being written"):
+        with atomic_writer(target) as handle:
+            handle.write(b"ours")
+            target.write_bytes(b"the other run's")
+    assert target.read_bytes() == b"the other run's" and hidden_files(tmp_path) == []
+
+
+def test_files_written_together_all_stay_out_when_one_is_taken(tmp_path: Path) -> None:
+    first, second = tmp_path / "net.safetensors", tmp_path / "net.prototxt"
+    with pytest.raises(OutputError, match="net.prototxt: appeared"):
+        with atomic_paths([first, second]) as (a, b):
+            Path(a).write_bytes(b"tensors")
+            Path(b).write_text("ours")
+            second.write_text("theirs")
+    assert not first.exists() and second.read_text() == "theirs"
+    assert hidden_files(tmp_path) == []
+
+
+def test_an_existing_output_is_still_replaced_in_place(tmp_path: Path) -> None:
+    """Replacing a file that existed at the start (what --force allows) still works."""
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"old")
+    with atomic_writer(target) as handle:
+        handle.write(b"new")
+    assert target.read_bytes() == b"new" and hidden_files(tmp_path) == []
+
+
+def test_a_multi_line_error_from_a_library_is_shown_on_one_line() -> None:
+    @click.command()
+    @user_errors
+    def command() -> None:
+        raise InputError("w.pth: do not fit:\n\tMissing key(s): " + ", ".join(f'"k{i}"' for i in range(5000)))
+
+    result = CliRunner().invoke(command, [])
+    line = assert_one_line_error(result, "w.pth: do not fit: Missing key(s)", "more characters")
+    assert len(line) < MAX_ERROR_CHARS + 100
+
+
+def test_integer_tensors_are_not_loaded_as_weights(tmp_path: Path) -> None:
+    """load_state_dict casts integers into float parameters without a word: refuse them by key."""
+    state = {"conv1.weight": torch.ones(4, 3, 3, 3), "bn.num_batches_tracked": torch.tensor(0)}
+    good = tmp_path / "good.safetensors"
+    save_file(state, str(good))
+    assert set(load_weights(good)) == set(state)
+    bad = tmp_path / "bad.safetensors"
+    save_file({**state, "conv1.weight": torch.ones(4, 3, 3, 3, dtype=torch.int32)}, str(bad))
+    with pytest.raises(InputError, match="'conv1.weight' holds torch.int32"):
+        load_weights(bad)
+
+
+def test_a_generic_safetensors_with_integer_weights_is_refused(tiny_model: CaffePair, tmp_path: Path) -> None:
+    converted = tmp_path / "tiny.safetensors"
+    done = CliRunner().invoke(
+        convert_main, ["caffe2torch", "--caffemodel", str(tiny_model.caffemodel), "-o", str(converted)]
+    )
+    assert done.exit_code == 0, done.output
+    assert isinstance(load_converted(converted), torch.nn.Module)
+    state = load_file(str(converted))
+    state["conv1.weight"] = state["conv1.weight"].view(torch.int32)  # the same bytes, another dtype
+    save_file(state, str(converted))
+    with pytest.raises(InputError, match="'conv1.weight' holds torch.int32 values"):
+        load_converted(converted)
+
+
+def test_an_input_with_a_zero_dimension_is_refused_by_name(tmp_path: Path) -> None:
+    prototxt = tmp_path / "zero.prototxt"
+    prototxt.write_text(TINY_PROTOTXT.replace("dim: 1 dim: 3 dim: 8 dim: 8", "dim: 0 dim: 3 dim: 8 dim: 8"))
+    with pytest.raises(NetDefinitionError, match="input 'data' has a dimension of 0 or below"):
+        load_net(prototxt)
