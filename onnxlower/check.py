@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prototxt import ConversionError
 from prototxt.random_weights import image_like
 
 from .graph import BATCH
@@ -29,10 +30,17 @@ class OrtCheck:
 
 
 def check_onnxruntime(
-    path: str | os.PathLike[str], declared: dict[str, list[int | str]], batch: int = 1, seed: int = 0
+    path: str | os.PathLike[str],
+    declared: dict[str, list[int | str]],
+    batch: int = 1,
+    seed: int = 0,
+    *,
+    label: str | os.PathLike[str] | None = None,
 ) -> OrtCheck:
     """Run `path` on `batch` seeded image-like inputs; ValueError unless every output has its
-    `declared` (Caffe) shape (`LoweredModel.declared_shapes()`) and only finite values."""
+    `declared` (Caffe) shape (`LoweredModel.declared_shapes()`), ConversionError unless its
+    values are finite. Messages name `label` (the final output when `path` is its temporary file)."""
+    where = label or path
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -50,9 +58,9 @@ def check_onnxruntime(
         expected = shapes[name]
         if value.shape != expected:
             raise ValueError(
-                f"{path}: ONNX Runtime gives '{name}' shape {value.shape}, Caffe's is {expected}"
+                f"{where}: ONNX Runtime gives '{name}' shape {value.shape}, Caffe's is {expected}"
             )
         if not np.isfinite(value).all():
-            raise ValueError(f"{path}: ONNX Runtime gives non-finite values in '{name}'")
+            raise ConversionError(f"{where}: ONNX Runtime gives non-finite values in '{name}'")
         outputs[name] = expected
     return OrtCheck(batch, outputs, session.get_providers()[0])

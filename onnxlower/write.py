@@ -11,6 +11,7 @@ for large models), 4 KiB-aligned so runtimes can map them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from prototxt.atomic import atomic_path
+from prototxt.atomic import atomic_path, scratch_path
 from prototxt.caffemodel import encode_varint, field_key
 
 from .builder import ELEMENT_TYPES
@@ -93,12 +94,18 @@ def needs_external_data(model: LoweredModel) -> bool:
 
 
 def write_onnx(
-    model: LoweredModel, path: str | os.PathLike[str], *, external_data: bool | None = None
+    model: LoweredModel,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    check: Callable[[str], object] | None = None,
 ) -> list[Path]:
     """Write `model` to `path` atomically; returns the files written.
 
     The weights go to `<path>.data` when they would not fit in one protobuf
-    message (or when `external_data` is True).
+    message (or when `external_data` is True). `check` runs on the complete
+    temporary file before anything is renamed into place: when it raises, the
+    previous files (or none) stay.
     """
     target = Path(path)
     opsets = [helper.make_opsetid("", model.opset)]
@@ -113,15 +120,24 @@ def write_onnx(
     if external_data is None:
         external_data = needs_external_data(model)
     data_target = external_data_path(target)
+
+    def pieces(initializers: list[bytes | memoryview]) -> list[bytes | memoryview]:
+        size = len(graph) + sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in initializers)
+        return [header.SerializeToString(), _field(_MODEL_GRAPH, size), graph, *initializers]
+
     with ExitStack() as stack:
         if external_data:
+            data_tmp = stack.enter_context(atomic_path(data_target))
             initializers, data_pieces = _external(model, data_target.name)
-            _write(stack.enter_context(atomic_path(data_target)), data_pieces)
+            _write(data_tmp, data_pieces)
         else:
             initializers = [piece for name, array in model.weights.items() for piece in _inline(name, array)]
-        graph_size = len(graph) + sum(
-            piece.nbytes if isinstance(piece, memoryview) else len(piece) for piece in initializers
-        )
-        pieces = [header.SerializeToString(), _field(_MODEL_GRAPH, graph_size), graph, *initializers]
-        _write(stack.enter_context(atomic_path(target)), pieces)
+        model_tmp = stack.enter_context(atomic_path(target))
+        _write(model_tmp, pieces(initializers))
+        if check is not None and external_data:  # the file names its data by the final name
+            with scratch_path(target) as copy:
+                _write(copy, pieces(_external(model, Path(data_tmp).name)[0]))
+                check(copy)
+        elif check is not None:
+            check(model_tmp)
     return [target, data_target] if external_data else [target]

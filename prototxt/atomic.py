@@ -225,3 +225,20 @@ def atomic_writer(path: StrPath) -> Iterator[BinaryIO]:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def scratch_path(beside: StrPath) -> Iterator[str]:
+    """Yield a hidden temporary file beside `beside` that is removed at exit, SIGTERM included
+    (a copy to check before the real output is committed)."""
+    target = Path(beside)
+    prefix, suffix = _temporary_name_parts(target)
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
+    os.close(fd)
+    _track(name)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        _untrack(name)

@@ -121,3 +121,48 @@ def test_an_input_with_a_zero_dimension_is_refused_by_name(tmp_path: Path) -> No
     prototxt.write_text(TINY_PROTOTXT.replace("dim: 1 dim: 3 dim: 8 dim: 8", "dim: 0 dim: 3 dim: 8 dim: 8"))
     with pytest.raises(NetDefinitionError, match="input 'data' has a dimension of 0 or below"):
         load_net(prototxt)
+
+
+def test_a_failed_onnx_check_leaves_the_previous_output(tiny_model: CaffePair, tmp_path: Path) -> None:
+    """caffe2onnx checks the file in ONNX Runtime before it replaces anything (here with --force)."""
+    from prototxt import caffe_pb2
+
+    proto = caffe_pb2.NetParameter()
+    proto.ParseFromString(tiny_model.caffemodel.read_bytes())
+    next(layer for layer in proto.layer if layer.blobs).blobs[0].data[0] = float("nan")
+    nan_weights = tmp_path / "nan.caffemodel"
+    nan_weights.write_bytes(proto.SerializeToString())
+    output = tmp_path / "x.onnx"
+    output.write_bytes(b"previous")
+    result = CliRunner().invoke(
+        convert_main,
+        ["caffe2onnx", "--prototxt", str(tiny_model.prototxt), "--caffemodel", str(nan_weights)]
+        + ["-o", str(output), "--force"],
+    )
+    assert_one_line_error(result, str(output), "non-finite")
+    assert output.read_bytes() == b"previous" and hidden_files(tmp_path) == []
+
+
+def test_write_onnx_checks_external_data_files_before_placing_them(
+    tiny_model: CaffePair, tmp_path: Path
+) -> None:
+    import onnxlower
+
+    model = onnxlower.lower(load_net(tiny_model.prototxt, tiny_model.caffemodel))
+    output = tmp_path / "x.onnx"
+    declared = model.declared_shapes()
+    checked = onnxlower.check_onnxruntime
+    written = onnxlower.write_onnx(
+        model, output, external_data=True, check=lambda path: checked(path, declared, label=output)
+    )
+    assert written == [output, onnxlower.external_data_path(output)]
+    assert checked(output, declared).outputs and hidden_files(tmp_path) == []
+    before = [path.read_bytes() for path in written]
+
+    def refuse(path: str) -> None:
+        checked(path, declared)  # the temporary copy loads with its temporary data
+        raise InputError("refused")
+
+    with pytest.raises(InputError, match="refused"):
+        onnxlower.write_onnx(model, output, external_data=True, check=refuse)
+    assert [path.read_bytes() for path in written] == before and hidden_files(tmp_path) == []

@@ -442,7 +442,14 @@ def caffe2onnx(
     the file is then run once in ONNX Runtime (shapes equal Caffe's, values finite).
     The numbers equal the PyTorch route's (torch2onnx); the tests compare both.
     """
-    from onnxlower import check_onnxruntime, external_data_path, lower, needs_external_data, write_onnx
+    from onnxlower import (
+        OrtCheck,
+        check_onnxruntime,
+        external_data_path,
+        lower,
+        needs_external_data,
+        write_onnx,
+    )
     from prototxt.memory import check_memory, net_bytes
 
     guard_outputs([output], force=force)
@@ -453,15 +460,14 @@ def caffe2onnx(
     if needs_external_data(model):
         guard_outputs([external_data_path(output)], force=force)
     layers, megabytes = len(model.graph.node), model.nbytes / 1e6
-    written = write_onnx(model, output)
     declared = model.declared_shapes()
-    del net, model  # unmaps the caffemodel before ONNX Runtime loads its own copy
-    try:
-        check = check_onnxruntime(output, declared)
-    except Exception:
-        for path in written:
-            path.unlink()
-        raise
+    del net  # unmaps the caffemodel's net before ONNX Runtime loads its own copy
+    checks: list[OrtCheck] = []  # run on the temporary file: a failure leaves the previous output
+    written = write_onnx(
+        model, output, check=lambda path: checks.append(check_onnxruntime(path, declared, label=output))
+    )
+    del model
+    check = checks[0]
     click.echo(
         f"wrote {', '.join(str(p) for p in written)} (opset {opset}{', float16' if fp16 else ''}; "
         f"{layers} nodes, {megabytes:.1f} MB of weights)"
