@@ -21,6 +21,13 @@ from pathlib import Path
 
 import click
 
+from prototxt import OutputError
+
+from .cli._common import OutputPath, guard_outputs, user_errors
+
+# Marks a folder as the demo's own: its steps replace their earlier files there (--force).
+DEMO_MARKER = ".senet-repro-demo"
+
 
 @dataclass
 class Report:
@@ -82,6 +89,7 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
         shape = next(iter(state["net"].inputs.values()))
         state["x"] = image_like((3, *shape[1:]))
         path = out / f"{label}.onnx"
+        guard_outputs([path], force=True, inputs=[p for p in (prototxt, caffemodel) if p is not None])
         export_onnx(state["module"], path, state["x"][:1])
         difference = compare_onnx(path, state["module"], state["x"])
         state["onnx_diff"] = difference
@@ -120,7 +128,7 @@ def caffe_pipeline(report: Report, label: str, prototxt: Path | None, caffemodel
 def _cli(command: click.Command, args: list[str]) -> None:
     """Run one of our CLI commands in-process, as a user would from the shell.
 
-    With --force: the files are the demo's own, under --out, replaced by a rerun.
+    With --force: the files are the demo's own, under --out (see `claim_folder`), replaced by a rerun.
     """
     args = [*args, "--force"]
     click.echo("$ " + " ".join([command.name or "", *args]))
@@ -274,6 +282,19 @@ def senet_pipeline(
             break
 
 
+def claim_folder(out: Path) -> None:
+    """Make `out` the demo's folder: new, empty, or marked by an earlier run. The steps replace
+    their own files there, so a folder holding anything else (your models) is refused."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is not a folder")
+    if out.is_dir() and not (out / DEMO_MARKER).exists() and any(out.iterdir()):
+        raise OutputError(
+            f"{out}: holds files an earlier demo did not write; give a new or empty folder as --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).touch()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--caffemodel",
@@ -293,16 +314,17 @@ def senet_pipeline(
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputPath(file_okay=False, path_type=Path),
     default=Path("demo-out"),
     show_default=True,
-    help="Where the demo writes its files (replacing those of an earlier run).",
+    help="Where the demo writes its files: a new or empty folder, or an earlier run's (replaced).",
 )
+@user_errors
 def main(caffemodel: Path | None, prototxt: Path | None, model: str | None, out: Path) -> None:
     """Run the senet-repro pipeline end to end and print a report."""
     from senet_repro.assets import fetch_nsfw_model
 
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out)
     report = Report()
     if caffemodel is None:
         pair = fetch_nsfw_model()

@@ -166,3 +166,22 @@ def test_write_onnx_checks_external_data_files_before_placing_them(
     with pytest.raises(InputError, match="refused"):
         onnxlower.write_onnx(model, output, external_data=True, check=refuse)
     assert [path.read_bytes() for path in written] == before and hidden_files(tmp_path) == []
+
+
+def test_the_demo_never_writes_into_a_folder_of_other_files(tmp_path: Path) -> None:
+    """Its steps replace their own earlier files (--force), so --out must be the demo's own folder."""
+    from senet_repro import demo
+
+    mine = tmp_path / "models" / "net.onnx"
+    mine.parent.mkdir()
+    mine.write_bytes(b"my export")
+    result = CliRunner().invoke(demo.main, ["--out", str(mine.parent)])
+    assert_one_line_error(result, str(mine.parent), "new or empty folder")
+    assert [p.name for p in mine.parent.iterdir()] == ["net.onnx"] and mine.read_bytes() == b"my export"
+    with pytest.raises(OutputError, match="is not a folder"):
+        demo.claim_folder(mine)
+    for fresh in (tmp_path / "new" / "out", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        demo.claim_folder(fresh)
+        (fresh / "nsfw.onnx").write_bytes(b"the demo's")
+        demo.claim_folder(fresh)  # a rerun: the folder is marked as the demo's
