@@ -738,16 +738,16 @@ def test_unsupported_types_are_listed_together(tiny, monkeypatch: pytest.MonkeyP
 def test_types_without_shape_rule_are_listed_together(tmp_path: Path) -> None:
     """Types `prototxt` cannot even shape fail at load time, also all at once."""
     text = _input_layer({"data": (1, 3, 4, 4)}) + (
-        'layer { name: "pw" type: "Upsample" bottom: "data" top: "pw" }\n'
-        'layer { name: "ex1" type: "Interp" bottom: "pw" top: "ex1" }\n'
-        'layer { name: "ex2" type: "Interp" bottom: "ex1" top: "ex2" }'
+        'layer { name: "pw" type: "Warp" bottom: "data" top: "pw" }\n'
+        'layer { name: "ex1" type: "Morph" bottom: "pw" top: "ex1" }\n'
+        'layer { name: "ex2" type: "Morph" bottom: "ex1" top: "ex2" }'
     )
     path = tmp_path / "net.prototxt"
     path.write_text(text)
     with pytest.raises(NetDefinitionError) as info:
         convert_caffe(path)
     message = str(info.value)
-    assert "Interp, Upsample" in message and all(name in message for name in ("pw", "ex1", "ex2"))
+    assert "type(s) Morph, Warp (layers" in message and all(name in message for name in ("pw", "ex1", "ex2"))
     assert "Adding a layer type" in message
 
 
