@@ -23,11 +23,6 @@ from senet_repro.assets import CaffePair
 # Learnable parameters (convolution, Scale and InnerProduct blobs; not BatchNorm
 # statistics) of the Caffe releases, equal to timm's legacy SENet models.
 PARAMETERS = {"SE-ResNet-50": 28_088_024, "SE-ResNeXt-50": 27_559_896, "SENet-154": 115_088_984}
-TIMM_NAMES = {
-    "SE-ResNet-50": "legacy_seresnet50",
-    "SE-ResNeXt-50": "legacy_seresnext50_32x4d",
-    "SENet-154": "legacy_senet154",
-}
 # GFLOPs (multiply-adds) in Table 2 of the SENet paper (Hu et al., TPAMI 2019).
 PAPER_GMACS = {"SE-ResNet-50": 3.87, "SE-ResNeXt-50": 4.25, "SENet-154": 20.7}
 
@@ -85,8 +80,11 @@ def test_learnable_parameters(senet: dict[str, Net], name: str) -> None:
 def test_learnable_parameters_equal_timm(senet: dict[str, Net], name: str) -> None:
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
+    from senet_repro.models import SENetWeights
+
+    release = next(m.value for m in SENetWeights if m.value.prototxt == f"{name}.prototxt")
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = timm.create_model(TIMM_NAMES[name], pretrained=False)
+        model = timm.create_model(release.timm_name, pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == senet[name].learnable_parameters
 
 
