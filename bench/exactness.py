@@ -51,11 +51,11 @@ def _row(label: str, agreement: Agreement) -> str:
     rows = agreement.outputs
     float64_ok = all(row.float64 <= row.float64_bound for row in rows)
     float32_ok = all(row.float32 <= row.float32_bound for row in rows)
-    widened = sum(row.float64_bound > FLOAT64_BOUND for row in rows)
+    over = sum(row.float64 > FLOAT64_BOUND for row in rows)
     return (
         f"| {label} | {'x'.join(map(str, agreement.input_shape[1:]))} | {len(rows)} "
         f"| {agreement.worst_float64:.1e} "
-        f"| {'yes' if float64_ok else 'NO'}{f' ({widened} widened)' if widened else ''} "
+        f"| {'yes' if float64_ok else 'NO'}{f' ({over} over 1e-12: amplified)' if over else ''} "
         f"| {max(row.caffe_float32 for row in rows):.1e} | {agreement.worst_float32_ratio:.2f} "
         f"| {'yes' if float32_ok else 'NO'} |"
     )
@@ -75,17 +75,13 @@ def main() -> int:
         print(f"the BVLC Caffe reference is not built ({REFERENCE_BINARY}); run `make caffe-reference`")
         return 1
     start = time.monotonic()
-    nets, logits, skipped = [], [], []
-    senets = sorted(SENET_CAFFE_DIR.glob("*.prototxt"))
-    for path in senets:
-        print(f"== {path.stem}", flush=True)
-        with tempfile.TemporaryDirectory() as directory:
-            layers, clean = senet_agreement(*make_random_caffemodel(path), Path(directory))
-        nets.append(_row(f"{path.stem} (random)", layers))
-        logits.append(_logits_row(path.stem, clean))
+    nets: list[str] = []
+    logits: list[str] = []
+    skipped: list[str] = []
     print("== nsfw", flush=True)
     nsfw = fetch_nsfw_model()
     nets.append(_row("nsfw ResNet-50-1by2 (trained)", pair_agreement(nsfw.prototxt, nsfw.caffemodel)))
+    _write(nets, logits, skipped, start)
     for path in sorted(CAFFE_ZOO_DIR.rglob("*.prototxt")):
         label = str(path.relative_to(CAFFE_ZOO_DIR))
         print(f"== {label}", flush=True)
@@ -95,6 +91,20 @@ def main() -> int:
             nets.append(_row(f"zoo {label} (random)", random_weights_agreement(net)))
         except (CaffeError, CaffeLacksLayerError) as exc:
             skipped.append(f"- zoo {label}: {str(exc).split('. To support')[0]}")
+        _write(nets, logits, skipped, start)
+    for path in sorted(SENET_CAFFE_DIR.glob("*.prototxt")):
+        print(f"== {path.stem}", flush=True)
+        with tempfile.TemporaryDirectory() as directory:
+            layers, clean = senet_agreement(*make_random_caffemodel(path), Path(directory))
+        nets.append(_row(f"{path.stem} (random)", layers))
+        logits.append(_logits_row(path.stem, clean))
+        _write(nets, logits, skipped, start)
+    print(RESULTS.read_text())
+    return 0
+
+
+def _write(nets: list[str], logits: list[str], skipped: list[str], start: float) -> None:
+    """The table so far (rewritten after every net, so a partial run leaves a valid file)."""
     lines = [
         "# Agreement with BVLC Caffe",
         "",
@@ -128,8 +138,6 @@ def main() -> int:
         "",
     ]
     RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def require_reference() -> None:
 
 
 class CaffeLacksLayerError(RuntimeError):
-    """The net uses a layer type BVLC Caffe does not have (SSD's PriorBox, say): no reference."""
+    """The net uses a layer type or parameter BVLC Caffe does not have (SSD's PriorBox, say)."""
 
 
 def caffe_forward(
@@ -127,9 +127,10 @@ def caffe_forward(
     command += ["--input", str(source), "--outdir", str(outdir)] + (["--double"] if double else [])
     command += ["--blobs", ",".join(blobs)] if blobs else ["--per-layer"]
     run = subprocess.run(command, capture_output=True, text=True)
-    missing = re.search(r"Unknown layer type: (\S+)", run.stderr)
+    missing = re.search(r"Unknown layer type: (\S+)|has no field named \"(\w+)\"", run.stderr)
     if run.returncode != 0 and missing:
-        raise CaffeLacksLayerError(f"BVLC Caffe has no layer type {missing.group(1)} (a fork's)")
+        what = f"layer type {missing.group(1)}" if missing.group(1) else f"field {missing.group(2)}"
+        raise CaffeLacksLayerError(f"BVLC Caffe has no {what} (a fork's)")
     if run.returncode != 0:
         raise RuntimeError(
             f"reference_forward failed ({run.returncode}) on {prototxt}:\n{run.stderr[-3000:]}"
