@@ -63,6 +63,13 @@ def opencv_dialect(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     return net
 
 
+def opencv_output_names(net: caffe_pb2.NetParameter, blobs: Sequence[str]) -> list[str]:
+    """OpenCV's forward() takes layer names: each blob as the layer that last writes it (OpenPose's
+    `concat_stage7` writes `net_output`; an in-place ReLU writes the value its blob ends with)."""
+    writer = {top: layer.name for layer in net.layer for top in layer.top}
+    return [writer.get(blob, blob) for blob in blobs]
+
+
 def opencv_forward(
     net: Net, caffemodel: str | os.PathLike[str], inputs: np.ndarray, blobs: Sequence[str]
 ) -> list[np.ndarray] | None:
@@ -74,13 +81,14 @@ def opencv_forward(
         import cv2
     except ImportError:
         return None
+    proto = opencv_dialect(portable_net(net.to_proto()))
     with tempfile.TemporaryDirectory() as scratch:
         portable = Path(scratch) / "portable.prototxt"
-        write_prototxt(opencv_dialect(portable_net(net.to_proto())), portable)
+        write_prototxt(proto, portable)
         try:
             opencv_net = cv2.dnn.readNetFromCaffe(str(portable), str(caffemodel))
             opencv_net.setInput(np.ascontiguousarray(inputs, dtype=np.float32))
-            return [np.asarray(out) for out in opencv_net.forward(list(blobs))]
+            return [np.asarray(out) for out in opencv_net.forward(opencv_output_names(proto, blobs))]
         except cv2.error as exc:
             raise OpenCVFailure(str(exc).strip().splitlines()[0]) from None
 

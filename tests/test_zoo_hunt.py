@@ -122,3 +122,22 @@ def test_fork_layers_and_fields_are_refused_naming_the_fork(
     tmp_path: Path, layers: str, fragments: tuple[str, ...]
 ) -> None:
     assert_one_line_error(_inspect(tmp_path, single_input_net((1, 2, 4, 4), layers)), *fragments)
+
+
+def test_opencv_is_asked_for_a_blob_by_the_layer_that_writes_it(tmp_path: Path) -> None:
+    """OpenPose's last layer `concat_stage7` writes `net_output`: OpenCV knows it by the layer's name
+    (asked for `net_output` it failed with "Layer with requested id=-1 not found")."""
+    text = single_input_net(
+        (1, 2, 6, 6),
+        'layer { name: "a" type: "Convolution" bottom: "data" top: "a" '
+        "convolution_param { num_output: 3 kernel_size: 3 pad: 1 } }\n"
+        'layer { name: "relu_a" type: "ReLU" bottom: "a" top: "a" }\n'
+        'layer { name: "concat_stage7" type: "Concat" bottom: "a" bottom: "data" top: "net_output" }',
+    )
+    prototxt, caffemodel = _files(tmp_path, text)
+    net = build_net(parse_prototxt_text(text))
+    attach_weights(net, random_blobs(net, seed=0))
+    check = check_graph(convert(net, net.outputs), net, caffemodel)
+    assert check.opencv_failure is None and check.opencv_vs_ours is not None
+    # A 3x3 convolution (18 products) then a copy: a few float32 ulps apart at most.
+    assert check.opencv_vs_ours < 1e-6, check.summary()
