@@ -1,10 +1,7 @@
 """Analyses of the SE networks that reproduce the SENet paper's tables."""
 
 from .complexity import (
-    REFERENCES,
     Cost,
-    PaperFigure,
-    Reference,
     Row,
     complexity_table,
     count_cost,
@@ -13,10 +10,7 @@ from .complexity import (
 )
 
 __all__ = [
-    "REFERENCES",
     "Cost",
-    "PaperFigure",
-    "Reference",
     "Row",
     "complexity_table",
     "count_cost",

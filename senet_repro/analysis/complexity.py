@@ -39,97 +39,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from senet_repro.models import get_model, list_models
+from senet_repro.models import get_model, list_models, weights_for
 from senet_repro.models.blocks import SEModule
-
-PAPER_SOURCE = "SENet paper (Hu et al., CVPR 2018 / TPAMI 2019), Table 2"
-PAPER_PARAMS_SOURCE = "SENet paper, reduction-ratio study (SE-ResNet-50, r = 16 vs original)"
-RESNEXT_PARAMS_SOURCE = "ResNeXt paper (Xie et al., CVPR 2017)"
-SENET154_SOURCE = (
-    "issue 4 (20.7); consistent with the EfficientNet paper's 42B FLOPs for SENet "
-    "at 320x320: 20.7 x (320/224)^2 = 42.2"
-)
-
-
-@dataclass(frozen=True)
-class PaperFigure:
-    """What a publication reports for one network, as printed there (so "7.60" keeps its digits)."""
-
-    printed_gflops: str | None
-    printed_params_m: str | None
-    source: str
-
-    @property
-    def gflops(self) -> float | None:
-        return None if self.printed_gflops is None else float(self.printed_gflops)
-
-    @property
-    def params_m(self) -> float | None:
-        return None if self.printed_params_m is None else float(self.printed_params_m)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """One of our networks with the paper's figures for it and for its plain counterpart."""
-
-    model: str
-    se_name: str
-    plain_name: str
-    se: PaperFigure
-    plain: PaperFigure
-
-
-REFERENCES: tuple[Reference, ...] = (
-    Reference(
-        "se_resnet50",
-        "SE-ResNet-50",
-        "ResNet-50",
-        PaperFigure("3.87", "28.1", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
-        PaperFigure("3.86", "25.6", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
-    ),
-    Reference(
-        "se_resnet101",
-        "SE-ResNet-101",
-        "ResNet-101",
-        PaperFigure("7.60", None, PAPER_SOURCE),
-        PaperFigure("7.58", None, PAPER_SOURCE),
-    ),
-    Reference(
-        "se_resnet152",
-        "SE-ResNet-152",
-        "ResNet-152",
-        PaperFigure("11.32", None, PAPER_SOURCE),
-        PaperFigure("11.30", None, PAPER_SOURCE),
-    ),
-    Reference(
-        "se_resnext50_32x4d",
-        "SE-ResNeXt-50 (32x4d)",
-        "ResNeXt-50 (32x4d)",
-        PaperFigure("4.25", None, PAPER_SOURCE),
-        PaperFigure("4.24", "25.0", f"{PAPER_SOURCE}; params: {RESNEXT_PARAMS_SOURCE}"),
-    ),
-    Reference(
-        "se_resnext101_32x4d",
-        "SE-ResNeXt-101 (32x4d)",
-        "ResNeXt-101 (32x4d)",
-        PaperFigure("8.00", None, PAPER_SOURCE),
-        PaperFigure("7.99", None, PAPER_SOURCE),
-    ),
-    Reference(
-        "se_bn_inception",
-        "SE-BN-Inception",
-        "BN-Inception",
-        PaperFigure("2.04", None, PAPER_SOURCE),
-        PaperFigure("2.03", None, PAPER_SOURCE),
-    ),
-    Reference(
-        "senet154",
-        "SENet-154",
-        "SENet-154 without SE",
-        PaperFigure("20.7", None, SENET154_SOURCE),
-        PaperFigure(None, None, "no published figure"),
-    ),
-)
+from senet_repro.models.weights import PaperFigure
 
 
 @dataclass(frozen=True)
@@ -246,10 +158,9 @@ def network_costs(model_name: str, input_size: int = 224) -> tuple[Cost, Cost]:
 
 def complexity_table() -> list[Row]:
     """Plain and SE rows for all seven networks at 224x224, beside the paper's figures."""
-    references = {reference.model: reference for reference in REFERENCES}
     rows = []
     for model in list_models():
-        reference = references[model]
+        reference = weights_for(model).paper
         se_cost, plain_cost = network_costs(model)
         rows.append(Row(reference.plain_name, model, False, plain_cost, reference.plain))
         rows.append(Row(reference.se_name, model, True, se_cost, reference.se))

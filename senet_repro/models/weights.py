@@ -21,6 +21,41 @@ from typing import Any
 from senet_repro.imagenet import ClassOrder
 from senet_repro.transforms import CAFFE_MEAN_BGR, CaffePreprocess
 
+PAPER_SOURCE = "SENet paper (Hu et al., CVPR 2018 / TPAMI 2019), Table 2"
+PAPER_PARAMS_SOURCE = "SENet paper, reduction-ratio study (SE-ResNet-50, r = 16 vs original)"
+RESNEXT_PARAMS_SOURCE = "ResNeXt paper (Xie et al., CVPR 2017)"
+SENET154_SOURCE = (
+    "issue 4 (20.7); consistent with the EfficientNet paper's 42B FLOPs for SENet "
+    "at 320x320: 20.7 x (320/224)^2 = 42.2"
+)
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """What a publication reports for one network, as printed there (so "7.60" keeps its digits)."""
+
+    printed_gflops: str | None
+    printed_params_m: str | None
+    source: str
+
+    @property
+    def gflops(self) -> float | None:
+        return None if self.printed_gflops is None else float(self.printed_gflops)
+
+    @property
+    def params_m(self) -> float | None:
+        return None if self.printed_params_m is None else float(self.printed_params_m)
+
+
+@dataclass(frozen=True)
+class PaperComplexity:
+    """The paper's complexity figures for a network and for its plain (SE-less) counterpart."""
+
+    se_name: str
+    plain_name: str
+    se: PaperFigure
+    plain: PaperFigure
+
 
 @dataclass(frozen=True, kw_only=True)
 class CaffeWeights:
@@ -39,6 +74,7 @@ class CaffeWeights:
     top1_err: float  # %, published
     top5_err: float  # %, published
     timm_name: str | None  # timm's port of it (`timm.models.senet`), None when timm has none
+    paper: PaperComplexity  # the SENet paper's GFLOPs (and parameters) for it and without SE
     first_conv: str = "stem.conv1"  # module path of the convolution that sees the image
     first_norm: str = "stem.bn1"  # and of its BatchNorm
     classifier: str = "fc"  # module path of the final Linear layer
@@ -74,6 +110,12 @@ class SENetWeights(Enum):
         top1_err=23.62,
         top5_err=7.04,
         timm_name=None,  # timm has no BN-Inception with SE
+        paper=PaperComplexity(
+            "SE-BN-Inception",
+            "BN-Inception",
+            PaperFigure("2.04", None, PAPER_SOURCE),
+            PaperFigure("2.03", None, PAPER_SOURCE),
+        ),
         first_conv="stem.conv1.conv",
         first_norm="stem.conv1.bn",
     )
@@ -87,6 +129,12 @@ class SENetWeights(Enum):
         top1_err=22.37,
         top5_err=6.36,
         timm_name="legacy_seresnet50",
+        paper=PaperComplexity(
+            "SE-ResNet-50",
+            "ResNet-50",
+            PaperFigure("3.87", "28.1", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
+            PaperFigure("3.86", "25.6", f"{PAPER_SOURCE}; params: {PAPER_PARAMS_SOURCE}"),
+        ),
     )
     SE_RESNET101 = CaffeWeights(
         name="se_resnet101",
@@ -98,6 +146,12 @@ class SENetWeights(Enum):
         top1_err=21.75,
         top5_err=5.72,
         timm_name="legacy_seresnet101",
+        paper=PaperComplexity(
+            "SE-ResNet-101",
+            "ResNet-101",
+            PaperFigure("7.60", None, PAPER_SOURCE),
+            PaperFigure("7.58", None, PAPER_SOURCE),
+        ),
     )
     SE_RESNET152 = CaffeWeights(
         name="se_resnet152",
@@ -109,6 +163,12 @@ class SENetWeights(Enum):
         top1_err=21.34,
         top5_err=5.54,
         timm_name="legacy_seresnet152",
+        paper=PaperComplexity(
+            "SE-ResNet-152",
+            "ResNet-152",
+            PaperFigure("11.32", None, PAPER_SOURCE),
+            PaperFigure("11.30", None, PAPER_SOURCE),
+        ),
     )
     SE_RESNEXT50_32X4D = CaffeWeights(
         name="se_resnext50_32x4d",
@@ -120,6 +180,12 @@ class SENetWeights(Enum):
         top1_err=20.97,
         top5_err=5.54,
         timm_name="legacy_seresnext50_32x4d",
+        paper=PaperComplexity(
+            "SE-ResNeXt-50 (32x4d)",
+            "ResNeXt-50 (32x4d)",
+            PaperFigure("4.25", None, PAPER_SOURCE),
+            PaperFigure("4.24", "25.0", f"{PAPER_SOURCE}; params: {RESNEXT_PARAMS_SOURCE}"),
+        ),
     )
     SE_RESNEXT101_32X4D = CaffeWeights(
         name="se_resnext101_32x4d",
@@ -131,6 +197,12 @@ class SENetWeights(Enum):
         top1_err=19.81,
         top5_err=4.96,
         timm_name="legacy_seresnext101_32x4d",
+        paper=PaperComplexity(
+            "SE-ResNeXt-101 (32x4d)",
+            "ResNeXt-101 (32x4d)",
+            PaperFigure("8.00", None, PAPER_SOURCE),
+            PaperFigure("7.99", None, PAPER_SOURCE),
+        ),
     )
     SENET154 = CaffeWeights(
         name="senet154",
@@ -142,6 +214,12 @@ class SENetWeights(Enum):
         top1_err=18.68,
         top5_err=4.47,
         timm_name="legacy_senet154",
+        paper=PaperComplexity(
+            "SENet-154",
+            "SENet-154 without SE",
+            PaperFigure("20.7", None, SENET154_SOURCE),
+            PaperFigure(None, None, "no published figure"),
+        ),
     )
 
     def __getattr__(self, name: str) -> Any:
