@@ -89,10 +89,14 @@ def resolve_target(path: StrPath) -> Path:
 
 
 def check_writable(path: StrPath, *, force: bool) -> None:
-    """Refuse an output that is not a regular file, or an existing file without `force`."""
+    """Refuse an output that is not a regular file, an existing file without `force`, or one
+    in a folder we may not write (found now, not after the work)."""
     target = resolve_target(path)
     if target.exists() and not force:
         raise OutputError(f"{path}: exists; refusing to replace a file without --force")
+    folder = next(parent for parent in target.parents if parent.exists())
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write it, no permission to write in {folder}")
 
 
 def same_file(a: StrPath, b: StrPath) -> bool:

@@ -7,6 +7,10 @@ integer tensors posing as weights, a net whose input has a zero dimension.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -185,3 +189,37 @@ def test_the_demo_never_writes_into_a_folder_of_other_files(tmp_path: Path) -> N
         demo.claim_folder(fresh)
         (fresh / "nsfw.onnx").write_bytes(b"the demo's")
         demo.claim_folder(fresh)  # a rerun: the folder is marked as the demo's
+
+
+def test_an_output_in_a_read_only_folder_is_refused_before_any_work() -> None:
+    """Checked with the other outputs, not found after a long conversion. Root may write
+    anywhere, so as root the check runs in a child that drops to the 'nobody' user (in a
+    folder outside pytest's private one, which 'nobody' could not enter; imports first)."""
+    script = (
+        "import os, sys\n"
+        "from prototxt import OutputError\n"
+        "from prototxt.atomic import check_writable\n"
+        "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
+        "check_writable(sys.argv[1], force=False)\n"
+        "for target in sys.argv[2:]:\n"
+        "    try:\n"
+        "        check_writable(target, force=False)\n"
+        "    except OutputError as exc:\n"
+        "        print(exc)\n"
+    )
+    with tempfile.TemporaryDirectory() as name:
+        root = Path(name)
+        root.chmod(0o777)
+        folder = root / "read-only"
+        folder.mkdir(mode=0o555)
+        folder.chmod(0o555)
+        targets = [root / "writable.onnx", folder / "x.onnx", folder / "new" / "deeper" / "x.onnx"]
+        done = subprocess.run(
+            [sys.executable, "-c", script, *map(str, targets)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all(f"no permission to write in {folder}" in line for line in lines), lines
