@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +23,7 @@ from prototxt import ConversionError, InputError
 from prototxt.atomic import atomic_path
 
 from .graph import require_traceable
+from .selfcheck import agreement_bound, float32_error, relative_difference
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -107,12 +109,17 @@ def export_onnx(
     opset: int = MIN_OPSET,
     fp16: bool = False,
     exporter: Literal["torchscript", "dynamo"] = "torchscript",
+    metadata: Mapping[str, str] | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Export `module` (in eval mode) to `path` atomically, with a dynamic batch axis.
 
     `output_names` defaults to the module's `caffe_outputs` (Caffe blob names).
     With `fp16`, weights and activations are float16 (input and outputs too).
     An ExportedProgram (a loaded `.pt2`) always goes through the dynamo exporter.
+    `metadata` is stored as the model's metadata_props (what the input and outputs mean).
+    `check` runs on the finished file before it is moved into place; when it raises,
+    nothing is written.
     """
     if isinstance(module, torch.export.ExportedProgram):
         if fp16:
@@ -164,8 +171,14 @@ def export_onnx(
                 )
             model = onnx.load(tmp)
             _declare_outputs(model, dims)
+            if metadata:
+                onnx.helper.set_model_props(model, dict(metadata))
             onnx.save(model, tmp)
             onnx.checker.check_model(model, full_check=True)
+            if check is not None:
+                if halved is not None:
+                    halved.float()
+                check(Path(tmp))
     finally:
         if halved is not None:
             halved.float()
@@ -208,3 +221,47 @@ def compare_onnx(
     expected = module(inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
     return max(float(np.abs(g.astype(np.float64) - e.double().numpy()).max()) for g, e in zip(got, expected))
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """ONNX Runtime vs PyTorch on the same batch, relative to the outputs' scale (float64)."""
+
+    batch: int
+    scale: float
+    difference: float  # max |ONNX Runtime - PyTorch float32| / scale; inf when either is not finite
+    float32_error: float  # PyTorch's own float32 vs float64 error / scale
+    float16: bool
+
+    @property
+    def bound(self) -> float:
+        return agreement_bound(self.float32_error, self.float16)
+
+    @property
+    def passed(self) -> bool:
+        return self.difference <= self.bound
+
+    def summary(self) -> str:
+        return (
+            f"ONNX Runtime{' (float16)' if self.float16 else ''} vs PyTorch on a batch of {self.batch}: "
+            f"max abs difference {self.difference:.2e} relative to the outputs' scale {self.scale:.4g} "
+            f"(bound {self.bound:.1e}; PyTorch float32 vs float64 {self.float32_error:.1e}): "
+            f"{'ok' if self.passed else 'FAILED'}"
+        )
+
+
+@torch.no_grad()
+def check_onnx(
+    path: str | os.PathLike[str],
+    module: nn.Module | torch.export.ExportedProgram,
+    inputs: torch.Tensor,
+    float16: bool = False,
+    device: str | None = None,
+) -> OnnxCheck:
+    """Run ONNX Runtime and `module` on `inputs`; the bound comes from the module's float32 error."""
+    runnable = module.module() if isinstance(module, torch.export.ExportedProgram) else module
+    expected, scale, error = float32_error(runnable, inputs)
+    session = onnx_session(path, device)
+    feed = {session.get_inputs()[0].name: inputs.numpy().astype(np.float16 if float16 else np.float32)}
+    got = np.concatenate([out.reshape(-1) for out in session.run(None, feed)])
+    return OnnxCheck(inputs.shape[0], scale, relative_difference(got, expected, scale), error, float16)

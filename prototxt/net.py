@@ -478,6 +478,23 @@ def _infer(
     return Net(name=name, inputs=dict(inputs), layers=layers, blob_shapes=shapes, notes=notes)
 
 
+def _check_finite(layer: Layer, index: int, blob: np.ndarray, source: str) -> None:
+    """NaN or infinite weights are an error of the weights file, reported by layer.
+
+    A float64 sum is finite when every float32 value is (it cannot overflow:
+    3.4e38 times any blob size stays below float64's 1.8e308), and it is one
+    fast pass; only a blob whose sum is not (or a float64 blob that overflowed)
+    is counted element by element.
+    """
+    if np.isfinite(blob.sum(dtype=np.float64)):
+        return
+    bad = int(blob.size - np.count_nonzero(np.isfinite(blob)))
+    if bad:
+        raise WeightsMismatchError(
+            f"{source}: blob {index} has {bad:,} non-finite value(s) (NaN or infinity)", layer=layer.name
+        )
+
+
 def _fit_blob(layer: Layer, index: int, blob: np.ndarray, expected: Shape) -> np.ndarray:
     """Accept legacy 4-D blob shapes (leading 1s) that hold the expected shape."""
     if tuple(blob.shape) == tuple(expected):
@@ -518,6 +535,8 @@ def attach_weights(net: Net, blobs: Mapping[str, Sequence[np.ndarray]], *, sourc
         layer.blobs = [
             _fit_blob(layer, i, np.asarray(a), s) for i, (a, s) in enumerate(zip(arrays, layer.blob_shapes))
         ]
+        for index, blob in enumerate(layer.blobs):
+            _check_finite(layer, index, blob, source)
     if missing:
         shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
         raise WeightsMismatchError(

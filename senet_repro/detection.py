@@ -9,8 +9,7 @@ first stages are frozen. Weights come from a checkpoint written by
 `senet-convert caffe2torch` (either layout, either class order: the classifier
 is dropped), without `--fold-normalisation`: the detection transform below
 reproduces the Caffe input exactly, which a folded first convolution would not
-at the image border (a folded `.safetensors` is refused; a `.pth` carries no
-such record, so do not pass a folded one).
+at the image border (a checkpoint whose header says it is folded is refused).
 
 Input convention. The Caffe weights expect BGR, 0..255 minus (104, 117, 123).
 torchvision's detection models take RGB images in 0..1 and normalise them in
@@ -32,7 +31,6 @@ import contextlib
 import inspect
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +41,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from prototxt import ConversionError
 
-from .models import SENet, from_timm_state_dict, get_model, load_weights, resolve_name
+from .models import SENet, get_model, read_checkpoint, resolve_name
 from .models.blocks import NormLayer
 from .transforms import CAFFE_MEAN_BGR
 
@@ -53,28 +51,6 @@ CAFFE_IMAGE_STD = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
 
 # Frozen from the input side; trainable_layers=k keeps the last k of these trainable.
 _STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-
-
-def _check_caffe_input(path: str | os.PathLike[str]) -> None:
-    """Refuse a .safetensors whose header says torchvision's normalisation was folded in."""
-    if Path(path).suffix != ".safetensors":
-        return
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as handle:
-        normalisation = (handle.metadata() or {}).get("normalisation", "caffe")
-    if normalisation != "caffe":
-        raise ConversionError(
-            f"{path} was converted with --fold-normalisation ({normalisation} input); "
-            "detection backbones need the Caffe-input checkpoint (convert without it)"
-        )
-
-
-def _our_layout(model: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A checkpoint in timm's layout (`layer0.*`, `last_linear.*`) renamed to ours."""
-    if any(key.startswith(("layer0.", "last_linear.")) for key in state_dict):
-        return from_timm_state_dict(model, state_dict)
-    return state_dict
 
 
 def se_backbone_with_fpn(
@@ -111,12 +87,13 @@ def se_backbone_with_fpn(
             "built from the SE-ResNet, SE-ResNeXt and SENet-154 networks"
         )
     if checkpoint is not None:
-        _check_caffe_input(checkpoint)
-        state_dict = _our_layout(model, load_weights(checkpoint))
-        try:
-            network.load_state_dict(state_dict, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise ConversionError(f"{checkpoint}: the weights do not fit {model}: {exc}") from None
+        loaded = read_checkpoint(checkpoint, model)
+        if loaded.header.normalisation != "caffe":
+            raise ConversionError(
+                f"{checkpoint} was converted with --fold-normalisation ({loaded.header.normalisation} "
+                "input); detection backbones need the Caffe-input checkpoint (convert without it)"
+            )
+        network.load_state_dict(loaded.state_dict, strict=True, assign=True)
     if rgb_input:
         with torch.no_grad():
             network.stem.conv1.weight.copy_(network.stem.conv1.weight.flip(1))

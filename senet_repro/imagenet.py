@@ -289,7 +289,7 @@ def read_labels_file(path: str | os.PathLike[str]) -> dict[str, int]:
     """Either label format, told apart by its first line -> file name: devkit index (0-based)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of a name
     except UnicodeDecodeError:
         raise LabelError(f"{path} is not a text label file") from None
     first = next((line.split() for line in lines if line.strip()), [])

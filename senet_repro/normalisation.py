@@ -25,10 +25,8 @@ from torch import nn
 
 from .models import meta_model, weights_for
 from .models.blocks import BN_EPS
+from .models.checkpoint import TORCHVISION_MEAN, TORCHVISION_STD
 from .transforms import CAFFE_MEAN_BGR
-
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
-TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
 def _first_convolution(name: str) -> tuple[nn.Conv2d, str, str]:

@@ -35,6 +35,10 @@ from prototxt import InputError
 INTERPOLATION = "opencv-linear"
 """Name of the resize filter above; weights descriptions name it for their preprocessing."""
 
+MAX_SIZE = 1024
+"""Largest shorter side: the releases were evaluated at 224 (SENet-154 also at 320); at 1024 a
+batch of 100 float32 crops is 1.2 GB, and a larger value is far more likely a typo than a protocol."""
+
 
 def _taps(
     size_in: int, size_out: int, start: int, count: int, device: torch.device
@@ -106,6 +110,8 @@ class CaffePreprocess:
             )
         if not 0 < self.crop <= self.resize:
             raise InputError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
+        if self.resize > MAX_SIZE:
+            raise InputError(f"resize ({self.resize}) must be at most {MAX_SIZE} pixels")
         if self.resize_mode not in RESIZE_MODES:
             raise InputError(f"resize mode {self.resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
         if self.channel_order not in CHANNEL_ORDERS:

@@ -93,9 +93,8 @@ def test_caffe2torch_safetensors_of_the_real_net(nsfw_model: CaffePair, out: Pat
     lines = result.stdout.splitlines()
     assert lines[0].startswith("converted 227 layers of 'ResNet_50_1by2_nsfw', ")
     assert "outputs ['pool', 'fc_nsfw']" in lines[0]
-    assert lines[1].startswith("self-check on 'pool'")
-    assert "OpenCV (portable prototxt) vs ours" in lines[1]
-    opencv_error = float(lines[1].rsplit(" ", 1)[1])
+    assert lines[1].startswith("self-check on 'pool, fc_nsfw'") and lines[1].endswith(": ok")
+    opencv_error = float(lines[1].split("OpenCV (portable prototxt) vs ours ", 1)[1].split()[0])
     assert opencv_error <= 1e-4
     assert sorted(p.name for p in out.iterdir()) == ["nsfw.prototxt", "nsfw.safetensors"]
     loaded = load_converted(out / "nsfw.safetensors")
@@ -114,7 +113,7 @@ def test_caffe2torch_folded_then_torch2onnx(se_tiny: CaffePair, out: Path) -> No
     result = run("torch2onnx", out / "t.safetensors", "-o", out / "t.onnx", "--input-shape", SHAPE)
     assert result.exit_code == 0, result.output
     difference = float(result.stdout.split("max abs difference ")[1].split()[0])
-    assert difference <= 1e-5 and "on batch 3" in result.stdout
+    assert difference <= 1e-5 and "on a batch of 3" in result.stdout and ": ok" in result.stdout
     assert [o.name for o in onnx.load(str(out / "t.onnx")).graph.output] == ["prob"]
 
 

@@ -27,7 +27,7 @@ from senet_repro.detection import (
     fasterrcnn_se_resnext50_fpn,
     se_backbone_with_fpn,
 )
-from senet_repro.models import caffe_layer_map, caffe_to_state_dict, to_timm_state_dict
+from senet_repro.models import Header, caffe_layer_map, caffe_to_state_dict, get_model, to_timm_state_dict
 from senet_repro.models.blocks import BN_EPS
 
 MODEL = "se_resnext50_32x4d"
@@ -164,8 +164,10 @@ def test_backbone_options(tmp_path):
     frozen = se_backbone_with_fpn("se_resnet50", trainable_layers=0, returned_layers=(4,))
     assert not any(p.requires_grad for p in frozen.body.parameters())
     assert list(frozen.body) == ["stem", "layer1", "layer2", "layer3", "layer4"]  # no pool/fc
-    folded = save_state_dict(
-        {"x": torch.zeros(1)}, tmp_path / "folded.safetensors", metadata={"normalisation": "torchvision"}
+    folded = save_state_dict(  # the header is what counts: a real checkpoint's says "torchvision"
+        get_model("se_resnet50").state_dict(),
+        tmp_path / "folded.safetensors",
+        metadata=Header("se_resnet50", normalisation="torchvision").metadata(),
     )
     cases: tuple[tuple[dict[str, Any], str], ...] = (
         (dict(trainable_layers=6), "trainable_layers"),

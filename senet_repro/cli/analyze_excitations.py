@@ -19,7 +19,7 @@ from senet_repro.analysis.excitations import (
     write_results,
 )
 from senet_repro.analysis.plots import figure_paths, write_figures
-from senet_repro.models import get_model, weights_for
+from senet_repro.models import read_checkpoint, weights_for
 from senet_repro.transforms import CaffePreprocess
 from senet_repro.validate import FolderLayout, ValidateError, configure_precision, open_valset
 
@@ -118,7 +118,7 @@ def excitations(
         raise ValidateError(
             "the excitation study picks ImageNet classes: give an ImageNet layout, not a list"
         )
-    network = get_model(model, checkpoint=weights)
+    network = read_checkpoint(weights, model).network(caffe_input=True)  # as its header says
     layers = select_layers(se_layers(network, model), layer_spec)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")

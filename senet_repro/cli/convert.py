@@ -187,6 +187,16 @@ def senet_target(
         return None
 
 
+def _check_option(function):
+    return click.option(
+        "--check/--no-check",
+        default=True,
+        show_default=True,
+        help="Check the result against an independent run (OpenCV, ONNX Runtime, the generic "
+        "graph) and write nothing when it disagrees beyond float32 round-off.",
+    )(function)
+
+
 def _input_shape(net: Net) -> tuple[int, ...]:
     """The shape of the net's one input; the export and self-check paths take one image batch."""
     if len(net.inputs) != 1:
@@ -267,6 +277,7 @@ def _input_shape(net: Net) -> tuple[int, ...]:
 @_max_memory_option
 @_input_shape_option
 @force_option
+@_check_option
 @user_errors
 def caffe2torch(
     prototxt: Path | None,
@@ -285,6 +296,7 @@ def caffe2torch(
     max_memory: float,
     input_shapes: tuple[str, ...],
     force: bool,
+    check: bool,
 ) -> None:
     """Convert a Caffe net to PyTorch, self-check it and save it (no pickle needed to load).
 
@@ -305,6 +317,7 @@ def caffe2torch(
     from converter.selfcheck import check_graph
     from converter.serialize import save_converted, written_by_save
     from senet_repro import checkpoints
+    from senet_repro.models.checkpoint import INPUTS
 
     generic_options = [
         name
@@ -352,14 +365,16 @@ def caffe2torch(
         module = convert(net, outputs.split(",") if outputs else None, progress=True)
         if fold != FoldLevel.NONE:
             fold_batchnorm(module, fold)
-        check = check_graph(module, net, caffemodel)
+        graph_check = check_graph(module, net, caffemodel) if check else None
+        if graph_check is not None and not graph_check.passed:
+            raise ConversionError(f"{graph_check.summary()}; nothing written (--no-check skips this)")
         written = save_converted(module, net, output, torch.zeros(tuple(shape)))
         parameters = sum(p.numel() for p in module.parameters())
         click.echo(
             f"converted {len(module.caffe_layer_modules)} layers of '{net.name}', "
             f"{parameters:,} parameters; outputs {module.caffe_outputs}"
         )
-        click.echo(check.summary())
+        click.echo(graph_check.summary() if graph_check is not None else "self-check skipped (--no-check)")
         click.echo("wrote " + ", ".join(str(p) for p in written))
         return
     paths = checkpoints.output_paths(output, also_safetensors)
@@ -375,6 +390,7 @@ def caffe2torch(
         class_order=class_order,
         permutation=permutation,
         fold=fold_normalisation,
+        check=check,
         progress=True,
     )
     for path in paths:
@@ -389,8 +405,7 @@ def caffe2torch(
         f"{len(result.state_dict)} state_dict entries, {result.parameters:,} parameters; "
         f"loads strictly into {loader}"
     )
-    if result.check is not None:
-        click.echo(result.check.summary())
+    click.echo(result.check.summary() if result.check is not None else "self-check skipped (--no-check)")
     if permutation is not None:
         click.echo(
             f"classifier rows in the torchvision order (sorted WordNet ids); permutation "
@@ -398,7 +413,7 @@ def caffe2torch(
         )
     if result.fold is not None:
         click.echo(result.fold.summary())
-    click.echo(f"expects input: {checkpoints.INPUTS[result.normalisation]}")
+    click.echo(f"expects input: {INPUTS[result.normalisation]}")
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -482,9 +497,12 @@ def _export_and_compare(
     opset: int,
     fp16: bool,
     max_memory: float,
+    check: bool,
     output_names: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
-    """Export to ONNX, then run ONNX Runtime and PyTorch on a seeded batch of 3 and compare.
+    """Export to ONNX; unless `check` is off, ONNX Runtime and PyTorch must agree on a seeded
+    batch of 3 within the bound derived from PyTorch's own float32 error, or nothing is written.
 
     The opset and the memory of the batch of 3 are checked before anything is allocated.
     """
@@ -492,7 +510,7 @@ def _export_and_compare(
 
     from converter.calibrate import image_like
     from converter.memory import check_memory, module_bytes
-    from converter.onnx_export import check_opset, compare_onnx, export_onnx
+    from converter.onnx_export import check_onnx, check_opset, export_onnx
 
     check_opset(opset)
     runnable = module.module() if isinstance(module, torch.export.ExportedProgram) else module
@@ -500,13 +518,40 @@ def _export_and_compare(
         module_bytes(runnable, (3, *shape[1:])), max_memory, f"a batch of 3 of shape {list(shape[1:])}"
     )
     example = image_like(shape)
-    export_onnx(module, output, example, opset=opset, fp16=fp16, output_names=output_names)
     batch = torch.cat([example] * 3) if not fp16 else example
-    difference = compare_onnx(output, module, batch)
-    click.echo(
-        f"wrote {output} (opset {opset}{', float16' if fp16 else ''}); ONNX Runtime vs "
-        f"PyTorch max abs difference {difference:.3e} on batch {batch.shape[0]}"
+    checks = []
+
+    def verify(path: Path) -> None:
+        checks.append(check_onnx(path, module, batch, float16=fp16))
+        if not checks[-1].passed:
+            raise ConversionError(
+                f"{output}: {checks[-1].summary()}; nothing written (--no-check skips this)"
+            )
+
+    export_onnx(
+        module,
+        output,
+        example,
+        opset=opset,
+        fp16=fp16,
+        output_names=output_names,
+        metadata=metadata,
+        check=verify if check else None,
     )
+    click.echo(f"wrote {output} (opset {opset}{', float16' if fp16 else ''})")
+    click.echo(checks[0].summary() if checks else "ONNX Runtime check skipped (--no-check)")
+
+
+def _is_senet_checkpoint(path: Path) -> bool:
+    """A .pth, or a .safetensors whose header is a SENet checkpoint's (not a generic graph's)."""
+    if path.suffix != ".safetensors":
+        return path.suffix == ".pth"
+    from senet_repro.models import Header, read_weights
+
+    try:
+        return Header.parse(read_weights(path)[1], str(path)) is not None
+    except ValueError:  # unreadable: the generic loader says why
+        return False
 
 
 @main.command("torch2onnx")
@@ -516,8 +561,8 @@ def _export_and_compare(
     "--model",
     default=None,
     metavar="NAME",
-    help="CONVERTED is a state_dict (.pth/.safetensors) of this SENet model, "
-    "e.g. se_resnext50; without it, a generic net from caffe2torch.",
+    help="CONVERTED is a state_dict (.pth/.safetensors) of this SENet model, e.g. se_resnext50 "
+    "(default: the one its header names); without either, a generic net from caffe2torch.",
 )
 @click.option(
     "--input-shape",
@@ -535,6 +580,7 @@ def _export_and_compare(
 @click.option("--fp16", is_flag=True, help="Export in float16.")
 @_max_memory_option
 @force_option
+@_check_option
 @user_errors
 def torch2onnx(
     converted: Path,
@@ -545,26 +591,48 @@ def torch2onnx(
     fp16: bool,
     max_memory: float,
     force: bool,
+    check: bool,
 ) -> None:
-    """Export a converted net to ONNX: a SENet checkpoint (--model) or a generic .pt2/.safetensors.
+    """Export a converted net to ONNX: a SENet checkpoint or a generic .pt2/.safetensors.
 
-    The ONNX input is named 'data' (BGR, 0..255 minus the Caffe means) with a dynamic
-    batch axis; a SENet's output is 'classifier' (logits), as the Caffe blob.
+    The ONNX input is named 'data' with a dynamic batch axis; a SENet's output is
+    'classifier' (logits), as the Caffe blob. A SENet checkpoint's header (class
+    order, input normalisation) is kept in the ONNX metadata and printed: the
+    export takes the input the checkpoint expects.
     """
     shape = _dims(input_shape)
     from converter.serialize import read_by_load
+    from senet_repro.models import read_checkpoint
 
-    guard_outputs([output], force=force, inputs=[] if model else read_by_load(converted))
-    if model is not None:
-        from senet_repro.models import get_model
+    senet = model is not None or _is_senet_checkpoint(converted)
+    guard_outputs([output], force=force, inputs=[] if senet else read_by_load(converted))
+    if senet:
+        from senet_repro.models.checkpoint import INPUTS
 
-        module = get_model(model, checkpoint=converted).eval()
-        _export_and_compare(module, shape, output, opset, fp16, max_memory, output_names=["classifier"])
+        checkpoint = read_checkpoint(converted, model)
+        _export_and_compare(
+            checkpoint.network(),
+            shape,
+            output,
+            opset,
+            fp16,
+            max_memory,
+            check,
+            output_names=["classifier"],
+            metadata=checkpoint.header.metadata(),
+        )
+        click.echo(f"{checkpoint.describe()}; expects input: {INPUTS[checkpoint.header.normalisation]}")
     else:
         from converter.serialize import load_converted
 
         _export_and_compare(
-            load_converted(converted, max_memory_gib=max_memory), shape, output, opset, fp16, max_memory
+            load_converted(converted, max_memory_gib=max_memory),
+            shape,
+            output,
+            opset,
+            fp16,
+            max_memory,
+            check,
         )
 
 
@@ -606,7 +674,7 @@ def portable_prototxt(source: Path, target: Path, force: bool) -> None:
     "--weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="A state_dict of that network (.pth or .safetensors).",
+    help="A checkpoint of that network (.pth or .safetensors, either layout and class order; not folded).",
 )
 @click.option(
     "--random-weights",
@@ -651,8 +719,9 @@ def torch2caffe(
     --weights, or with --random-weights are random, seeded and well-conditioned
     (calibrated BatchNorm), for demos and tests. Nothing is written when anything fails.
     """
+    from senet_repro.checkpoints import release_state_dict
     from senet_repro.export_caffe import export_caffe, release_file_names
-    from senet_repro.models import CaffeMappingError, load_weights, resolve_name
+    from senet_repro.models import CaffeMappingError, read_checkpoint, resolve_name
 
     from ._common import UserError
 
@@ -662,7 +731,7 @@ def torch2caffe(
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a directory")
     guard_outputs([out_dir / name for name in release_file_names(model, portable)], force=force)
-    state_dict = load_weights(weights) if weights is not None else None
+    state_dict = release_state_dict(read_checkpoint(weights, model)) if weights is not None else None
     try:
         prototxt, caffemodel = export_caffe(model, state_dict, out_dir, portable, seed=seed)
     except CaffeMappingError as exc:  # its message lists the problems on several lines

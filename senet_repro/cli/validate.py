@@ -27,6 +27,7 @@ from senet_repro.validate import (
     FolderLayout,
     ValidateError,
     ValSet,
+    check_backend,
     configure_precision,
     evaluate,
     init_distributed,
@@ -302,13 +303,24 @@ def _protocol(args: dict) -> Protocol:
     return Protocol(preprocess, published, imagenet.class_order(args["class_order"] or order), card)
 
 
+def _label_set_size(protocol: Protocol, args: dict) -> int | None:
+    """Classes of the label set given (--label-set, or the model card's); None: not given."""
+    if args["label_set"] is not None:
+        return len(read_label_set(args["label_set"]))
+    return protocol.card.num_classes if protocol.card is not None else None
+
+
+def _num_outputs(valset: ValSet, protocol: Protocol, args: dict) -> int | None:
+    """How many scores per image the network must give (None: a list layout without a label set)."""
+    classes = _label_set_size(protocol, args)
+    if classes is None and valset.label_order != OUTPUT_ORDER:
+        return imagenet.NUM_CLASSES
+    return classes
+
+
 def _label_map(valset: ValSet, protocol: Protocol, args: dict) -> list[int] | None:
     """Dataset labels -> the network's output indices (None: already those)."""
-    classes = None
-    if args["label_set"] is not None:
-        classes = len(read_label_set(args["label_set"]))
-    elif protocol.card is not None:
-        classes = protocol.card.num_classes
+    classes = _label_set_size(protocol, args)
     if valset.label_order == OUTPUT_ORDER:
         if classes is not None and max(valset.labels) >= classes:
             raise ValidateError(
@@ -353,11 +365,23 @@ def _backend(args: dict, device: torch.device) -> Backend:
         raise ValidateError(f"cannot load {args['weights']}: {type(exc).__name__}: {detail}") from None
 
 
+def _declared_order(backend: Backend, args: dict, protocol: Protocol) -> Protocol:
+    """The protocol in the class order the weights' header declares; a contradicting --class-order fails."""
+    if backend.class_order is None:
+        return protocol
+    given = args["class_order"]
+    if given is not None and imagenet.class_order(given) != backend.class_order:
+        raise ValidateError(
+            f"--class-order {given}, but {args['weights']} declares the {backend.class_order} order"
+        )
+    return dataclasses.replace(protocol, class_order=imagenet.class_order(backend.class_order))
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--model",
     help="Network name (e.g. se_resnext50): its published errors, preprocessing and "
-    "class order. Required for --backend torch.",
+    "class order. For --backend torch: default the network the checkpoint's header names.",
 )
 @click.option(
     "--weights",
@@ -477,7 +501,6 @@ def main(**args) -> None:
     preprocess, published, class_order = protocol.preprocess, protocol.published, protocol.class_order
     classes = _class_subset(args["classes"])
     valset = open_valset(args["data"], layout=args["layout"], labels_file=args["labels"])
-    label_map = _label_map(valset, protocol, args)
     if classes is not None and valset.label_order == OUTPUT_ORDER:
         raise ValidateError("--classes picks ImageNet classes; a list layout takes --limit only")
     valset = valset.subset(classes, args["limit"])
@@ -485,6 +508,16 @@ def main(**args) -> None:
         raise ValidateError("no images left after --classes/--limit")
     configure_precision(device, tf32=args["tf32"])
     backend = _backend(args, device)
+    protocol = _declared_order(backend, args, protocol)
+    class_order = protocol.class_order
+    label_map = _label_map(valset, protocol, args)
+    check_backend(
+        backend,
+        preprocess.crop,
+        _num_outputs(valset, protocol, args),
+        args["batch_size"],
+        str(args["weights"]),
+    )
     options = EvalOptions(batch_size=args["batch_size"], gpu_decode=args["gpu_decode"], strict=args["strict"])
     if args["workers"] is not None:
         options.workers = args["workers"]

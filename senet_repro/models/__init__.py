@@ -7,6 +7,7 @@ from .caffe_mapping import (
     recognise_model,
     state_dict_to_caffe,
 )
+from .checkpoint import Checkpoint, Header, read_checkpoint
 from .inception import SEBNInception, se_bn_inception
 from .registry import (
     ALIASES,
@@ -15,6 +16,7 @@ from .registry import (
     list_models,
     load_weights,
     meta_model,
+    read_weights,
     register_model,
     resolve_name,
     weights_for,
@@ -34,6 +36,8 @@ from .weights import CaffeWeights, SENetWeights
 __all__ = [
     "ALIASES",
     "CaffeMappingError",
+    "Checkpoint",
+    "Header",
     "CaffeWeights",
     "SEBNInception",
     "SENet",
@@ -46,6 +50,8 @@ __all__ = [
     "list_models",
     "load_weights",
     "meta_model",
+    "read_checkpoint",
+    "read_weights",
     "recognise_model",
     "register_model",
     "resolve_name",

@@ -1,4 +1,4 @@
-"""Model names -> constructors, plus loading converted weights from disk.
+"""Model names -> constructors, plus reading converted weights from disk.
 
 The seven networks of the Caffe release, under torchvision/timm-like names.
 Weights are whatever `senet-convert` wrote: a `.pth` state_dict (read with
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from torch import nn
 
-from prototxt import ConversionError, InputError
+from prototxt import InputError
 
 from .weights import CaffeWeights, SENetWeights
 
@@ -39,6 +40,9 @@ def register_model(builder: B) -> B:
         raise ValueError(f"{builder.__name__} is not one of the released networks ({', '.join(_WEIGHTS)})")
     _BUILDERS[builder.__name__] = builder
     return builder
+
+
+HEADER_KEY = "senet-repro"  # a .pth checkpoint's header: state_dict._metadata[HEADER_KEY]
 
 
 ALIASES: dict[str, str] = {
@@ -68,24 +72,29 @@ def resolve_name(name: str) -> str:
     return key
 
 
-def _read_state_dict(path: Path) -> object:
+def _read_state_dict(path: Path) -> tuple[object, Mapping[str, str] | None]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        with safe_open(str(path), "pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    metadata = getattr(state_dict, "_metadata", None) or {}
+    header = metadata.get(HEADER_KEY) if isinstance(metadata, Mapping) else None
+    return state_dict, header if isinstance(header, Mapping) else None
 
 
-def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state_dict from `.safetensors` or `.pth` (tensors only, no pickled code).
+def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """A state_dict from `.safetensors` or `.pth` (tensors only, no pickled code) and its header.
 
-    Any unreadable file is a one-line ValueError: unpickling arbitrary bytes can
-    fail with almost any exception type (IndexError, struct.error, ...), and all
-    of them mean "not weights".
+    The header is the .safetensors metadata or the .pth state_dict's
+    `_metadata[HEADER_KEY]` (see `checkpoint`); None when absent. Any unreadable
+    file is a one-line InputError: unpickling arbitrary bytes can fail with almost
+    any exception type (IndexError, struct.error, ...), and all of them mean "not weights".
     """
     path = Path(path)
     try:
-        state_dict = _read_state_dict(path)
+        state_dict, header = _read_state_dict(path)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = reason.removeprefix(f"{path}: ")
@@ -101,7 +110,34 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     for key, value in state_dict.items():  # load_state_dict would cast integers into weights silently
         if not value.is_floating_point() and not key.endswith("num_batches_tracked"):
             raise InputError(f"{path}: '{key}' holds {value.dtype} values; weights are floating point")
-    return dict(state_dict)
+    return dict(state_dict), None if header is None else {str(k): str(v) for k, v in header.items()}
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state_dict of a `.safetensors` or `.pth` file (see `read_weights`)."""
+    return read_weights(path)[0]
+
+
+def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Why `state_dict` does not load strictly into `module`, in one line; None when it does."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong = [
+        f"{key} {tuple(state_dict[key].shape)} instead of {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    parts = [
+        f"{len(keys)} {what} (e.g. {keys[0]})"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shapes differ", wrong),
+        )
+        if keys
+    ]
+    return "; ".join(parts) or None
 
 
 def get_model(
@@ -109,8 +145,10 @@ def get_model(
 ) -> SENet | SEBNInception:
     """Build network `name` (see `list_models()`); load the state_dict file `checkpoint` strictly if given.
 
-    `kwargs` go to the constructor (e.g. `num_classes`). The model is returned
-    in eval mode when a checkpoint is loaded, since the Caffe deploy nets are
+    `kwargs` go to the constructor (e.g. `num_classes`). The checkpoint is read with
+    `checkpoint.read_checkpoint` (timm's layout is renamed, the header's network must
+    be `name`); what input and class order it expects is in its header. The model is
+    returned in eval mode when a checkpoint is loaded, since the Caffe deploy nets are
     inference nets (BatchNorm with global statistics, no dropout). The release's
     description is `weights_for(name)`, as torchvision separates `weights=`
     (what a checkpoint is) from the file.
@@ -118,11 +156,9 @@ def get_model(
     canonical = resolve_name(name)
     model = _BUILDERS[canonical](**kwargs)
     if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            raise ConversionError(f"{checkpoint}: the weights do not fit {canonical}: {exc}") from None
+        from .checkpoint import read_checkpoint
+
+        model.load_state_dict(read_checkpoint(checkpoint, canonical, into=model).state_dict, strict=True)
         model.eval()
     return model
 

@@ -9,7 +9,7 @@
 The command-line front end is `senet_repro.cli.validate` (`senet-validate`).
 """
 
-from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, load_backend
+from .backends import BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, check_backend, load_backend
 from .data import FolderLayout, ValImages, ValSet, open_valset, read_image
 from .errors import ValidateError
 from .metrics import TopKCounter, correct_at_k
@@ -28,6 +28,7 @@ __all__ = [
     "ValImages",
     "ValSet",
     "ValidateError",
+    "check_backend",
     "configure_precision",
     "correct_at_k",
     "evaluate",

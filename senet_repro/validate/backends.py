@@ -7,7 +7,10 @@
   when onnxruntime-gpu is installed and a GPU was asked for, else on the CPU one.
 
 Each backend takes float32 NCHW BGR batches on `backend.device` and returns float32
-logits (N, classes) on any device.
+logits (N, classes) on any device. A checkpoint or ONNX file whose senet-repro header
+says it expects torchvision's normalisation gets the batch converted to it
+(`caffe_to_torchvision_input`); the class order it declares is `backend.class_order`
+(None: not declared), which the harness maps the labels to.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from senet_repro import imagenet
+from senet_repro.models.checkpoint import Header, caffe_to_torchvision_input
+
 from .errors import ValidateError
 
 BACKENDS = ("torch", "graph", "onnxruntime")
@@ -31,6 +37,7 @@ class Backend(Protocol):
     device: torch.device
     description: str
     tf32: bool  # whether TF32 arithmetic actually ran (only ever on CUDA)
+    class_order: imagenet.ClassOrder | None  # what the weights declare (None: nothing)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
@@ -47,8 +54,10 @@ class TorchBackend:
         channels_last: bool | None = None,
         compile: bool = False,
         name: str = "torch",
+        class_order: imagenet.ClassOrder | None = None,
     ) -> None:
         self.name = name
+        self.class_order = class_order
         self.device = device
         self.amp = amp
         self.tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
@@ -123,9 +132,14 @@ class OnnxRuntimeBackend:
         if output is not None and output not in outputs:
             raise ValidateError(f"{path}: no output {output!r}; outputs are {outputs}")
         self.output = output or outputs[0]
+        header = Header.parse(self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.class_order = header.class_order if header is not None else None
+        self.torchvision_input = header is not None and header.normalisation == "torchvision"
         self.description = f"onnxruntime {ort.__version__} ({provider}, output {self.output!r})"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.torchvision_input:
+            batch = caffe_to_torchvision_input(batch)
         batch = batch.to(self.input_dtype).contiguous()  # an --fp16 export takes float16 input
         if batch.device.type != "cuda":
             return torch.from_numpy(self.session.run([self.output], {"data": batch.numpy()})[0]).float()
@@ -170,16 +184,24 @@ def load_backend(
     if not weights.is_file():
         raise ValidateError(f"weights file {weights} does not exist")
     if kind == "torch":
-        if model is None:
-            raise ValidateError("the torch backend needs --model (which network the weights belong to)")
-        from senet_repro.models import get_model
+        from senet_repro.models import read_checkpoint
 
-        module = get_model(model, checkpoint=weights)
+        checkpoint = read_checkpoint(weights, model)
+        module = checkpoint.network()
         if fold:
             from converter.fold import fast_eval
 
-            return TorchBackend(fast_eval(module), device, amp=amp, channels_last=True, compile=compile)
-        return TorchBackend(module, device, amp=amp, compile=compile)
+            module = fast_eval(module)  # traced: the input conversion goes on the result
+        backend = TorchBackend(
+            checkpoint.take_caffe_input(module),
+            device,
+            amp=amp,
+            channels_last=True if fold else None,
+            compile=compile,
+            class_order=checkpoint.header.class_order,
+        )
+        backend.description += f"; {checkpoint.describe()}"
+        return backend
     if kind == "graph":
         if prototxt is None:
             raise ValidateError("the graph backend needs --prototxt (and the caffemodel as --weights)")
@@ -197,3 +219,37 @@ def load_backend(
             raise ValidateError("--amp applies to the torch and graph backends; export with --fp16 instead")
         return OnnxRuntimeBackend(weights, device, output=output, tf32=tf32)
     raise ValidateError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def check_backend(backend: Backend, crop: int, num_classes: int | None, batch_size: int, source: str) -> None:
+    """Refuse, before any image is read, a network that cannot score `crop` x `crop` batches.
+
+    An ONNX file with a fixed input size or batch is told apart first (the clearest
+    message); then one blank crop runs through the backend, which must give one score
+    per class of the label set (`num_classes`; None: any number).
+    """
+    if isinstance(backend, OnnxRuntimeBackend):
+        batch, _, *size = backend.session.get_inputs()[0].shape
+        fixed = [dim for dim in size if isinstance(dim, int)]
+        if fixed and fixed != [crop] * len(size):
+            raise ValidateError(
+                f"{source} takes a fixed {'x'.join(str(d) for d in size)} input, not {crop}x{crop} "
+                "crops: choose --crop (and --resize) to fit it"
+            )
+        if isinstance(batch, int) and (batch != 1 or batch_size != 1):  # a last batch may be short
+            raise ValidateError(
+                f"{source} takes a fixed batch of {batch}: use --batch-size {batch}"
+                if batch == 1
+                else f"{source} takes a fixed batch of {batch}: export it with a dynamic batch axis"
+            )
+    try:
+        with torch.inference_mode():
+            out = backend(torch.zeros(1, 3, crop, crop, device=backend.device))
+    except Exception as exc:  # three libraries, each with its own error types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValidateError(f"{source} does not run on {crop}x{crop} crops ({reason})") from None
+    if out.dim() != 2 or (num_classes is not None and out.shape[1] != num_classes):
+        raise ValidateError(
+            f"{source} gives scores of shape {tuple(out.shape[1:])} per image, "
+            f"the label set has {num_classes} classes"
+        )

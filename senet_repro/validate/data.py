@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,8 +28,9 @@ from enum import StrEnum
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file  # imported here, before workers fork
+from torchvision.io import ImageReadMode, decode_image  # imported here, before workers fork
 
 from senet_repro import imagenet
 from senet_repro.transforms import CaffePreprocess
@@ -90,10 +92,15 @@ class ValSet:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    """Image files in `folder` (scandir: no stat per file, which matters for 50,000 on NFS)."""
+    """Image files in `folder` (scandir: no stat per file, which matters for 50,000 on NFS).
+
+    AppleDouble files (`._name`, macOS's resource forks on foreign file systems) are not images.
+    """
     with os.scandir(folder) as entries:
         return [
-            Path(e.path) for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+            Path(e.path)
+            for e in entries
+            if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith("._")
         ]
 
 
@@ -313,9 +320,34 @@ def quiet_torchvision_io() -> Iterator[None]:
 
 
 def read_bytes(path: Path) -> torch.Tensor:
-    """A file's bytes as a uint8 tensor (what the decoders take)."""
-    with quiet_torchvision_io():
-        return read_file(str(path))
+    """A file's bytes as a uint8 tensor (what the decoders take).
+
+    Read by Python, not `torchvision.io.read_file`, which cannot open a name that
+    is not valid UTF-8; the size the header declares is checked (`check_pixels`).
+    """
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    check_pixels(data)
+    return data
+
+
+def check_pixels(data: torch.Tensor) -> None:
+    """ValueError when the image header declares more than MAX_IMAGE_PIXELS, before anything is decoded.
+
+    A few hundred bytes of JPEG can claim 30000 x 30000 pixels: the decoder would
+    allocate 2.7 GB per image and worker. PIL reads only the header here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+                width, height = image.size
+        except Image.DecompressionBombError as exc:  # over twice PIL's limit, which is ours
+            pixels = str(exc).split("(", 1)[-1].split(" ", 1)[0]
+            raise ValueError(f"{pixels} pixels exceed the {MAX_IMAGE_PIXELS:,}-pixel cap") from None
+        except OSError:
+            return  # not an image PIL knows: the decoder reports what is wrong with it
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{width}x{height} exceeds the {MAX_IMAGE_PIXELS:,}-pixel cap")
 
 
 def read_image(path: Path) -> torch.Tensor:
