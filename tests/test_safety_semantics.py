@@ -365,8 +365,7 @@ def test_a_failing_check_writes_nothing_unless_skipped(tiny_model, tmp_path, mon
 
     monkeypatch.setattr(converter.onnx_export, "onnx_session", Disagreeing)
     target = tmp_path / "t.onnx"
-    result = convert(
-        "caffe2onnx", "--prototxt", tiny_model.prototxt, "--caffemodel", tiny_model.caffemodel, "-o", target
-    )
+    assert convert(*args, "-o", tmp_path / "t.safetensors", "--no-check").exit_code == 0
+    result = convert("torch2onnx", tmp_path / "t.safetensors", "-o", target, "--input-shape", "1,3,8,8")
     assert_one_line_error(result, "ONNX Runtime vs PyTorch", "FAILED; nothing written")
     assert not target.exists() and not list(tmp_path.glob(".*onnx*"))
