@@ -422,6 +422,29 @@ def _given_shapes(given: Mapping[str, Sequence[int]], names: list[str]) -> dict[
     return shapes
 
 
+# farmingyard/caffe-mobilenet's depthwise convolution (ShuffleNet and MobileNet ports): a Convolution
+# with one filter per input channel, whatever `group` says; OpenCV's importer reads it the same way.
+DEPTHWISE = "ConvolutionDepthwise"
+
+
+def _depthwise_as_convolution(
+    layer: caffe_pb2.LayerParameter, bottoms: list[Shape]
+) -> caffe_pb2.LayerParameter:
+    """`layer` as the BVLC Convolution it computes: group = channels = num_output."""
+    channels = bottoms[0][1] if len(bottoms) == 1 and len(bottoms[0]) > 1 else None
+    if channels != layer.convolution_param.num_output:
+        raise NetDefinitionError(
+            f"{DEPTHWISE} with num_output {layer.convolution_param.num_output} on "
+            f"{channels} input channels: only one filter per channel is supported",
+            layer=layer.name,
+        )
+    convolution = caffe_pb2.LayerParameter()
+    convolution.CopyFrom(layer)
+    convolution.type = "Convolution"
+    convolution.convolution_param.group = channels
+    return convolution
+
+
 def _infer(
     name: str, inputs: dict[str, Shape], protos: list[caffe_pb2.LayerParameter], notes: list[str]
 ) -> Net:
@@ -431,7 +454,9 @@ def _infer(
             if proto.type == "Python":
                 reason += f" (module '{proto.python_param.module}', class '{proto.python_param.layer}')"
             raise NetDefinitionError(f"{proto.type} layers cannot be converted: {reason}", layer=proto.name)
-    unsupported = sorted({p.type for p in protos if p.type not in SHAPE_RULES and p.type != "Input"})
+    unsupported = sorted(
+        {p.type for p in protos if p.type not in SHAPE_RULES and p.type not in ("Input", DEPTHWISE)}
+    )
     if unsupported:
         names = [p.name for p in protos if p.type in unsupported]
         named = [
@@ -453,6 +478,8 @@ def _infer(
         if missing:
             raise NetDefinitionError(f"unknown bottom blob(s) {missing}", layer=proto.name)
         bottoms = [shapes[b] for b in proto.bottom]
+        if proto.type == DEPTHWISE:
+            proto = _depthwise_as_convolution(proto, bottoms)
         if proto.type == "Input":
             tops = [shapes[t] for t in proto.top]
         else:

@@ -50,7 +50,6 @@ FORK_LAYER_TYPES = {
     "Interp": "DeepLab v2 (deeplab-public-ver2), PSPNet (hszhao/PSPNet)",
     "ROIPooling": "Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)",
     "PSROIPooling": "R-FCN (daijifeng001/caffe-rfcn)",
-    "ConvolutionDepthwise": "farmingyard/caffe-mobilenet (MobileNet and ShuffleNet ports)",
     "DepthwiseConvolution": "yonghenglh6/DepthwiseConvolution",
 }
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
 from converter import convert
+from converter.calibrate import image_like
 from converter.selfcheck import check_graph
 from prototxt import attach_weights, build_net, parse_prototxt_text, write_caffemodel
 from prototxt.random_weights import random_blobs
@@ -105,16 +107,11 @@ def _inspect(tmp_path: Path, text: str) -> Result:
                 "Upsample (a layer of the fork SegNet (alexgkendall/caffe-segnet))",
             ),
         ),
-        # ShuffleNet: ShuffleChannel converts; the depthwise fork layer is named and located.
+        # farmingyard's depthwise convolution has one filter per input channel; other counts are refused.
         (
-            'layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "s" '
-            "shuffle_channel_param { group: 2 } }\n"
-            'layer { name: "dw" type: "ConvolutionDepthwise" bottom: "s" top: "dw" '
-            "convolution_param { num_output: 2 kernel_size: 3 } }",
-            (
-                "net.prototxt:3: layer 'dw'",
-                "layer type(s) ConvolutionDepthwise (a layer of the fork farmingyard/",
-            ),
+            'layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw" '
+            "convolution_param { num_output: 4 kernel_size: 3 } }",
+            ("net.prototxt:2: layer 'dw'", "ConvolutionDepthwise with num_output 4 on 2 input channels"),
         ),
     ],
 )
@@ -141,3 +138,26 @@ def test_opencv_is_asked_for_a_blob_by_the_layer_that_writes_it(tmp_path: Path) 
     assert check.opencv_failure is None and check.opencv_vs_ours is not None
     # A 3x3 convolution (18 products) then a copy: a few float32 ulps apart at most.
     assert check.opencv_vs_ours < 1e-6, check.summary()
+
+
+def test_convolution_depthwise_is_what_opencv_computes_from_the_original(tmp_path: Path) -> None:
+    """ShuffleNet's ConvolutionDepthwise (no `group` given, as in its first unit) with ShuffleChannel:
+    ours equals OpenCV running the fork's own prototxt (not our rewritten one)."""
+    text = single_input_net(
+        (1, 6, 7, 7),
+        'layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "s" '
+        "shuffle_channel_param { group: 3 } }\n"
+        'layer { name: "dw" type: "ConvolutionDepthwise" bottom: "s" top: "dw" '
+        "convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 } }",
+    )
+    prototxt, caffemodel = _files(tmp_path, text)
+    net = build_net(parse_prototxt_text(text))
+    assert net.layer("dw").blob_shapes == [(6, 1, 3, 3), (6,)]
+    attach_weights(net, random_blobs(net, seed=0))
+    x = image_like((1, 6, 7, 7), seed=1)
+    ours = convert(net, ["dw"])(x).numpy()
+    reader = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    reader.setInput(x.numpy())
+    theirs = reader.forward("dw")
+    # Nine products per output in float32 on both sides, summed in different orders.
+    assert theirs.shape == ours.shape and np.abs(theirs - ours).max() <= 1e-6 * np.abs(ours).max()
