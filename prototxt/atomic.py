@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -137,11 +138,19 @@ def _link_new(name: str, target: Path) -> None:
     os.unlink(name)
 
 
+def _remove(name: str) -> None:
+    """Delete a temporary file or folder (`scratch_dir`), whatever is left of it."""
+    if os.path.isdir(name) and not os.path.islink(name):
+        shutil.rmtree(name, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
 def _remove_pending_and_reraise(signum: int, frame: FrameType | None) -> None:
     if os.getpid() == _owner[0]:  # a forked child (a data loader worker) leaves the parent's files alone
         for name in list(_pending):
-            with contextlib.suppress(OSError):
-                os.unlink(name)
+            _remove(name)
     _pending.clear()
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     signal.signal(signum, previous)  # type: ignore[arg-type]
@@ -245,4 +254,19 @@ def scratch_path(beside: StrPath) -> Iterator[str]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+        _untrack(name)
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: StrPath) -> Iterator[Path]:
+    """Yield a hidden temporary folder in `parent` (created if needed) to build a result of many
+    files in; the caller renames its parts into place. Whatever is left is removed at exit,
+    SIGTERM included."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    name = tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=parent)
+    _track(name)
+    try:
+        yield Path(name)
+    finally:
+        _remove(name)
         _untrack(name)

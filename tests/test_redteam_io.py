@@ -8,6 +8,7 @@ integer tensors posing as weights, a net whose input has a zero dimension.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -223,3 +224,36 @@ def test_an_output_in_a_read_only_folder_is_refused_before_any_work() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all(f"no permission to write in {folder}" in line for line in lines), lines
+
+
+def test_fake_imagenet_killed_midway_leaves_the_previous_set_and_no_rest(tmp_path: Path) -> None:
+    """The layouts are built in a hidden folder and replace the old ones only once complete."""
+    previous = tmp_path / "flat" / "ILSVRC2012_val_00000001.JPEG"
+    previous.parent.mkdir()
+    previous.write_bytes(b"previous set")
+    script = (
+        "import sys, time\n"
+        "from senet_repro.validate import fake_imagenet\n"
+        "jpeg = fake_imagenet._jpeg\n"
+        "calls = []\n"
+        "def slow(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        print('writing', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    return jpeg(*args, **kwargs)\n"
+        "fake_imagenet._jpeg = slow\n"
+        "fake_imagenet.make_fake_imagenet(sys.argv[1])\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert process.stdout is not None and process.stdout.readline() == b"writing\n"
+    assert len(hidden_files(tmp_path)) == 1  # the staging folder, with two images in it
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    assert process.returncode != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat"]
+    assert [p.read_bytes() for p in previous.parent.iterdir()] == [b"previous set"]

@@ -21,6 +21,7 @@ and a label in the wrong class order lands at a different rank and changes them.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from torch import nn
 
 from converter.onnx_export import export_onnx
 from prototxt import InputError, OutputError
+from prototxt.atomic import scratch_dir
 from senet_repro import imagenet
 from senet_repro.cli._common import OUTPUT, force_option, guard_outputs, user_errors
 from senet_repro.transforms import CAFFE_MEAN_BGR
@@ -176,24 +178,27 @@ def make_fake_imagenet(
         images.append(FakeImage(imagenet.val_image_name(number), classes.wnid(label), label, code, size))
 
     layouts = {name: root / name for name in LAYOUT_FOLDERS}
-    for folder in layouts.values():
-        if folder.exists():
-            shutil.rmtree(folder)
-    for k, image in enumerate(images):
-        data = _jpeg(code_grey(image.code), image.size, greyscale=k % 7 == 3)
-        for target in (
-            layouts["torchvision"] / "val" / image.wnid,
-            layouts["imagefolder"] / "val" / image.wnid,
-            layouts["flat"],
-        ):
-            target.mkdir(parents=True, exist_ok=True)
-            (target / image.name).write_bytes(data)
-    ground_truth = [image.devkit_index + 1 for image in images]
-    write_devkit_archive(layouts["torchvision"] / imagenet.DEVKIT_ARCHIVE, ground_truth)
-    (layouts["flat"] / imagenet.SENET_LABELS).write_text(
-        "".join(f"{image.name} {image.devkit_index}\n" for image in images)
-    )
-    (layouts["flat"] / Path(imagenet.GROUND_TRUTH).name).write_text("".join(f"{i}\n" for i in ground_truth))
+    with scratch_dir(root) as staging:  # built completely, then each layout replaces its folder
+        built = {name: staging / name for name in LAYOUT_FOLDERS}
+        for k, image in enumerate(images):
+            data = _jpeg(code_grey(image.code), image.size, greyscale=k % 7 == 3)
+            for target in (
+                built["torchvision"] / "val" / image.wnid,
+                built["imagefolder"] / "val" / image.wnid,
+                built["flat"],
+            ):
+                target.mkdir(parents=True, exist_ok=True)
+                (target / image.name).write_bytes(data)
+        ground_truth = [image.devkit_index + 1 for image in images]
+        write_devkit_archive(built["torchvision"] / imagenet.DEVKIT_ARCHIVE, ground_truth)
+        (built["flat"] / imagenet.SENET_LABELS).write_text(
+            "".join(f"{image.name} {image.devkit_index}\n" for image in images)
+        )
+        (built["flat"] / Path(imagenet.GROUND_TRUTH).name).write_text("".join(f"{i}\n" for i in ground_truth))
+        for name, folder in layouts.items():
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(built[name], folder)
     return FakeImageNet(root, tuple(images), layouts)
 
 
