@@ -134,14 +134,15 @@ def test_a_failed_onnx_check_leaves_the_previous_output(tiny_model: CaffePair, t
 
     proto = caffe_pb2.NetParameter()
     proto.ParseFromString(tiny_model.caffemodel.read_bytes())
-    next(layer for layer in proto.layer if layer.blobs).blobs[0].data[0] = float("nan")
-    nan_weights = tmp_path / "nan.caffemodel"
-    nan_weights.write_bytes(proto.SerializeToString())
+    blob = next(layer for layer in proto.layer if layer.blobs).blobs[0]
+    blob.data[:] = [3e38] * len(blob.data)  # finite weights whose products overflow float32
+    overflow = tmp_path / "overflow.caffemodel"
+    overflow.write_bytes(proto.SerializeToString())
     output = tmp_path / "x.onnx"
     output.write_bytes(b"previous")
     result = CliRunner().invoke(
         convert_main,
-        ["caffe2onnx", "--prototxt", str(tiny_model.prototxt), "--caffemodel", str(nan_weights)]
+        ["caffe2onnx", "--prototxt", str(tiny_model.prototxt), "--caffemodel", str(overflow)]
         + ["-o", str(output), "--force"],
     )
     assert_one_line_error(result, str(output), "non-finite")
