@@ -153,6 +153,13 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(binding.get_outputs()[0].numpy()).float()
 
 
+def class_scores(out: torch.Tensor) -> torch.Tensor:
+    """N x classes scores (fully convolutional classifiers such as SqueezeNet give N x classes x 1 x 1)."""
+    if out.dim() < 2 or any(size != 1 for size in out.shape[2:]):
+        raise ValidateError(f"the scored output has shape {tuple(out.shape)}; expected N x classes (x 1 x 1)")
+    return out.flatten(1)
+
+
 def _logits_blob(prototxt: Path) -> str | None:
     """The blob before a final Softmax: ranking on logits avoids ties of underflowed probabilities."""
     from prototxt import load_net
@@ -248,7 +255,8 @@ def check_backend(backend: Backend, crop: int, num_classes: int | None, batch_si
     except Exception as exc:  # three libraries, each with its own error types
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValidateError(f"{source} does not run on {crop}x{crop} crops ({reason})") from None
-    if out.dim() != 2 or (num_classes is not None and out.shape[1] != num_classes):
+    out = class_scores(out)
+    if num_classes is not None and out.shape[1] != num_classes:
         raise ValidateError(
             f"{source} gives scores of shape {tuple(out.shape[1:])} per image, "
             f"the label set has {num_classes} classes"

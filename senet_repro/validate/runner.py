@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from senet_repro.transforms import CaffePreprocess
 
-from .backends import Backend
+from .backends import Backend, class_scores
 from .data import ValImages, ValSet, collate
 from .errors import ValidateError
 from .metrics import TopKCounter
@@ -140,13 +140,7 @@ def _scores(backend: Backend, batch: torch.Tensor) -> torch.Tensor:
     as `caffe.Classifier.predict(oversample=True)` averages the `prob` blob. Fully
     convolutional classifiers (SqueezeNet, MobileNet) score as N x classes x 1 x 1.
     """
-    logits = backend(batch.flatten(0, 1))
-    if logits.dim() > 2:
-        if any(size != 1 for size in logits.shape[2:]):
-            raise ValidateError(
-                f"the scored output has shape {tuple(logits.shape)}; expected N x classes (x 1 x 1)"
-            )
-        logits = logits.flatten(1)
+    logits = class_scores(backend(batch.flatten(0, 1)))
     if batch.shape[1] == 1:
         return logits
     return logits.double().softmax(dim=1).view(batch.shape[0], batch.shape[1], -1).mean(dim=1)
