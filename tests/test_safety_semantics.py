@@ -10,6 +10,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -322,6 +323,18 @@ def test_non_finite_weights_are_reported_by_layer(tiny_model, tmp_path) -> None:
         result = convert(command, "--prototxt", tiny_model.prototxt, "--caffemodel", nan, "-o", out)
         assert_one_line_error(result, "layer 'fc'", "blob 0 has 1 non-finite value(s)")
         assert not out.exists()
+
+
+def test_finite_weights_whose_sum_overflows_are_not_called_non_finite(tiny_model, tmp_path) -> None:
+    """The fast check sums each blob in float32; an overflowing sum must be recounted, not refused."""
+    from prototxt import load_net
+
+    def huge(blobs):
+        blobs["fc"][0][...] = 3e38  # every value finite, their float32 sum is not
+
+    path = _tiny_with(tiny_model, tmp_path, "huge.caffemodel", huge)
+    net = load_net(tiny_model.prototxt, path)
+    assert np.isinf(net.weights()["fc"][0].sum()) and np.isfinite(net.weights()["fc"][0]).all()
 
 
 def test_a_failing_check_writes_nothing_unless_skipped(tiny_model, tmp_path, monkeypatch) -> None:
