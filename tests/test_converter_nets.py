@@ -21,7 +21,7 @@ import torch
 
 from converter import convert
 from converter.calibrate import image_like
-from converter.selfcheck import opencv_forward
+from converter.selfcheck import TOLERANCE, agreement_bound, opencv_forward
 from prototxt import Net, load_net, portable_net, write_prototxt
 from tests.caffe_factory import make_random_caffemodel
 from tests.conftest import unavailable
@@ -37,8 +37,6 @@ SENETS = [
     "SE-ResNeXt-101",
     "SENet-154",
 ]
-TOLERANCE = 1e-4
-FLOAT32_FACTOR = 3.0
 SENSITIVITY = 0.05  # two images must move the logits by at least 5% of their scale
 
 
@@ -84,7 +82,7 @@ class Agreement:
 
     @property
     def bound(self) -> float:
-        return max(TOLERANCE, FLOAT32_FACTOR * self.float32_error)
+        return agreement_bound(self.float32_error)
 
     def report(self, label: str) -> str:
         return (

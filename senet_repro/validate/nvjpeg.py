@@ -1,6 +1,6 @@
 """GPU JPEG decoding (nvJPEG through torchvision) that is ordered, honest and bounded.
 
-Four things the plain `decode_jpeg(device="cuda")` call gets wrong for a validation run:
+Three things the plain `decode_jpeg(device="cuda")` call gets wrong for a validation run:
 
 - Ordering: torchvision allocates the outputs on the caller's stream but decodes on a
   private stream that does not wait for it. With the previous batch's forward still
@@ -14,8 +14,9 @@ Four things the plain `decode_jpeg(device="cuda")` call gets wrong for a validat
 - Failures: a decoder that cannot initialise, a driver error or an out-of-memory is the
   GPU decoder being broken, not a bad file: that stops the run with one line. Only
   per-file format problems fall back to the CPU decoder, and they are counted.
-- Memory: the header's size is checked against the same pixel cap as the CPU path
-  before anything is decoded.
+
+Memory needs nothing here: `data.read_bytes` already refused any file whose header
+declares more than the pixel cap, before its bytes reach either decoder.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
 from senet_repro.transforms import CaffePreprocess
 
-from .data import MAX_IMAGE_PIXELS, quiet_torchvision_io, short_error
+from .data import quiet_torchvision_io, short_error
 from .errors import ValidateError
 
 # Start-of-frame markers (SOF0..SOF15 less DHT 0xC4, JPG 0xC8, DAC 0xCC): the frame header
@@ -125,11 +126,7 @@ class GpuJpegDecoder:
         readable = [i for i, message in enumerate(errors) if not message]
         on_gpu, on_cpu = [], []
         for i in readable:
-            data = raw[i].numpy().tobytes()
-            header = read_header(data)
-            if header is not None and header.height * header.width > MAX_IMAGE_PIXELS:
-                errors[i] = f"{header.width}x{header.height} exceeds the {MAX_IMAGE_PIXELS:,}-pixel cap"
-            elif gpu_decodable(data):
+            if gpu_decodable(raw[i].numpy().tobytes()):
                 on_gpu.append(i)
             else:
                 on_cpu.append(i)
