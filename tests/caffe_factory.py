@@ -16,6 +16,7 @@ calibration), so a change to any of them regenerates instead of reusing stale fi
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import inspect
 import os
@@ -62,6 +63,15 @@ def _cache_key(name: str, text: str, seed: int, input_hw: tuple[int, int] | None
     return f"{name}-seed{seed}-{size}-{digest.hexdigest()[:12]}"
 
 
+def _remove_stale(directory: Path, key: str) -> None:
+    """Delete the files of `key`'s net, seed and size made by an older generator (another hash):
+    each code change would otherwise leave gigabytes behind in the cache."""
+    stem = key.rsplit("-", 1)[0]
+    for stale in directory.glob(f"{glob.escape(stem)}-*"):
+        if stale.stem.rsplit("-", 1)[0] == stem and stale.stem != key:
+            stale.unlink(missing_ok=True)
+
+
 def make_random_caffemodel(
     prototxt_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
@@ -85,6 +95,7 @@ def make_random_caffemodel(
     if prototxt.is_file() and caffemodel.is_file():
         return prototxt, caffemodel
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale(directory, key)
     blobs = calibrate.random_calibrated_blobs(build_net(proto), seed, CALIBRATION_BATCH)
     write_caffemodel(
         caffemodel, proto, {name: [np.asarray(a) for a in arrays] for name, arrays in blobs.items()}

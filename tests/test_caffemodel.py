@@ -351,3 +351,22 @@ def test_prototxt_given_as_caffemodel_and_back(tiny_model: CaffePair) -> None:
         read_caffemodel(tiny_model.prototxt)
     with pytest.raises(PrototxtSyntaxError):
         parse_prototxt(tiny_model.caffemodel)
+
+
+def test_the_test_model_cache_drops_older_generators_files(tmp_path: Path) -> None:
+    """A regenerated model replaces the same net, seed and size made by older code, and only that:
+    CI's disk would otherwise fill with one copy of every net per code change."""
+    from tests.caffe_factory import _remove_stale
+
+    names = [
+        "SE-ResNet-50-seed0-native-aaaaaaaaaaaa.caffemodel",  # older generator: removed
+        "SE-ResNet-50-seed0-native-aaaaaaaaaaaa.prototxt",  # older generator: removed
+        "SE-ResNet-50-seed0-native-bbbbbbbbbbbb.caffemodel",  # the current key: kept
+        "SE-ResNet-50-seed0-225x225-aaaaaaaaaaaa.caffemodel",  # another size: kept
+        "SE-ResNet-50-seed1-native-aaaaaaaaaaaa.caffemodel",  # another seed: kept
+        "SE-ResNet-50-seed0-native-x-aaaaaaaaaaaa.caffemodel",  # another net's name: kept
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    _remove_stale(tmp_path, "SE-ResNet-50-seed0-native-bbbbbbbbbbbb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
