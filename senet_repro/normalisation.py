@@ -1,6 +1,6 @@
 """torchvision's RGB mean/std input folded into a SENet checkpoint's first convolution.
 
-Every checkpoint `senet_repro.checkpoints` writes expects the Caffe release's input
+Every checkpoint `senet_repro.conversion` writes expects the Caffe release's input
 (BGR, 0..255 minus `CAFFE_MEAN_BGR`). timm's legacy SENets, and torchvision's
 detectors, feed RGB 0..1 normalised by the ImageNet mean/std below.
 

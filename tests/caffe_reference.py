@@ -439,8 +439,9 @@ def senet_logits_agreement(
     `caffe_to_state_dict(dtype=float64)`) and both ONNX exports (generic graph, clean model)
     in ONNX Runtime on `x`, against Caffe's logits in float64 (`exact`) and float32 (`single`)."""
     from converter.onnx_export import export_onnx, onnx_session
-    from senet_repro.checkpoints import LOGITS_BLOB, convert_senet, save_state_dict
+    from senet_repro.conversion import LOGITS_BLOB, convert_senet
     from senet_repro.models import caffe_to_state_dict, get_model
+    from senet_repro.models.checkpoint import save_state_dict
 
     scale = output_scale(exact)
     conversion = convert_senet(net, check=False)
@@ -464,7 +465,7 @@ def senet_logits_agreement(
 def senet_agreement(prototxt: Path, caffemodel: Path, workdir: Path) -> tuple[Agreement, LogitsAgreement]:
     """A released SENet prototxt with `caffemodel`: every layer output of the generic graph, and
     the logits of the clean model and the ONNX exports, against one pair of Caffe runs."""
-    from senet_repro.checkpoints import LOGITS_BLOB
+    from senet_repro.conversion import LOGITS_BLOB
 
     net = load_net(prototxt, caffemodel)
     x = image_like(next(iter(net.inputs.values())))

@@ -20,7 +20,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from prototxt import load_net
 from prototxt.random_weights import random_blobs
-from senet_repro.checkpoints import save_state_dict
 from senet_repro.detection import (
     CAFFE_IMAGE_MEAN,
     CAFFE_IMAGE_STD,
@@ -29,6 +28,7 @@ from senet_repro.detection import (
 )
 from senet_repro.models import Header, caffe_layer_map, caffe_to_state_dict, get_model, to_timm_state_dict
 from senet_repro.models.blocks import BN_EPS
+from senet_repro.models.checkpoint import save_state_dict
 
 MODEL = "se_resnext50_32x4d"
 SMALL_DETECTOR = dict(

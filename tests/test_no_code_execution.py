@@ -28,7 +28,7 @@ import torch
 from click.testing import CliRunner
 
 from converter.serialize import check_pt2_archive
-from senet_repro import checkpoints, imagenet
+from senet_repro import class_order, imagenet
 from senet_repro.assets import CaffePair
 from senet_repro.cli.convert import main as convert_main
 from senet_repro.cli.validate import main as validate_main
@@ -250,7 +250,7 @@ def test_devkit_meta_mat_is_data_only(tmp_path: Path, marker: Path, content: str
     meta = tmp_path / "meta.mat"
     meta.write_bytes(evil_pickle(marker) if content == "pickle" else b"")
     with pytest.raises(ValueError, match="meta.mat") as raised:
-        checkpoints.class_permutation(devkit=meta)
+        class_order.class_permutation(devkit=meta)
     assert "\n" not in str(raised.value)
     with pytest.raises(imagenet.LabelError):
         imagenet.read_meta_mat(meta)

@@ -53,18 +53,19 @@ SIZE = 96  # small crops keep the eight SE-ResNet-50 passes per image cheap
 def release(senet_prototxts, tmp_path_factory) -> dict[str, Path]:
     """The four checkpoints of one random-weight SE-ResNet-50 caffemodel, plus everything-at-once
     (`all.safetensors`: timm layout, torchvision order, folded); 'caffemodel'/'prototxt' too."""
-    from senet_repro import checkpoints
+    from senet_repro import conversion
+    from senet_repro.models.checkpoint import save_state_dict
     from tests.caffe_factory import make_random_caffemodel
 
     prototxt, caffemodel = make_random_caffemodel(senet_prototxts["SE-ResNet-50"], seed=0)
-    net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
+    net, blobs = conversion.read_caffe(caffemodel, prototxt)
     out = tmp_path_factory.mktemp("release")
     paths = {"prototxt": prototxt, "caffemodel": caffemodel}
     for name, layout, order, fold in (*VARIANTS, ("all.safetensors", "timm", "torchvision", True)):
-        result = checkpoints.convert_senet(
+        result = conversion.convert_senet(
             net, blobs, "se_resnet50", layout=layout, class_order=order, fold=fold, check=False
         )
-        paths[name] = checkpoints.save_state_dict(result.state_dict, out / name, result.metadata())
+        paths[name] = save_state_dict(result.state_dict, out / name, result.metadata())
     return paths
 
 

@@ -1,4 +1,4 @@
-"""Caffe SENet -> clean state_dict (`senet_repro.checkpoints`, `senet-convert caffe2torch`).
+"""Caffe SENet -> clean state_dict (`senet_repro.conversion`, `senet-convert caffe2torch`).
 
 Seeded random, BatchNorm-calibrated caffemodels of the released prototxts
 (tests/caffe_factory.py) stand in for the real releases. The central claim is
@@ -21,11 +21,12 @@ from click.testing import CliRunner
 from converter import convert
 from converter.calibrate import image_like
 from prototxt import load_net
-from senet_repro import checkpoints, imagenet, normalisation
+from senet_repro import class_order, conversion, imagenet, normalisation
 from senet_repro.cli.convert import main, senet_target
 from senet_repro.models import (
     CaffeMappingError,
     caffe_to_state_dict,
+    checkpoint,
     get_model,
     load_weights,
     timm_model_name,
@@ -73,8 +74,8 @@ def run_cli(*args: str | Path):
 def test_clean_model_matches_generic_graph(caffe_pair, model):
     """SE-ResNet-50 and SE-ResNeXt-50 are covered through the CLI below."""
     prototxt, caffemodel = caffe_pair(model)
-    net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
-    result = checkpoints.convert_senet(net, blobs)
+    net, blobs = conversion.read_caffe(caffemodel, prototxt)
+    result = conversion.convert_senet(net, blobs)
     assert result.check is not None
     print(result.check.summary())
     assert result.model == model
@@ -82,7 +83,7 @@ def test_clean_model_matches_generic_graph(caffe_pair, model):
     assert result.check.scale > 1e-2  # calibrated weights: the logits are not vanishing
     if model == "se_bn_inception":  # the check notices a wrong weight (and then runs float64)
         wrong = dict(result.state_dict, **{"fc.bias": result.state_dict["fc.bias"] + 1e-3})
-        failed = checkpoints.check_model(model, net, wrong)
+        failed = conversion.check_model(model, net, wrong)
         assert not failed.passed and failed.float32_error is not None
         assert failed.difference == pytest.approx(1e-3 / failed.scale, rel=1e-2)
 
@@ -97,21 +98,21 @@ def test_self_check_decides_in_float64(senet_prototxts, caffe_pair):
     net = load_net(senet_prototxts["SE-BN-Inception"])
     attach_weights(net, random_blobs(net, seed=0))
     state_dict = caffe_to_state_dict("se_bn_inception", net.weights())
-    accepted = checkpoints.check_model("se_bn_inception", net, state_dict)
+    accepted = conversion.check_model("se_bn_inception", net, state_dict)
     print(accepted.summary())
-    assert accepted.difference > checkpoints.SELF_CHECK_TOLERANCE  # float32 alone cannot decide
+    assert accepted.difference > conversion.SELF_CHECK_TOLERANCE  # float32 alone cannot decide
     assert accepted.float64_difference is not None and accepted.float32_error is not None
     # not a marginal decision: float64 agreement is orders of magnitude inside the bound
     assert accepted.passed and accepted.float64_difference <= 1e-3 * accepted.float32_error
 
     prototxt, caffemodel = caffe_pair("se_bn_inception")
-    calibrated, _ = checkpoints.read_caffe(caffemodel, prototxt)
+    calibrated, _ = conversion.read_caffe(caffemodel, prototxt)
     for candidate in (net, calibrated):
         weights = caffe_to_state_dict("se_bn_inception", candidate.weights())
         first, second = "inception4a.se.fc1.weight", "inception4b.se.fc1.weight"
         assert weights[first].shape == weights[second].shape
         swapped = dict(weights, **{first: weights[second], second: weights[first]})
-        refused = checkpoints.check_model("se_bn_inception", candidate, swapped)
+        refused = conversion.check_model("se_bn_inception", candidate, swapped)
         print(refused.summary())
         assert refused.float64_difference is not None and refused.float32_error is not None
         assert not refused.passed and refused.float64_difference > 10 * refused.float32_error
@@ -189,7 +190,7 @@ def test_cli_timm_layout_torchvision_order_folded(caffe_pair, label_file, tmp_pa
     net = load_net(prototxt, caffemodel)
     state_dict = caffe_to_state_dict("se_resnext50", net.weights())
     ours.load_state_dict(normalisation.fold_rgb_normalisation("se_resnext50", state_dict), assign=True)
-    permutation, _ = checkpoints.class_permutation(labels=label_file)
+    permutation, _ = class_order.class_permutation(labels=label_file)
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         caffe_order, torchvision_order = ours.eval()(x), theirs(x)
@@ -239,11 +240,11 @@ def test_folding_is_exact_but_for_the_padding_colour(caffe_pair):
 
 def test_leftover_and_missing_blobs_are_listed(caffe_pair):
     prototxt, caffemodel = caffe_pair("se_resnet50")
-    net, blobs = checkpoints.read_caffe(caffemodel, prototxt)
+    net, blobs = conversion.read_caffe(caffemodel, prototxt)
     extra = dict(blobs, **{"fc_extra": [np.zeros((3, 2), np.float32)]})
     del extra["conv5_3_1x1_up"]
     with pytest.raises(CaffeMappingError) as caught:
-        checkpoints.convert_senet(net, extra, check=False)
+        conversion.convert_senet(net, extra, check=False)
     assert caught.value.unused_layers == ["fc_extra (1 blobs)"]
     assert caught.value.missing_keys == ["layer4.2.se.fc2.weight", "layer4.2.se.fc2.bias"]
 
@@ -334,12 +335,12 @@ def test_permutation_from_every_source_agrees(label_file, tmp_path):
     folder.mkdir(parents=True)
     classes = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT)
     write_meta_mat(folder / "meta.mat", classes.wnids, classes.words)
-    built_in, source = checkpoints.class_permutation()
+    built_in, source = class_order.class_permutation()
     assert "built into" in source
     for devkit in (archive, tmp_path, folder.parent, folder.parent.parent, folder / "meta.mat"):
-        permutation, source = checkpoints.class_permutation(devkit=devkit)
+        permutation, source = class_order.class_permutation(devkit=devkit)
         assert permutation == built_in and str(devkit) in source
-    from_labels, _ = checkpoints.class_permutation(labels=label_file)
+    from_labels, _ = class_order.class_permutation(labels=label_file)
     assert from_labels == built_in
     assert built_in[489] == 65  # ILSVRC2012_val_00000001.JPEG: 489 in Caffe, 65 in torchvision
     assert sorted(built_in) == list(range(1000))
@@ -351,34 +352,34 @@ def test_permutation_sources_are_checked(label_file, tmp_path):
     shuffled = tmp_path / "meta.mat"
     write_meta_mat(shuffled, classes.wnids[::-1], classes.words[::-1])
     with pytest.raises(imagenet.LabelError, match="not list the ILSVRC2012 classes in the devkit order"):
-        checkpoints.class_permutation(devkit=shuffled)
+        class_order.class_permutation(devkit=shuffled)
     partial = tmp_path / "partial.txt"
     partial.write_text("".join(label_file.read_text().splitlines(keepends=True)[:2000]))
     with pytest.raises(imagenet.LabelError):
-        checkpoints.class_permutation(labels=partial)
+        class_order.class_permutation(labels=partial)
     with pytest.raises(ValueError, match="holds no ILSVRC2012 devkit"):
-        checkpoints.class_permutation(devkit=tmp_path / "nothing")
+        class_order.class_permutation(devkit=tmp_path / "nothing")
     with pytest.raises(ValueError, match="not both"):
-        checkpoints.class_permutation(devkit=shuffled, labels=label_file)
+        class_order.class_permutation(devkit=shuffled, labels=label_file)
 
 
 def test_permute_classes_moves_rows():
     state_dict = {"fc.weight": torch.arange(6.0).view(3, 2), "fc.bias": torch.tensor([0.0, 1.0, 2.0])}
-    moved = checkpoints.permute_classes(state_dict, [2, 0, 1])  # class 0 -> row 2, ...
+    moved = class_order.permute_classes(state_dict, [2, 0, 1])  # class 0 -> row 2, ...
     assert moved["fc.bias"].tolist() == [1.0, 2.0, 0.0]
     assert moved["fc.weight"][2].tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="3 classes, the permutation 2"):
-        checkpoints.permute_classes(state_dict, [1, 0])
+        class_order.permute_classes(state_dict, [1, 0])
 
 
 def test_save_state_dict_writes_only_complete_files(tmp_path):
     state_dict = {"a": torch.ones(2)}
     with pytest.raises(ValueError, match="expected .pth or .safetensors"):
-        checkpoints.save_state_dict(state_dict, tmp_path / "x.pt")
-    path = checkpoints.save_state_dict(state_dict, tmp_path / "x.pth")
+        checkpoint.save_state_dict(state_dict, tmp_path / "x.pt")
+    path = checkpoint.save_state_dict(state_dict, tmp_path / "x.pth")
     assert torch.equal(load_weights(path)["a"], state_dict["a"])
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]  # no temporary left behind
-    assert checkpoints.output_paths(tmp_path / "x.pth", safetensors=True) == [
+    assert checkpoint.output_paths(tmp_path / "x.pth", safetensors=True) == [
         tmp_path / "x.pth",
         tmp_path / "x.safetensors",
     ]

@@ -316,8 +316,9 @@ def caffe2torch(
     from converter.memory import check_memory, net_bytes
     from converter.selfcheck import check_graph
     from converter.serialize import save_converted, written_by_save
-    from senet_repro import checkpoints
-    from senet_repro.models.checkpoint import INPUTS
+    from senet_repro import conversion
+    from senet_repro.class_order import class_permutation
+    from senet_repro.models.checkpoint import INPUTS, output_paths, save_state_dict
 
     generic_options = [
         name
@@ -348,7 +349,7 @@ def caffe2torch(
     if (devkit or labels) and class_order != ClassOrder.TORCHVISION:
         raise InputError("--devkit and --labels give the permutation for --class-order torchvision")
     guard_outputs([output], force=force)  # the files beside it once the kind of net is known
-    net, blobs = checkpoints.read_caffe(caffemodel, prototxt, _input_shapes(input_shapes))
+    net, blobs = conversion.read_caffe(caffemodel, prototxt, _input_shapes(input_shapes))
     # The self-check runs the net in float32 and float64 at its declared input shape.
     check_memory(net_bytes(net, element_bytes=8), max_memory, f"'{net.name}' at its input {dict(net.inputs)}")
     target = senet_target(net, model, output, wants_generic=bool(generic_options) or output.suffix == ".pt2")
@@ -377,12 +378,10 @@ def caffe2torch(
         click.echo(graph_check.summary() if graph_check is not None else "self-check skipped (--no-check)")
         click.echo("wrote " + ", ".join(str(p) for p in written))
         return
-    paths = checkpoints.output_paths(output, also_safetensors)
+    paths = output_paths(output, also_safetensors)
     guard_outputs(paths, force=force)
-    permutation = (
-        checkpoints.class_permutation(devkit, labels) if class_order == ClassOrder.TORCHVISION else None
-    )
-    result = checkpoints.convert_senet(
+    permutation = class_permutation(devkit, labels) if class_order == ClassOrder.TORCHVISION else None
+    result = conversion.convert_senet(
         net,
         blobs,
         target,
@@ -394,7 +393,7 @@ def caffe2torch(
         progress=True,
     )
     for path in paths:
-        checkpoints.save_state_dict(result.state_dict, path, result.metadata())
+        save_state_dict(result.state_dict, path, result.metadata())
     loader = (
         f"timm.create_model('{result.metadata()['timm_model']}')"
         if layout == KeyLayout.TIMM
@@ -719,7 +718,7 @@ def torch2caffe(
     --weights, or with --random-weights are random, seeded and well-conditioned
     (calibrated BatchNorm), for demos and tests. Nothing is written when anything fails.
     """
-    from senet_repro.checkpoints import release_state_dict
+    from senet_repro.class_order import release_state_dict
     from senet_repro.export_caffe import export_caffe, release_file_names
     from senet_repro.models import CaffeMappingError, read_checkpoint, resolve_name
 

@@ -18,6 +18,7 @@ input, in whichever layout its keys are.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,16 @@ import torch
 from torch import nn
 
 from prototxt import ConversionError, InputError
+from prototxt.atomic import atomic_writer
 from senet_repro import imagenet
 from senet_repro.layout import KeyLayout
 from senet_repro.transforms import CAFFE_MEAN_BGR
 
-from .registry import get_model, read_weights, resolve_name, state_dict_mismatch
+from .registry import HEADER_KEY, get_model, read_weights, resolve_name, state_dict_mismatch
 from .timm_layout import from_timm_state_dict, timm_model_name
 
 FORMAT = "senet-repro-state-dict"
+SUFFIXES = (".pth", ".safetensors")
 NORMALISATIONS = ("caffe", "torchvision")
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # RGB, for 0..1 pixel values
 TORCHVISION_STD = (0.229, 0.224, 0.225)
@@ -178,3 +181,40 @@ def read_checkpoint(
     if mismatch:
         raise ConversionError(f"{path}: not a {header.model} state_dict: {mismatch}")
     return Checkpoint(path, header, declared, state_dict)
+
+
+def output_paths(output: str | os.PathLike[str], safetensors: bool = False) -> list[Path]:
+    """`output` (.pth or .safetensors), plus the .safetensors beside a .pth on request."""
+    path = Path(output)
+    if path.suffix not in SUFFIXES:
+        raise ConversionError(f"{path}: a SENet state_dict is written as .pth or .safetensors")
+    paths = [path]
+    if safetensors and path.suffix != ".safetensors":
+        paths.append(path.with_suffix(".safetensors"))
+    return paths
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write `.pth` (torch.save of plain tensors) or `.safetensors`, atomically, with `metadata`.
+
+    The .pth keeps `metadata` as the state_dict's `_metadata[HEADER_KEY]`, where
+    `torch.load(weights_only=True)` finds it and `load_state_dict` ignores it.
+    """
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ConversionError(f"{path}: expected .pth or .safetensors")
+    tensors = OrderedDict((key, value.detach().contiguous()) for key, value in state_dict.items())
+    with atomic_writer(path) as handle:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            handle.write(save(dict(tensors), metadata=dict(metadata or {})))
+        else:
+            if metadata:
+                tensors._metadata = OrderedDict({HEADER_KEY: dict(metadata)})  # type: ignore[attr-defined]
+            torch.save(tensors, handle)
+    return path

