@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -139,36 +139,28 @@ def export_onnx(
         with atomic_path(target) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            if exporter == "dynamo":
-                dynamic = (
-                    None
+            # The two exporters name dynamic batch sizes differently; an ExportedProgram has its own.
+            options: dict[str, Any] = (
+                {
+                    "dynamo": True,
+                    "dynamic_shapes": None
                     if isinstance(module, torch.export.ExportedProgram)
-                    else {input_name: {0: torch.export.Dim("batch")}}
-                )
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    tmp,
-                    input_names=[input_name],
-                    output_names=names,
-                    opset_version=opset,
-                    dynamo=True,
-                    dynamic_shapes=dynamic,
-                    external_data=False,
-                    verbose=False,
-                )
-            else:
-                axes = {name: {0: "batch"} for name in [input_name, *names]}
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    tmp,
-                    input_names=[input_name],
-                    output_names=names,
-                    opset_version=opset,
-                    dynamo=False,
-                    dynamic_axes=axes,
-                )
+                    else {input_name: {0: torch.export.Dim("batch")}},
+                    "external_data": False,
+                    "verbose": False,
+                }
+                if exporter == "dynamo"
+                else {"dynamo": False, "dynamic_axes": {name: {0: "batch"} for name in [input_name, *names]}}
+            )
+            torch.onnx.export(
+                module,
+                (example,),
+                tmp,
+                input_names=[input_name],
+                output_names=names,
+                opset_version=opset,
+                **options,
+            )
             model = onnx.load(tmp)
             _declare_outputs(model, dims)
             if metadata:

@@ -84,7 +84,7 @@ def release_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
 
     A torchvision class order is permuted back (the built-in permutation; any other
     source is checked to equal it). A folded normalisation cannot be undone exactly
-    (the padding colour changed, see the module docstring), so it is refused.
+    (the padding colour changed, see `senet_repro.normalisation`), so it is refused.
     """
     header = checkpoint.header
     if header.normalisation != "caffe":
